@@ -1,0 +1,107 @@
+"""`trt-gpt convert`, `trt-gpt config` and `trt-gpt build`: the offline half of the workflow."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..checkpoint import write_json
+from ..config import BuildConfig, ModelConfig
+from ..errors import TrtGptError
+from ..mapping import Mapping
+from .common import err_console, human_bytes, progress
+
+
+def convert_cmd(
+    model_dir: Optional[Path] = typer.Option(None, "--model_dir", "--model-dir", help="HF checkpoint directory."),
+    nemo_ckpt_path: Optional[Path] = typer.Option(None, "--nemo_ckpt_path", "--nemo-ckpt-path",
+                                                  help="A .nemo archive (GPT-Next)."),
+    output_dir: Path = typer.Option(..., "--output_dir", "--output-dir", help="Checkpoint directory to write."),
+    dtype: str = typer.Option("float16", "--dtype", help="float32, float16 or bfloat16."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Variant name; detected when omitted."),
+    tp_size: int = typer.Option(1, "--tp_size", "--tp-size", help="Tensor-parallel ranks."),
+    pp_size: int = typer.Option(1, "--pp_size", "--pp-size", help="Pipeline-parallel stages."),
+    use_parallel_embedding: bool = typer.Option(False, "--use_parallel_embedding", "--use-parallel-embedding"),
+    embedding_sharding_dim: int = typer.Option(0, "--embedding_sharding_dim", "--embedding-sharding-dim"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+) -> None:
+    """Convert a HuggingFace or NeMo checkpoint into a (sharded) trt-gpt checkpoint."""
+    from ..convert import convert
+
+    if (model_dir is None) == (nemo_ckpt_path is None):
+        raise TrtGptError("convert: give exactly one of --model_dir or --nemo_ckpt_path")
+    if tp_size < 1 or pp_size < 1:
+        raise TrtGptError(f"convert: --tp_size ({tp_size}) and --pp_size ({pp_size}) must be positive")
+    with progress("convert") as step:
+        res = convert(model_dir or nemo_ckpt_path, output_dir, dtype, variant, tp_size, pp_size, overwrite,
+                      use_parallel_embedding, embedding_sharding_dim, progress=step)
+    err_console.print(f"converted {res.variant} → {res.output_dir}: {res.config.mapping.world_size} rank(s), "
+                      f"{res.num_tensors} tensors, {human_bytes(res.num_bytes)}, {res.config.dtype}, "
+                      f"{progress.elapsed:.1f}s")
+
+
+def config_cmd(
+    architecture: str = typer.Option("GPTForCausalLM", "--architecture"),
+    vocab_size: int = typer.Option(..., "--vocab_size", "--vocab-size"),
+    hidden_size: int = typer.Option(..., "--hidden_size", "--hidden-size"),
+    num_hidden_layers: int = typer.Option(..., "--num_hidden_layers", "--num-hidden-layers"),
+    num_attention_heads: int = typer.Option(..., "--num_attention_heads", "--num-attention-heads"),
+    num_key_value_heads: Optional[int] = typer.Option(None, "--num_key_value_heads", "--num-key-value-heads"),
+    intermediate_size: Optional[int] = typer.Option(None, "--intermediate_size", "--intermediate-size"),
+    hidden_act: str = typer.Option("gelu", "--hidden_act", "--hidden-act"),
+    max_position_embeddings: int = typer.Option(2048, "--max_position_embeddings", "--max-position-embeddings"),
+    position_embedding_type: str = typer.Option("learned_absolute", "--position_embedding_type"),
+    dtype: str = typer.Option("float16", "--dtype"),
+    tp_size: int = typer.Option(1, "--tp_size", "--tp-size"),
+    pp_size: int = typer.Option(1, "--pp_size", "--pp-size"),
+    output_path: Path = typer.Option(..., "--output_path", "--output-path", help="config.json to write."),
+) -> None:
+    """Write a checkpoint config for a random-weight engine (benchmarking without a checkpoint)."""
+    cfg = ModelConfig(architecture=architecture, dtype=dtype, vocab_size=vocab_size, hidden_size=hidden_size,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                      num_key_value_heads=num_key_value_heads, intermediate_size=intermediate_size,
+                      hidden_act=hidden_act, max_position_embeddings=max_position_embeddings,
+                      position_embedding_type=position_embedding_type,
+                      mapping=Mapping(world_size=tp_size * pp_size, tp_size=tp_size, pp_size=pp_size))
+    cfg.validate("config")
+    d = cfg.to_dict()
+    d["mapping"].pop("rank", None)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(f".{output_path.name}.tmp")
+    write_json(tmp, d)
+    tmp.replace(output_path)
+    err_console.print(f"wrote {output_path}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                      f"{cfg.attention_kind}, {cfg.dtype}")
+
+
+def build_cmd(
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint_dir", "--checkpoint-dir"),
+    model_config: Optional[Path] = typer.Option(None, "--model_config", "--model-config",
+                                                help="A config.json from `trt-gpt config`: random weights."),
+    output_dir: Path = typer.Option(..., "--output_dir", "--output-dir"),
+    max_batch_size: int = typer.Option(256, "--max_batch_size", "--max-batch-size"),
+    max_input_len: int = typer.Option(1024, "--max_input_len", "--max-input-len"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max_seq_len", "--max-seq-len"),
+    max_num_tokens: int = typer.Option(8192, "--max_num_tokens", "--max-num-tokens"),
+    tokens_per_block: int = typer.Option(64, "--tokens_per_block", "--tokens-per-block"),
+    max_beam_width: int = typer.Option(1, "--max_beam_width", "--max-beam-width"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Build an engine directory for the given limits."""
+    from ..build import build
+
+    if (checkpoint_dir is None) == (model_config is None):
+        raise TrtGptError("build: give exactly one of --checkpoint_dir or --model_config")
+    bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
+                     max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width)
+    cfg = ModelConfig.load(model_config) if model_config is not None else None
+    with progress("build") as step:
+        cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,
+                    progress=step)
+    err_console.print(f"built engine → {output_dir}: {cfg.mapping.world_size} rank(s), max_batch_size "
+                      f"{bc.max_batch_size}, max_input_len {bc.max_input_len}, max_seq_len {bc.max_seq_len}, "
+                      f"{progress.elapsed:.1f}s")
+
+
+__all__ = ["convert_cmd", "config_cmd", "build_cmd"]

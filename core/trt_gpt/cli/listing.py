@@ -1,0 +1,45 @@
+"""`trt-gpt variants list` and `trt-gpt plugins list`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import typer
+from rich.table import Table
+
+from ..plugins import get_plugins
+from ..variants import all_variants
+from .common import out_console
+
+variants_app = typer.Typer(help="Model variants provided by installed plugins.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True)
+
+
+@variants_app.command("list")
+def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the variants, their features and the package providing each."""
+    rows = [{"name": v.name, "aliases": list(v.aliases), "description": v.description,
+             "source_formats": list(v.source_formats), "architectures": list(v.hf_architectures),
+             "features": list(v.features), "package": v.distribution, "version": v.version}
+            for v in sorted(all_variants(), key=lambda v: v.name)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("variant", "aliases", "formats", "features", "package")
+    for r in rows:
+        table.add_row(r["name"], ", ".join(r["aliases"]), ", ".join(r["source_formats"]), ", ".join(r["features"]),
+                      f"{r['package']} {r['version'] or ''}".strip())
+    out_console.print(table)
+
+
+@plugins_app.command("list")
+def plugins_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List loaded plugins: name, distribution, version and the hooks each implements."""
+    infos = get_plugins().infos()
+    if as_json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return
+    table = Table("plugin", "distribution", "version", "hooks")
+    for i in infos:
+        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks))
+    out_console.print(table)

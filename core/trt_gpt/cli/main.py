@@ -1,0 +1,72 @@
+"""Entry point of `trt-gpt`: assembles the sub-commands, accepts the reference's spellings, and turns
+user errors into one line on stderr with a non-zero exit (never a traceback)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import TrtGptError
+from .convert_build import build_cmd, config_cmd, convert_cmd
+from .listing import plugins_app, variants_app
+from .run import run_cmd
+
+# Flags that take several values after one flag, as the reference's argparse nargs='+' does.
+MULTI_VALUE_FLAGS = {"--input_text", "--input-text", "--stop_words", "--stop-words", "--bad_words", "--bad-words"}
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(name="trt-gpt", help="GPT-family models from published checkpoints to fast inference.",
+                      no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    app.add_typer(variants_app, name="variants")
+    app.add_typer(plugins_app, name="plugins")
+    app.command("convert")(convert_cmd)
+    app.command("config")(config_cmd)
+    app.command("build")(build_cmd)
+    app.command("run")(run_cmd)
+    from ..plugins import get_plugins
+
+    get_plugins().pm.hook.register_commands(app=app)
+    return app
+
+
+def expand_multi_value(argv: list[str]) -> list[str]:
+    """`--input_text a b` -> `--input_text a --input_text b` (typer options take one value each)."""
+    out: list[str] = []
+    flag = None
+    for arg in argv:
+        if arg in MULTI_VALUE_FLAGS:
+            flag = arg
+            continue
+        if flag is not None:
+            if arg.startswith("--"):
+                flag = None
+            else:
+                out += [flag, arg]
+                continue
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = expand_multi_value(list(sys.argv[1:] if argv is None else argv))
+    try:
+        make_app()(args, prog_name="trt-gpt", standalone_mode=True)
+    except TrtGptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: still one line, the traceback only on request
+        if os.environ.get("TRT_GPT_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"internal error: {type(e).__name__}: {first} (set TRT_GPT_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""`trt-gpt run`: generate from an engine, printing like the reference run.py (or JSON / CSV)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import TrtGptError
+
+
+def read_input_file(path: Path) -> list:
+    """Prompts from .txt (one per line), .json (list of strings or id lists) or .csv (token ids a row)."""
+    if not path.is_file():
+        raise TrtGptError(f"{path}: input file not found")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TrtGptError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, list) or not all(isinstance(x, str) or (isinstance(x, list) and all(
+                isinstance(t, int) for t in x)) for x in data):
+            raise TrtGptError(f"{path}: expected a JSON list of strings or of token-id lists")
+        return data
+    if suffix == ".csv":
+        rows = []
+        for i, row in enumerate(csv.reader(text.splitlines()), 1):
+            try:
+                rows.append([int(t) for t in row if t.strip()])
+            except ValueError:
+                raise TrtGptError(f"{path}: line {i}: expected comma-separated token ids") from None
+        return [r for r in rows if r]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def run_cmd(
+    engine_dir: Path = typer.Option(..., "--engine_dir", "--engine-dir"),
+    tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer_dir", "--tokenizer-dir"),
+    vocab_file: Optional[Path] = typer.Option(None, "--vocab_file", "--vocab-file", help="sentencepiece model."),
+    input_text: Optional[list[str]] = typer.Option(None, "--input_text", "--input-text"),
+    input_file: Optional[Path] = typer.Option(None, "--input_file", "--input-file"),
+    max_input_length: int = typer.Option(923, "--max_input_length", "--max-input-length"),
+    max_output_len: int = typer.Option(..., "--max_output_len", "--max-output-len"),
+    no_add_special_tokens: bool = typer.Option(False, "--no_add_special_tokens", "--no-add-special-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_k: int = typer.Option(1, "--top_k", "--top-k"),
+    top_p: float = typer.Option(0.0, "--top_p", "--top-p"),
+    repetition_penalty: float = typer.Option(1.0, "--repetition_penalty", "--repetition-penalty"),
+    presence_penalty: float = typer.Option(0.0, "--presence_penalty", "--presence-penalty"),
+    frequency_penalty: float = typer.Option(0.0, "--frequency_penalty", "--frequency-penalty"),
+    num_beams: int = typer.Option(1, "--num_beams", "--num-beams"),
+    length_penalty: float = typer.Option(1.0, "--length_penalty", "--length-penalty"),
+    stop_words: Optional[list[str]] = typer.Option(None, "--stop_words", "--stop-words"),
+    bad_words: Optional[list[str]] = typer.Option(None, "--bad_words", "--bad-words"),
+    end_id: Optional[int] = typer.Option(None, "--end_id", "--end-id"),
+    random_seed: Optional[int] = typer.Option(None, "--random_seed", "--random-seed"),
+    streaming: bool = typer.Option(False, "--streaming"),
+    max_attention_window_size: Optional[int] = typer.Option(None, "--max_attention_window_size"),
+    kv_cache_free_gpu_memory_fraction: float = typer.Option(0.9, "--kv_cache_free_gpu_memory_fraction"),
+    output_csv: Optional[Path] = typer.Option(None, "--output_csv", "--output-csv"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
+    as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
+) -> None:
+    """Generate text from prompts with an engine."""
+    from ..runtime.llm import LLM
+    from ..runtime.sampling_params import SamplingParams
+
+    prompts: list = list(input_text or [])
+    if input_file is not None:
+        prompts += read_input_file(input_file)
+    if not prompts:
+        raise TrtGptError("run: no prompts (give --input_text or --input_file)")
+    llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
+              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+    tok = llm.tokenizer
+    add_special = not no_add_special_tokens
+    ids = [tok.encode(p, add_special)[-max_input_length:] if isinstance(p, str) else p for p in prompts]
+
+    def words(ws: Optional[list[str]]) -> Optional[list[list[int]]]:
+        return [tok.encode(w, False) for w in ws] if ws else None
+
+    params = SamplingParams(
+        max_tokens=max_output_len, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, num_beams=num_beams, length_penalty=length_penalty,
+        stop_words=words(stop_words), bad_words=words(bad_words),
+        end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
+        max_attention_window_size=max_attention_window_size)
+    if streaming:
+        finals = {}
+        for out in llm.generate_stream(ids, params):
+            i = llm.last_request_ids.index(out.request_id)
+            if not as_json:
+                print(f'Output [Text {i} Beam 0] (stream): "{tok.decode(out.new_token_ids)}"', flush=True)
+            if out.finished:
+                finals[out.request_id] = out
+        outs = [finals[r] for r in llm.last_request_ids]
+    else:
+        outs = llm.generate(ids, params)
+    results = []
+    for i, (p, o) in enumerate(zip(prompts, outs)):
+        text = tok.decode(o.token_ids)
+        in_text = p if isinstance(p, str) else tok.decode(p)
+        results.append({"input_text": in_text, "input_ids": ids[i], "output_ids": o.token_ids, "output_text": text,
+                        "finish_reason": o.finish_reason})
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for i, r in enumerate(results):
+            print(f'Input [Text {i}]: "{r["input_text"]}"')
+            print(f'Output [Text {i} Beam 0]: "{r["output_text"]}"')
+    if output_csv is not None:
+        with open(output_csv, "w", newline="") as f:
+            csv.writer(f).writerows(r["output_ids"] for r in results)

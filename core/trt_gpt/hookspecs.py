@@ -1,0 +1,92 @@
+"""Every hook a plugin can implement. Plugins receive a `register` callback and call it once per thing they add.
+
+A variant package implements `register_variants`; built-in plugins (plugins/trt_gpt_plugins) implement the
+rest through the same hooks, so third parties can add or replace any of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("trt_gpt")
+hookimpl = pluggy.HookimplMarker("trt_gpt")
+
+
+@hookspec
+def register_variants(register: Callable[[Any], None]) -> None:
+    """Add model variants.
+
+    :param register: call ``register(VariantSpec(...))`` once per variant the plugin provides; see
+        :class:`trt_gpt.variants.VariantSpec` for the fields (name, detection, config translation, weight map).
+    """
+
+
+@hookspec
+def register_checkpoint_sources(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add readers of source checkpoints (HF directories, archives, random weights).
+
+    :param register: call ``register(format_name, opener)`` where ``opener(path) -> SourceCheckpoint | None``
+        returns a reader for ``path`` or None when the path is not in this format.
+    """
+
+
+@hookspec
+def register_activations(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add MLP activation functions, looked up by ``ModelConfig.hidden_act``.
+
+    :param register: call ``register(name, fn)`` with ``fn(tensor) -> tensor``; gated activations are named
+        after their gate (``swiglu`` registers silu and the model multiplies by the gate branch).
+    """
+
+
+@hookspec
+def register_position_encodings(register: Callable[[str, Any], None]) -> None:
+    """Add position encodings, looked up by ``ModelConfig.position_embedding_type``.
+
+    :param register: call ``register(name, factory)`` where ``factory(config, device) -> encoder`` and the
+        encoder has ``apply(q, k, positions) -> (q, k)`` for rotary kinds or ``learned = True`` for tables.
+    """
+
+
+@hookspec
+def register_quantizers(register: Callable[[Any], None]) -> None:
+    """Add quantization methods (offline tensor transform plus runtime module swap).
+
+    :param register: call ``register(quantizer)`` where the quantizer has ``name``, ``quantize_weights(name,
+        tensor, config) -> dict`` and ``swap_modules(model, config)``.
+    """
+
+
+@hookspec
+def register_adapters(register: Callable[[Any], None]) -> None:
+    """Add adapter formats (LoRA, prompt tuning tables).
+
+    :param register: call ``register(adapter)`` where the adapter has ``name`` and ``load(path, config)``.
+    """
+
+
+@hookspec
+def register_kernels(register: Callable[[Any], None]) -> None:
+    """Add attention/GEMM backends with a capability check.
+
+    :param register: call ``register(backend)`` where the backend has ``name``, ``priority`` and
+        ``available(device, dtype) -> bool``.
+    """
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add CLI sub-commands.
+
+    :param app: the root ``typer.Typer`` application; call ``app.command()`` or ``app.add_typer()``.
+    """
+
+
+@hookspec(firstresult=True)
+def detect_variant(source: Any) -> str | None:
+    """Name the variant that handles a source checkpoint, overriding detection by ``VariantSpec.detect``.
+
+    :param source: the opened :class:`trt_gpt.sources.SourceCheckpoint`.
+    :return: a variant name, or None to leave the decision to the registered variants.
+    """

@@ -1,0 +1,73 @@
+"""Pieces shared by the Triton paged-attention kernels: shape checks on the host, KV addressing on the device.
+
+The decode and prefill kernels both read keys/values through the block table a whole tile of tokens at a
+time. They resolve the physical block of every token in the tile (`kv_tile_offsets`) instead of walking one
+cache block per step, so the tile width (BLOCK_N) is independent of the cache's tokens-per-block: a 16-token
+cache still feeds 64-wide dot products.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..runtime.attn_metadata import AttentionMetadata
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def dot_precision(dtype: torch.dtype) -> str | None:
+    """fp32 inputs would otherwise run the dot in tf32 on the GPU (10-bit mantissa); keep them exact.
+
+    None (Triton's default) for 16-bit inputs, where the precision setting does not apply.
+    """
+    return "ieee" if dtype == torch.float32 else None
+
+
+def check_attention_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         meta: AttentionMetadata) -> tuple[int, int, int, int]:
+    """Validate shapes shared by both kernels; returns (heads, kv_heads, head_dim, tokens_per_block)."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be [tokens, heads, head_dim], got shape {tuple(q.shape)}")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache/v_cache must both be [blocks, kv_heads, block_size, head_dim], got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must share one memory layout")
+    heads, head_dim = q.shape[1], q.shape[2]
+    _, kv_heads, block_size, cache_dim = k_cache.shape
+    if cache_dim != head_dim:
+        raise ValueError(f"q head_dim {head_dim} != cache head_dim {cache_dim}")
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
+    if not 16 <= head_dim <= 256:
+        # tl.dot needs a reduction dim >= 16; above 256 the fp32 accumulator tile no longer fits registers.
+        raise ValueError(f"head_dim {head_dim} outside 16..256 is not supported by the Triton kernels")
+    if block_size & (block_size - 1) or block_size < 1:
+        raise ValueError(f"tokens_per_block must be a power of two, got {block_size}")
+    if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtypes q={q.dtype} cache={k_cache.dtype}")
+    if q.stride(2) != 1 or k_cache.stride(3) != 1:
+        raise ValueError("q and the caches must be contiguous in their last (head_dim) dimension")
+    if meta.block_tables.dtype != torch.int32 or meta.context_lens.dtype != torch.int32:
+        raise ValueError("block_tables and context_lens must be int32")
+    return heads, kv_heads, head_dim, block_size
+
+
+@triton.jit
+def kv_tile_offsets(bt_row_ptr, kpos, kmask, kv_head, offs_d,
+                    stride_kb, stride_kh, stride_kt,
+                    BLOCK_SIZE: tl.constexpr):
+    """Element offsets [BLOCK_N, BLOCK_D] of the keys at positions `kpos` of one sequence and kv head.
+
+    Each position maps to (block_table[kpos // BLOCK_SIZE], kpos % BLOCK_SIZE); the physical block id is
+    widened to int64 because block * stride overflows int32 on caches above 2^31 elements.
+    """
+    logical = kpos // BLOCK_SIZE
+    phys = tl.load(bt_row_ptr + logical, mask=kmask, other=0).to(tl.int64)
+    row = phys * stride_kb + kv_head * stride_kh + (kpos % BLOCK_SIZE) * stride_kt
+    return row[:, None] + offs_d[None, :]

@@ -1,0 +1,191 @@
+"""Triton paged attention for decode steps (one query token per sequence), flash-decoding style.
+
+Decode is bound by reading the KV cache, so the kernel is shaped around reading every KV byte exactly once:
+
+* one program per (sequence, kv head, context split) loads a KV tile once and scores it against *all*
+  query heads of that kv head's group at once: the group is the M dimension of one `tl.dot` (padded to
+  16 rows, the smallest dot tile), so GQA/MQA models read H/KVH times less than a per-head grid would;
+* a single request has only KVH programs' worth of work, far too few for 132 SMs, so long contexts are
+  split across programs ("split-K"); each writes a partial (running max, running sum, unnormalised
+  output) and a small second kernel merges them with the usual log-sum-exp rescaling;
+* with a sliding window only the tiles that hold visible keys are visited at all.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ..runtime.attn_metadata import AttentionMetadata
+from .triton_common import check_attention_args, dot_precision, kv_tile_offsets, next_pow2
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 128
+# A split shorter than this spends more on its partial write + merge than it saves in parallelism.
+MIN_TOKENS_PER_SPLIT = 128
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
+                   sm_scale_log2, window,
+                   stride_qb, stride_qh, stride_ob, stride_oh,
+                   stride_kb, stride_kh, stride_kt, stride_bt,
+                   stride_pb, stride_ph, stride_ab, stride_ah, stride_as,
+                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                   NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+
+    ctx = tl.load(CTX + b)
+    # The query sits at position ctx-1; with a window w it sees keys ctx-w .. ctx-1.
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(ctx - window, 0)
+    first_tile = lo // BLOCK_N
+    end_tile = tl.cdiv(ctx, BLOCK_N)
+    # Tiles are divided per sequence, so short sequences in a mixed batch finish early instead of
+    # running empty iterations up to the longest one.
+    per_split = tl.cdiv(end_tile - first_tile, NUM_SPLITS)
+    t0 = first_tile + split * per_split
+    t1 = tl.minimum(t0 + per_split, end_tile)
+
+    rows = tl.arange(0, GROUP_PAD)
+    heads = kvh * GROUP + rows
+    rmask = rows < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
+    bt_row = BT + b * stride_bt
+    for t in range(t0, t1):
+        kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
+        kmask = (kpos < ctx) & (kpos >= lo)
+        offs = kv_tile_offsets(bt_row, kpos, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt, BLOCK_SIZE)
+        lmask = kmask[:, None] & dmask[None, :]
+        k = tl.load(K + offs, mask=lmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+        s = tl.where(kmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # Guard a row that has seen only masked keys so far: -inf - -inf would be NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + offs, mask=lmask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    if NUM_SPLITS == 1:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(OUT + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    else:
+        # Empty splits (short sequences) still write m=-inf, l=0, acc=0 so the merge needs no bounds.
+        p_off = b * stride_pb + heads * stride_ph + split
+        tl.store(PM + p_off, m_i, mask=rmask)
+        tl.store(PL + p_off, l_i, mask=rmask)
+        a_off = b * stride_ab + heads[:, None] * stride_ah + split * stride_as + offs_d[None, :]
+        tl.store(PACC + a_off, acc, mask=rmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _decode_merge_kernel(PM, PL, PACC, OUT,
+                         stride_pb, stride_ph, stride_ab, stride_ah, stride_as, stride_ob, stride_oh,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, SPLITS_PAD)
+    smask = offs_s < NUM_SPLITS
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    m = tl.load(PM + b * stride_pb + h * stride_ph + offs_s, mask=smask, other=float("-inf"))
+    l = tl.load(PL + b * stride_pb + h * stride_ph + offs_s, mask=smask, other=0.0)
+    m_max = tl.max(m, 0)
+    # Partials are in log2 units (the main kernel uses exp2), so rescale with exp2 too.
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))
+    denom = tl.sum(w * l, 0)
+    acc = tl.load(PACC + b * stride_ab + h * stride_ah + offs_s[:, None] * stride_as + offs_d[None, :],
+                  mask=smask[:, None] & dmask[None, :], other=0.0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, out.to(OUT.dtype.element_ty), mask=dmask)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # interpreter runs: pretend to be an H100 so the split logic is exercised as on the GPU
+
+
+def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: int = 132,
+                      block_n: int = 64) -> int:
+    """Splits per (sequence, kv head) so that batch*kv_heads*splits programs fill about two waves of SMs.
+
+    Two programs per SM rather than one: the programs are small (4 warps) and co-resident ones hide each
+    other's memory latency. Never split below MIN_TOKENS_PER_SPLIT tokens or one tile per split.
+    """
+    base = max(1, batch * kv_heads)
+    if base >= num_sms:
+        return 1  # already a full wave: splitting would only add the partial write and merge
+    want = triton.cdiv(2 * num_sms, base)
+    useful = triton.cdiv(max(1, max_context_len), max(MIN_TOKENS_PER_SPLIT, block_n))
+    return int(max(1, min(want, useful, MAX_SPLITS)))
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           meta: AttentionMetadata, scale: float, sliding_window: int | None = None,
+                           num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query token per sequence (q [B, H, D]) over the paged cache; returns [B, H, D].
+
+    `num_splits` overrides the automatic context split (a CUDA graph needs it fixed across replays);
+    `out` lets a captured graph write into a static buffer.
+    """
+    heads, kv_heads, head_dim, block_size = check_attention_args(q, k_cache, v_cache, meta)
+    batch = q.shape[0]
+    if batch != meta.num_seqs:
+        raise ValueError(f"decode expects one query per sequence: q has {batch} rows, meta {meta.num_seqs} seqs")
+    if out is None:
+        out = torch.empty_like(q)
+    if batch == 0:
+        return out
+    group = heads // kv_heads
+    group_pad = max(16, next_pow2(group))
+    block_d = max(16, next_pow2(head_dim))
+    # 64-token tiles keep a [64, D] K and V tile plus the [16, D] accumulator in registers at D=128.
+    block_n = 64 if block_d <= 128 else 32
+    splits = num_splits or choose_num_splits(batch, kv_heads, meta.max_context_len, _num_sms(q.device), block_n)
+    use_window = sliding_window is not None and sliding_window > 0
+    if splits > 1:
+        pm = torch.empty(batch, heads, splits, device=q.device, dtype=torch.float32)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(batch, heads, splits, block_d, device=q.device, dtype=torch.float32)
+    else:
+        pm = pl = pacc = out  # unused placeholders: the kernel writes `out` directly
+    _decode_kernel[(batch, kv_heads, splits)](
+        q, k_cache, v_cache, meta.block_tables, meta.context_lens, out, pm, pl, pacc,
+        scale * LOG2E, sliding_window if use_window else 0,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
+        pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
+        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
+        BLOCK_N=block_n, NUM_SPLITS=splits, USE_WINDOW=use_window, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    if splits > 1:
+        _decode_merge_kernel[(batch, heads)](
+            pm, pl, pacc, out,
+            pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
+            out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=splits, SPLITS_PAD=max(2, next_pow2(splits)),
+            num_warps=4,
+        )
+    return out

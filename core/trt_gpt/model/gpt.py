@@ -1,0 +1,179 @@
+"""The GPT model: every variant is this one module tree, shaped by ModelConfig and this rank's Mapping.
+
+Module and parameter names equal the canonical checkpoint tensor names, so a rank file loads with
+`load_state_dict(assign=True)` onto a model built on the meta device. The forward pass consumes a
+packed batch (no padding) and a paged KV cache described by AttentionMetadata.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import TrtGptError
+from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
+from ..plugins import named_registry
+from ..runtime.attn_metadata import AttentionMetadata
+from ..weights import padded_vocab_size
+from .layers import ColumnLinear, Norm, RowLinear, VocabEmbedding, get_activation
+from .parallel import TPGroup
+
+
+class TorchAttentionBackend:
+    """The reference backend: correct everywhere, used on CPU and as the oracle for the kernels."""
+    name = "torch"
+
+    @staticmethod
+    def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+    @staticmethod
+    def attention(q, k_cache, v_cache, meta, scale, sliding_window):
+        return paged_attention_ref(q, k_cache, v_cache, meta, scale, sliding_window)
+
+
+def attention_scale(cfg: ModelConfig, layer_idx: int) -> float:
+    scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else \
+        1.0 / (math.sqrt(cfg.head_size) * cfg.q_scaling)
+    if cfg.scale_attn_by_inverse_layer_idx:
+        scale /= layer_idx + 1
+    return scale
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, tp: TPGroup):
+        super().__init__()
+        t = cfg.mapping.tp_size
+        self.heads = cfg.num_attention_heads // t
+        self.kv_heads = max(cfg.num_key_value_heads // t, 1)
+        self.head_size = cfg.head_size
+        self.scale = attention_scale(cfg, layer_idx)
+        self.qkv = ColumnLinear(cfg.hidden_size, (self.heads + 2 * self.kv_heads) * cfg.head_size, cfg.attn_bias)
+        self.dense = RowLinear(self.heads * cfg.head_size, cfg.hidden_size, cfg.attn_bias, tp)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
+                rope: Any, backend: Any, window: int | None) -> torch.Tensor:
+        qkv = self.qkv(x)
+        d = self.head_size
+        q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        q = q.view(-1, self.heads, d)
+        k = k.view(-1, self.kv_heads, d)
+        v = v.view(-1, self.kv_heads, d)
+        if rope is not None:
+            q, k = rope.apply(q, k, positions)
+        backend.write_kv(k, v, kv[0], kv[1], meta.slot_mapping)
+        out = backend.attention(q, kv[0], kv[1], meta, self.scale, window)
+        return self.dense(out.reshape(-1, self.heads * d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup):
+        super().__init__()
+        inter = cfg.intermediate_size // cfg.mapping.tp_size
+        self.gated = cfg.is_gated
+        self.act = get_activation(cfg.hidden_act)
+        self.fc = ColumnLinear(cfg.hidden_size, inter, cfg.mlp_bias)
+        if self.gated:
+            self.gate = ColumnLinear(cfg.hidden_size, inter, cfg.mlp_bias)
+        self.proj = RowLinear(inter, cfg.hidden_size, cfg.mlp_bias, tp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        if self.gated:
+            h = h * self.gate(x)
+        return self.proj(h)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, tp: TPGroup):
+        super().__init__()
+        self.residual_multiplier = cfg.residual_multiplier
+        self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.attention = Attention(cfg, layer_idx, tp)
+        self.post_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.mlp = MLP(cfg, tp)
+
+    def forward(self, x, positions, meta, kv, rope, backend, window) -> torch.Tensor:
+        m = self.residual_multiplier
+        a = self.attention(self.input_layernorm(x), positions, meta, kv, rope, backend, window)
+        x = x + a * m if m != 1.0 else x + a
+        f = self.mlp(self.post_layernorm(x))
+        return x + f * m if m != 1.0 else x + f
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup):
+        super().__init__()
+        mp = cfg.mapping
+        self.layer_range = mp.layer_range(cfg.num_hidden_layers)
+        if mp.is_first_pp_rank:
+            vocab, hidden, dim, start = cfg.vocab_size, cfg.hidden_size, None, 0
+            if cfg.use_parallel_embedding and mp.tp_size > 1:
+                dim = cfg.embedding_sharding_dim
+                if dim == 0:
+                    vocab = padded_vocab_size(cfg) // mp.tp_size
+                    start = mp.tp_rank * vocab
+                else:
+                    hidden = cfg.hidden_size // mp.tp_size
+            self.vocab_embedding = VocabEmbedding(vocab, hidden, dim, start, tp)
+            if cfg.position_embedding_type == "learned_absolute":
+                self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in self.layer_range)
+        if mp.is_last_pp_rank:
+            self.ln_f = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+
+
+class GPTForCausalLM(nn.Module):
+    """Packed-token forward over a paged KV cache; returns fp32 logits (last stage) or hidden states."""
+
+    def __init__(self, cfg: ModelConfig, tp: TPGroup | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tp = tp or TPGroup()
+        self.transformer = Transformer(cfg, self.tp)
+        if cfg.mapping.is_last_pp_rank:
+            self.lm_head = ColumnLinear(cfg.hidden_size, padded_vocab_size(cfg) // cfg.mapping.tp_size, False)
+        encoders = named_registry("register_position_encodings")
+        if cfg.position_embedding_type not in encoders:
+            raise TrtGptError(f"position_embedding_type '{cfg.position_embedding_type}' has no registered encoder")
+        self._pos_factory = encoders[cfg.position_embedding_type]
+        self.rope = None
+        self.backend: Any = TorchAttentionBackend()
+
+    def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:
+        """Create non-persistent state (rotary tables) once the weights are on `device`."""
+        enc = self._pos_factory(self.cfg, device, max_positions=max_positions)
+        self.rope = None if getattr(enc, "learned", False) else enc
+        if backend is not None:
+            self.backend = backend
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
+                logits_rows: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        t = self.transformer
+        if cfg.mapping.is_first_pp_rank:
+            hidden = t.vocab_embedding(input_ids)
+            if cfg.embedding_multiplier != 1.0:
+                hidden = hidden * cfg.embedding_multiplier
+            if hasattr(t, "position_embedding"):
+                hidden = hidden + t.position_embedding(positions)
+        window = window if window is not None else cfg.sliding_window
+        for layer, kv in zip(t.layers, kv_caches):
+            hidden = layer(hidden, positions, meta, kv, self.rope, self.backend, window)
+        if not cfg.mapping.is_last_pp_rank:
+            return hidden
+        if logits_rows is not None:
+            hidden = hidden[logits_rows]
+        logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
+        return logits / cfg.logits_scaling if cfg.logits_scaling != 1.0 else logits
+
+
+def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], None]]:
+    """name -> shape of every tensor a rank file must hold, from a model built on the meta device."""
+    with torch.device("meta"):
+        model = GPTForCausalLM(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -1,0 +1,86 @@
+"""Building blocks of the GPT model: norms, activations, tensor-parallel linears and embeddings.
+
+Parallel layers own their sharding: they are created with this rank's local shapes (the checkpoint is
+already cut by `weights.shard_tensor`) and do the collective that their split needs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TrtGptError
+from ..plugins import named_registry
+from .parallel import TPGroup
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    acts = named_registry("register_activations")
+    if name not in acts:
+        raise TrtGptError(f"hidden_act '{name}' has no registered activation (known: {', '.join(sorted(acts))})")
+    return acts[name]
+
+
+class Norm(nn.Module):
+    """layernorm, layernorm1p (weight stored as w-1, NeMo's zero-centred gamma) or rmsnorm."""
+
+    def __init__(self, size: int, kind: str, eps: float):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.empty(size))
+        self.bias = nn.Parameter(torch.empty(size)) if kind != "rmsnorm" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rmsnorm":
+            xf = x.float()
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            return (xf * self.weight.float()).to(x.dtype)
+        w = self.weight + 1 if self.kind == "layernorm1p" else self.weight
+        return F.layer_norm(x.float(), (x.shape[-1],), w.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class ColumnLinear(nn.Module):
+    """Output features split across TP ranks; no communication (the next row-parallel layer reduces)."""
+
+    def __init__(self, in_features: int, out_local: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_local, in_features))
+        self.bias = nn.Parameter(torch.empty(out_local)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowLinear(nn.Module):
+    """Input features split across TP ranks; partial products are all-reduced, then the bias is added once."""
+
+    def __init__(self, in_local: int, out_features: int, bias: bool, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.weight = nn.Parameter(torch.empty(out_features, in_local))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tp.all_reduce(F.linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabEmbedding(nn.Module):
+    """Token embedding; with parallel embedding, dim 0 splits the vocab and dim 1 the hidden size."""
+
+    def __init__(self, vocab_local: int, hidden_local: int, shard_dim: int | None, vocab_start: int, tp: TPGroup):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_local, hidden_local))
+        self.shard_dim, self.vocab_start, self.tp = shard_dim, vocab_start, tp
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.shard_dim is None:
+            return F.embedding(ids, self.weight)
+        if self.shard_dim == 1:
+            return self.tp.all_gather(F.embedding(ids, self.weight), dim=-1)
+        local = ids - self.vocab_start
+        inside = (local >= 0) & (local < self.weight.shape[0])
+        out = F.embedding(local.clamp(0, self.weight.shape[0] - 1), self.weight) * inside.unsqueeze(-1)
+        return self.tp.all_reduce(out)

@@ -1,0 +1,55 @@
+"""Engine loading: config, model built on `meta`, weights assigned from the (mmap'd) rank file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_engine_config, load_rank, torch_dtype
+from ..config import BuildConfig, ModelConfig
+from ..errors import TrtGptError
+from ..model import GPTForCausalLM
+from ..model.parallel import TPGroup
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrtGptError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+class Engine:
+    """A loaded engine for one rank: its config, build limits and model on a device."""
+
+    def __init__(self, engine_dir: str | Path, device: str | torch.device | None = None, rank: int = 0,
+                 tp_group: TPGroup | None = None):
+        self.dir = Path(engine_dir)
+        cfg, build = load_engine_config(self.dir)
+        self.build: BuildConfig = build
+        self.device = pick_device(device)
+        self.cfg: ModelConfig = cfg
+        cfg.mapping = cfg.mapping.with_rank(rank)
+        self.dtype = torch_dtype(cfg.dtype)
+        with torch.device("meta"):
+            model = GPTForCausalLM(cfg, tp_group)
+        state = load_rank(self.dir, rank, self.device)
+        missing = set(model.state_dict()) - set(state)
+        if missing:
+            raise TrtGptError(f"{self.dir}/rank{rank}.safetensors: missing tensor '{sorted(missing)[0]}'")
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval()
+        model.setup_runtime(self.device, build.max_seq_len, self._backend())
+        self.model = model
+
+    def _backend(self):
+        # TRT_GPT_ATTENTION_BACKEND=torch|triton overrides the automatic choice (Triton on CUDA)
+        from ..kernels.backends import get_attention_backend
+
+        return get_attention_backend(self.device, self.dtype)
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        return torch_dtype(self.build.kv_cache_dtype) if self.build.kv_cache_dtype else self.dtype

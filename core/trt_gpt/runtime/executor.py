@@ -1,0 +1,61 @@
+"""One executor step: pack the scheduled tokens of many sequences, build the attention metadata,
+run the model once, and return the logits the sampler needs (last token of each sequence, or all).
+"""
+from __future__ import annotations
+
+import torch
+
+from .attn_metadata import AttentionMetadata
+from .engine import Engine
+from .kv_cache import PagedKVCache
+from .sequence import Sequence
+
+
+class Executor:
+    def __init__(self, engine: Engine, cache: PagedKVCache):
+        self.engine = engine
+        self.cache = cache
+        self.device = engine.device
+        self.max_blocks = cache.blocks_for(engine.build.max_seq_len)
+
+    def build_inputs(self, batch: list[tuple[Sequence, int]]):
+        """Host-side packing into flat lists, then one transfer per tensor."""
+        bs = self.cache.block_size
+        ids, pos, slots, q_lens, ctx_lens, tables = [], [], [], [], [], []
+        for seq, n in batch:
+            start = seq.num_computed
+            toks = seq.tokens[start:start + n]
+            ids.extend(toks)
+            pos.extend(range(start, start + n))
+            slots.extend(seq.blocks[p // bs] * bs + p % bs for p in range(start, start + n))
+            q_lens.append(n)
+            ctx_lens.append(start + n)
+            tables.append(seq.blocks + [0] * (self.max_blocks - len(seq.blocks)))
+        dev = self.device
+        cu = [0]
+        for q in q_lens:
+            cu.append(cu[-1] + q)
+        meta = AttentionMetadata(
+            cu_q_lens=torch.tensor(cu, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            max_q_len=max(q_lens), max_context_len=max(ctx_lens),
+            q_lens_host=q_lens, context_lens_host=ctx_lens)
+        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
+                meta, cu)
+
+    @torch.inference_mode()
+    def step(self, batch: list[tuple[Sequence, int]], all_logits: bool = False,
+             window: int | None = None) -> torch.Tensor:
+        """Run `n` pending tokens of each sequence; returns fp32 logits [rows, vocab].
+
+        rows = one per sequence (its last scheduled token) unless `all_logits`, then every token.
+        The caller has already given each sequence enough cache blocks for its new tokens.
+        """
+        ids, pos, meta, cu = self.build_inputs(batch)
+        rows = None if all_logits else torch.tensor([c - 1 for c in cu[1:]], device=self.device)
+        logits = self.engine.model(ids, pos, meta, self.cache.layers, logits_rows=rows, window=window)
+        for seq, n in batch:
+            seq.num_computed += n
+        return logits

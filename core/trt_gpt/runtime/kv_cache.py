@@ -1,0 +1,67 @@
+"""Paged KV cache: per layer a pool of fixed-size blocks, and the allocator that hands blocks to requests."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import TrtGptError
+
+
+class BlockAllocator:
+    """Free list of block ids; allocation is all-or-nothing so a request never holds a partial grant."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int] | None:
+        if n > len(self._free):
+            return None
+        return [self._free.pop() for _ in range(n)]
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+
+class PagedKVCache:
+    """K and V pools for this rank's layers: each [num_blocks, kv_heads, block_size, head_size]."""
+
+    def __init__(self, num_layers: int, num_blocks: int, kv_heads: int, block_size: int, head_size: int,
+                 dtype: torch.dtype, device: torch.device):
+        if num_blocks < 1:
+            raise TrtGptError("kv cache: not enough memory for a single block "
+                              "(lower max_batch_size/max_seq_len or raise --kv_cache_free_gpu_memory_fraction)")
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        shape = (num_blocks, kv_heads, block_size, head_size)
+        self.layers = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                       for _ in range(num_layers)]
+        self.allocator = BlockAllocator(num_blocks)
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, kv_heads: int, block_size: int, head_size: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * kv_heads * block_size * head_size * torch.empty((), dtype=dtype).element_size()
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return (num_tokens + self.block_size - 1) // self.block_size
+
+
+def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device, max_tokens: int | None,
+                    free_fraction: float, cap_tokens: int) -> int:
+    """Blocks to allocate: from an explicit token count, else a fraction of free GPU memory.
+
+    On CPU there is no meaningful 'free memory', so the pool covers `cap_tokens` (max_batch_size *
+    max_seq_len), the most the engine could ever hold.
+    """
+    if not 0.0 < free_fraction <= 1.0:
+        raise TrtGptError(f"kv_cache_free_gpu_memory_fraction is {free_fraction}, expected a value in (0, 1]")
+    if max_tokens is not None:
+        return max(1, (max_tokens + block_size - 1) // block_size)
+    cap_blocks = (cap_tokens + block_size - 1) // block_size
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(cap_blocks, int(free * free_fraction) // bytes_per_block))
+    return cap_blocks

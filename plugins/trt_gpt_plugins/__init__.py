@@ -1,0 +1,27 @@
+"""Built-in plugins shipped with the core, registered through the same hooks as third-party ones.
+
+Activations, position encodings and checkpoint sources live here so that a variant package needing
+a new one adds it the same way (a hookimpl), never as model code.
+"""
+from __future__ import annotations
+
+from trt_gpt.hookspecs import hookimpl
+
+from . import activations, positions, sources
+
+
+@hookimpl
+def register_activations(register):
+    for name, fn in activations.ACTIVATIONS.items():
+        register(name, fn)
+
+
+@hookimpl
+def register_position_encodings(register):
+    register("learned_absolute", positions.LearnedPositions)
+    register("rope_gpt_neox", positions.RotaryEmbedding)
+
+
+@hookimpl
+def register_checkpoint_sources(register):
+    register("hf", sources.open_hf_dir)

@@ -1,0 +1,210 @@
+"""Triton paged-attention kernels against the torch reference (CPU interpreter when there is no GPU).
+
+Shapes are tiny because the interpreter runs every program in numpy. Cache slots that no sequence owns
+(and the tail of each sequence's last block) hold NaN, and outputs are NaN-filled before each call, so a
+kernel that reads past a context or leaves a row unwritten fails loudly.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules define their @triton.jit functions
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from trt_gpt.errors import TrtGptError  # noqa: E402
+from trt_gpt.kernels.attention_ref import paged_attention_ref, write_kv_cache  # noqa: E402
+from trt_gpt.kernels.backends import ENV_VAR, get_attention_backend  # noqa: E402
+from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_decode_attention,  # noqa: E402
+                                              paged_prefill_attention, write_kv_cache_triton)
+from trt_gpt.runtime.attn_metadata import AttentionMetadata  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+HEAD_CONFIGS = [(4, 4), (8, 2), (4, 1)]          # MHA, GQA, MQA as (heads, kv_heads)
+HEAD_IDS = ["mha", "gqa", "mqa"]
+# Triton's CPU interpreter computes tl.dot on bf16 operands on their raw bits (numpy has no bfloat16),
+# giving garbage of order 1e10 for any kernel; bf16 is checked on the GPU only.
+HALF_DTYPES = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter tl.dot is wrong for bf16 operands"))]
+
+
+def make_case(heads: int, kv_heads: int, head_dim: int, block_size: int, ctx_lens: list[int],
+              q_lens: list[int], dtype: torch.dtype, seed: int = 0):
+    """Random q and a paged cache whose blocks are a shuffled, non-contiguous subset of the pool."""
+    gen = torch.Generator().manual_seed(seed)
+    nblocks = [(c + block_size - 1) // block_size for c in ctx_lens]
+    pool = sum(nblocks) + 5                                        # spare blocks stay NaN
+    perm = torch.randperm(pool, generator=gen)
+    block_tables = torch.zeros(len(ctx_lens), max(nblocks) + 1, dtype=torch.int32)  # +1: padded column
+    k_cache = torch.full((pool, kv_heads, block_size, head_dim), float("nan"), dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    slots, used = [], 0
+    for b, (c, ql) in enumerate(zip(ctx_lens, q_lens)):
+        block_tables[b, :nblocks[b]] = perm[used:used + nblocks[b]].to(torch.int32)
+        used += nblocks[b]
+        for pos in range(c):
+            blk, off = int(block_tables[b, pos // block_size]), pos % block_size
+            k_cache[blk, :, off] = torch.randn(kv_heads, head_dim, generator=gen).to(dtype)
+            v_cache[blk, :, off] = torch.randn(kv_heads, head_dim, generator=gen).to(dtype)
+            if pos >= c - ql:
+                slots.append(blk * block_size + off)
+    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
+    meta = AttentionMetadata(cu_q_lens=cu.to(DEVICE), context_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=DEVICE),
+                             block_tables=block_tables.to(DEVICE), slot_mapping=torch.tensor(slots, device=DEVICE),
+                             max_q_len=max(q_lens), max_context_len=max(ctx_lens),
+                             q_lens_host=list(q_lens), context_lens_host=list(ctx_lens))
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=gen).to(dtype)
+    return q.to(DEVICE), k_cache.to(DEVICE), v_cache.to(DEVICE), meta
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert not torch.isnan(out).any(), "kernel left rows unwritten or read poisoned cache slots"
+    err = (out.float() - ref.float()).abs().max().item()
+    if dtype == torch.float32:
+        assert err <= 1e-4, f"max abs err {err}"
+    else:
+        rel = err / ref.float().abs().max().item()
+        assert rel <= 1e-2, f"rel err {rel}"
+
+
+def poisoned(q: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(q, float("nan"))
+
+
+def ref_attention(q, k_cache, v_cache, meta, scale, window):
+    """The reference in fp32 (nan-free caches are not needed: it only gathers positions < context)."""
+    return paged_attention_ref(q.float(), k_cache.float(), v_cache.float(), meta, scale, window)
+
+
+# ---- prefill -------------------------------------------------------------------------------------------
+
+# Packed sequences: a whole prompt, a chunk that starts mid-context, a single-token row, an aligned chunk.
+PREFILL_CTX = [37, 100, 5, 64]
+PREFILL_Q = [37, 20, 1, 16]
+
+
+@pytest.mark.parametrize("heads,kv_heads", HEAD_CONFIGS, ids=HEAD_IDS)
+@pytest.mark.parametrize("window", [None, 24])
+def test_prefill_fp32(heads, kv_heads, window):
+    q, kc, vc, meta = make_case(heads, kv_heads, 32, 16, PREFILL_CTX, PREFILL_Q, torch.float32, seed=heads + kv_heads)
+    out = paged_prefill_attention(q, kc, vc, meta, 0.3, window, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.3, window), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("fp32_acc", [True, False])
+def test_prefill_half(dtype, fp32_acc):
+    q, kc, vc, meta = make_case(8, 2, 32, 16, PREFILL_CTX, PREFILL_Q, dtype, seed=3)
+    out = paged_prefill_attention(q, kc, vc, meta, 32 ** -0.5, 40, fp32_acc=fp32_acc, out=poisoned(q))
+    assert out.dtype == dtype
+    assert_close(out, ref_attention(q, kc, vc, meta, 32 ** -0.5, 40), dtype)
+
+
+@pytest.mark.parametrize("head_dim,block_size", [(80, 32), (64, 64), (96, 128)])
+def test_prefill_head_dims_and_block_sizes(head_dim, block_size):
+    q, kc, vc, meta = make_case(2, 1, head_dim, block_size, [70, 9], [30, 9], torch.float32, seed=head_dim)
+    out = paged_prefill_attention(q, kc, vc, meta, head_dim ** -0.5, None, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, head_dim ** -0.5, None), torch.float32)
+
+
+def test_prefill_long_context_window_and_empty_sequence():
+    # ctx 200 / window 120 leaves key tiles that every row sees fully (the unmasked middle range), plus
+    # masked tiles on both edges; the middle sequence contributes no query rows this step.
+    q, kc, vc, meta = make_case(4, 2, 32, 16, [200, 30, 50], [16, 0, 50], torch.float32, seed=9)
+    out = paged_prefill_attention(q, kc, vc, meta, 0.2, 120, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.2, 120), torch.float32)
+
+
+def test_prefill_window_of_one_sees_only_itself():
+    q, kc, vc, meta = make_case(2, 2, 32, 16, [40], [40], torch.float32, seed=7)
+    out = paged_prefill_attention(q, kc, vc, meta, 0.2, 1, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.2, 1), torch.float32)
+
+
+# ---- decode --------------------------------------------------------------------------------------------
+
+DECODE_CTX = [1, 37, 100, 64]
+
+
+@pytest.mark.parametrize("heads,kv_heads", HEAD_CONFIGS, ids=HEAD_IDS)
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+@pytest.mark.parametrize("window", [None, 20])
+def test_decode_fp32(heads, kv_heads, num_splits, window):
+    q, kc, vc, meta = make_case(heads, kv_heads, 32, 16, DECODE_CTX, [1] * 4, torch.float32, seed=heads)
+    assert meta.is_decode
+    out = paged_decode_attention(q, kc, vc, meta, 0.25, window, num_splits=num_splits, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.25, window), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_decode_half_many_splits(dtype):
+    # 8 splits over <= 2 tiles: most splits are empty and must merge as zero weight.
+    q, kc, vc, meta = make_case(8, 2, 32, 16, DECODE_CTX, [1] * 4, dtype, seed=11)
+    out = paged_decode_attention(q, kc, vc, meta, 32 ** -0.5, None, num_splits=8, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, 32 ** -0.5, None), dtype)
+
+
+@pytest.mark.parametrize("head_dim,block_size", [(80, 32), (128, 64)])
+def test_decode_head_dims_and_block_sizes(head_dim, block_size):
+    q, kc, vc, meta = make_case(4, 1, head_dim, block_size, [90, 3], [1, 1], torch.float32, seed=head_dim)
+    out = paged_decode_attention(q, kc, vc, meta, head_dim ** -0.5, 50, num_splits=2, out=poisoned(q))
+    assert_close(out, ref_attention(q, kc, vc, meta, head_dim ** -0.5, 50), torch.float32)
+
+
+def test_choose_num_splits_fills_the_gpu():
+    assert choose_num_splits(1, 1, 4096, num_sms=132) > 16        # one request spreads over many SMs
+    assert choose_num_splits(64, 4, 4096, num_sms=132) == 1       # a big batch already fills them
+    assert choose_num_splits(1, 1, 50, num_sms=132) == 1          # short contexts are not split
+
+
+# ---- KV write ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src_dtype,cache_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16)])
+def test_write_kv_cache_matches_reference(src_dtype, cache_dtype):
+    gen = torch.Generator().manual_seed(5)
+    k = torch.randn(6, 3, 80, generator=gen).to(src_dtype)
+    v = torch.randn(6, 3, 80, generator=gen).to(src_dtype)
+    k_cache = torch.randn(4, 3, 16, 80, generator=gen).to(cache_dtype)
+    v_cache = torch.randn(4, 3, 16, 80, generator=gen).to(cache_dtype)
+    slots = torch.tensor([0, 17, 63, 5, 40, 31])
+    kt, vt, kr, vr = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
+    write_kv_cache_triton(k, v, kt, vt, slots)
+    write_kv_cache(k, v, kr, vr, slots)
+    assert torch.equal(kt, kr) and torch.equal(vt, vr)
+
+
+def test_write_kv_cache_skips_negative_slots():
+    k = torch.ones(2, 1, 32)
+    k_cache = torch.zeros(2, 1, 16, 32)
+    v_cache = torch.zeros(2, 1, 16, 32)
+    write_kv_cache_triton(k, k, k_cache, v_cache, torch.tensor([3, -1]))
+    assert k_cache.sum().item() == 32 and k_cache[0, 0, 3].eq(1).all()
+
+
+# ---- backend registry ----------------------------------------------------------------------------------
+
+def test_backend_forced_triton_dispatches_decode_and_prefill(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "triton")
+    backend = get_attention_backend(DEVICE, torch.float32)
+    assert backend.name == "triton"
+    for q_lens in ([1, 1], [5, 1]):
+        q, kc, vc, meta = make_case(4, 2, 32, 16, [20, 33], q_lens, torch.float32, seed=len(q_lens))
+        out = backend.attention(q, kc, vc, meta, 0.3, None)
+        assert_close(out, ref_attention(q, kc, vc, meta, 0.3, None), torch.float32)
+
+
+def test_backend_default_and_errors(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert get_attention_backend(torch.device("cpu"), torch.float32).name == "torch"
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert get_attention_backend(torch.device("cpu"), torch.float16).name == "torch"
+    monkeypatch.setenv(ENV_VAR, "cudnn")
+    with pytest.raises(TrtGptError, match=ENV_VAR):
+        get_attention_backend("cpu", torch.float32)
+    monkeypatch.setenv(ENV_VAR, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(TrtGptError, match="unavailable"):
+        get_attention_backend(torch.device("cpu"), torch.float32)
