@@ -150,7 +150,7 @@ class ModelConfig:
 class BuildConfig:
     """Engine limits, with the reference's defaults."""
     max_batch_size: int = 256
-    max_input_len: int = 1024
+    max_input_len: int | None = None      # None: 1024, capped to max_seq_len - 1
     max_seq_len: int | None = None        # None: max_position_embeddings (or input + 1024 for RoPE)
     max_num_tokens: int = 8192
     tokens_per_block: int = 64
@@ -160,6 +160,9 @@ class BuildConfig:
     max_prompt_embedding_table_size: int = 0
 
     def validate(self, model: ModelConfig | None = None, source: str = "build") -> "BuildConfig":
+        explicit_input = self.max_input_len is not None
+        if not explicit_input:
+            self.max_input_len = 1024
         for f in ("max_batch_size", "max_input_len", "max_num_tokens", "tokens_per_block", "max_beam_width"):
             v = getattr(self, f)
             if not isinstance(v, int) or v <= 0:
@@ -169,6 +172,8 @@ class BuildConfig:
                 self.max_seq_len = model.max_position_embeddings
             else:
                 self.max_seq_len = max(model.max_position_embeddings, self.max_input_len + 1024)
+        if not explicit_input and self.max_seq_len is not None:
+            self.max_input_len = min(self.max_input_len, self.max_seq_len - 1)
         if self.max_seq_len is not None and self.max_seq_len < self.max_input_len:
             raise TrtGptError(f"{source}: 'max_seq_len' ({self.max_seq_len}) is smaller than 'max_input_len' "
                               f"({self.max_input_len})")

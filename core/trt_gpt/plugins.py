@@ -68,6 +68,11 @@ class Plugins:
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
+                try:
+                    self.pm.check_pending()  # a hookimpl matching no hookspec (a typo) is this plugin's fault
+                except pluggy.PluginValidationError:
+                    self.pm.unregister(plugin)
+                    raise
             except Exception as e:  # a broken third-party plugin must not take the tool down
                 msg = (f"warning: plugin '{ep.name}' from distribution '{dist or ep.value}' failed to load "
                        f"({type(e).__name__}: {e}); continuing without it")

@@ -65,7 +65,9 @@ def resolve_variant(src: SourceCheckpoint, name: str | None) -> VariantSpec:
     if name is not None:
         spec = get_variant(name)
         if not spec.detect(src):
-            found = [s.name for s in all_variants() if s.detect(src)]
+            # name the variant auto-detection would pick (the hook first), not just any that accepts it
+            hooked = get_plugins().pm.hook.detect_variant(source=src)
+            found = [hooked] if hooked else [s.name for s in all_variants() if s.detect(src)]
             hint = f"; it looks like '{found[0]}'" if found else ""
             raise TrtGptError(f"{src.path}: checkpoint does not fit variant '{spec.name}'{hint}")
         return spec

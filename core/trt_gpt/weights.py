@@ -145,3 +145,17 @@ def map_names(tensors: Iterable[tuple[str, torch.Tensor]],
                 break
         else:
             raise TrtGptError(f"checkpoint tensor '{name}' is not in the variant's weight map")
+
+
+def with_lm_head(tensors: Iterable[tuple[str, torch.Tensor]], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """Make a canonical stream carry `lm_head.weight` as the format wants (always written, even when tied).
+
+    Tied: the embedding table is emitted again as lm_head and any lm_head copy in the source is dropped
+    (sources that tie often still store a stale or duplicate one). Untied: the source's own is kept.
+    """
+    for name, t in tensors:
+        if tied and name == "lm_head.weight":
+            continue
+        yield name, t
+        if tied and name == "transformer.vocab_embedding.weight":
+            yield "lm_head.weight", t

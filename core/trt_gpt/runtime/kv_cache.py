@@ -1,4 +1,9 @@
-"""Paged KV cache: per layer a pool of fixed-size blocks, and the allocator that hands blocks to requests."""
+"""Paged KV cache: per layer a pool of fixed-size blocks, and the allocator that hands blocks to requests.
+
+Blocks are reference counted so that beams of one request can share the blocks of their common
+prefix (copy-on-fork): a fork only bumps counts, and a shared block is copied the moment one of its
+owners needs to write into it (`PagedKVCache.copy_blocks`).
+"""
 from __future__ import annotations
 
 import torch
@@ -7,23 +12,43 @@ from ..errors import TrtGptError
 
 
 class BlockAllocator:
-    """Free list of block ids; allocation is all-or-nothing so a request never holds a partial grant."""
+    """Free list of block ids with reference counts; allocation is all-or-nothing so a request never
+    holds a partial grant."""
 
     def __init__(self, num_blocks: int):
         self.num_blocks = num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))
+        self._refs = [0] * num_blocks
 
     @property
     def num_free(self) -> int:
         return len(self._free)
 
+    def refcount(self, block: int) -> int:
+        return self._refs[block]
+
     def allocate(self, n: int) -> list[int] | None:
         if n > len(self._free):
             return None
-        return [self._free.pop() for _ in range(n)]
+        got = [self._free.pop() for _ in range(n)]
+        for b in got:
+            self._refs[b] = 1
+        return got
+
+    def fork(self, blocks: list[int]) -> list[int]:
+        """Another owner for `blocks` (no copy); returns a new list of the same ids."""
+        for b in blocks:
+            self._refs[b] += 1
+        return list(blocks)
 
     def free(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+        """Drop one reference to each block; a block returns to the pool when nobody holds it."""
+        for b in reversed(blocks):
+            if self._refs[b] <= 0:
+                raise RuntimeError(f"kv cache: block {b} freed more often than allocated")
+            self._refs[b] -= 1
+            if self._refs[b] == 0:
+                self._free.append(b)
 
 
 class PagedKVCache:
@@ -48,6 +73,18 @@ class PagedKVCache:
     def blocks_for(self, num_tokens: int) -> int:
         return (num_tokens + self.block_size - 1) // self.block_size
 
+    @torch.inference_mode()
+    def copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        """Copy the K/V of blocks `src[i]` into `dst[i]` in every layer (copy-on-write of shared blocks)."""
+        if not src:
+            return
+        dev = self.layers[0][0].device
+        s = torch.tensor(src, dtype=torch.int64, device=dev)
+        d = torch.tensor(dst, dtype=torch.int64, device=dev)
+        for k, v in self.layers:
+            k.index_copy_(0, d, k.index_select(0, s))
+            v.index_copy_(0, d, v.index_select(0, s))
+
 
 def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device, max_tokens: int | None,
                     free_fraction: float, cap_tokens: int) -> int:
@@ -59,6 +96,8 @@ def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device,
     if not 0.0 < free_fraction <= 1.0:
         raise TrtGptError(f"kv_cache_free_gpu_memory_fraction is {free_fraction}, expected a value in (0, 1]")
     if max_tokens is not None:
+        if max_tokens < 1:
+            raise TrtGptError(f"max_tokens_in_paged_kv_cache is {max_tokens}, expected a positive integer")
         return max(1, (max_tokens + block_size - 1) // block_size)
     cap_blocks = (cap_tokens + block_size - 1) // block_size
     if device.type == "cuda":

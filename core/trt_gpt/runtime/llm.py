@@ -1,6 +1,12 @@
-"""The public `LLM` API: generate (batch or streaming) and score, over the in-flight batching runtime."""
+"""The public `LLM` API: generate (batch or streaming) and score, over the in-flight batching runtime.
+
+Requests join with `add_request` and leave when finished or `cancel`led; each `step` runs one
+scheduled batch through the executor, then samples (or advances beam search) for every request
+whose pending tokens are all computed.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence as Seq
@@ -11,22 +17,28 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
-from .sampler import RequestSamplingState, check_stop, process_and_sample
+from .sampler import BeamSearchState, RequestSamplingState, check_stop, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
 from .tokenizer import Tokenizer, load_tokenizer
+
+Prompt = str | Seq[int]
 
 
 @dataclass
 class RequestOutput:
     request_id: int
     prompt_token_ids: list[int]
-    token_ids: list[int]             # generated tokens only
+    token_ids: list[int]             # generated tokens only (beam search: the best beam)
     text: str = ""
     finish_reason: str | None = None
     finished: bool = False
     new_token_ids: list[int] = field(default_factory=list)  # streaming: tokens since the last update
+    beams: list[list[int]] | None = None       # beam search: every beam's tokens, best first when finished
+    beam_scores: list[float] | None = None     # beam search: HF-style scores (sum logprob / len**length_penalty)
+    beam_texts: list[str] | None = None
+    generation_logits: torch.Tensor | None = None  # [n, vocab] raw logits of each step (return_logits)
 
 
 class LLM:
@@ -49,13 +61,14 @@ class LLM:
         batch = max_batch_size or build.max_batch_size
         blocks = plan_num_blocks(per_block, build.tokens_per_block, self.engine.device,
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
-                                 cap_tokens=batch * build.max_seq_len)
+                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_dtype, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
         self._tokenizer: Tokenizer | None = None
         self._tok_args = (tokenizer_dir, vocab_file)
+        self.last_request_ids: list[int] = []
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -65,7 +78,7 @@ class LLM:
         return self._tokenizer
 
     # ------------------------------------------------------------------ requests
-    def _encode(self, prompt: str | Seq[int], add_special_tokens: bool = True) -> list[int]:
+    def _encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
         ids = self.tokenizer.encode(prompt, add_special_tokens) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise TrtGptError("empty prompt: at least one token is needed")
@@ -77,67 +90,159 @@ class LLM:
                               f"({self.build.max_input_len})")
         return ids
 
-    def add_request(self, prompt: str | Seq[int], params: SamplingParams | None = None,
+    def _window(self, params: SamplingParams) -> int | None:
+        """The request's attention window: the tighter of its own and the model's sliding window."""
+        ws = [w for w in (params.max_attention_window_size, self.cfg.sliding_window) if w]
+        w = min(ws) if ws else None
+        # A window that covers the longest possible sequence changes nothing; keeping it None lets the
+        # request share a forward with unwindowed ones.
+        return None if w is None or (w >= self.build.max_seq_len and not self.cfg.sliding_window) else w
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
                     add_special_tokens: bool = True) -> Sequence:
+        """Queue one request; it runs from the next `step` on. Returns its live `Sequence`."""
         params = params or SamplingParams()
         params.validate(self.cfg.vocab_size)
+        if params.num_beams > 1:
+            if params.num_beams > self.build.max_beam_width:
+                raise TrtGptError(f"num_beams {params.num_beams} exceeds the engine's max_beam_width "
+                                  f"({self.build.max_beam_width}); rebuild with --max_beam_width")
+            if params.stop_words:
+                raise TrtGptError("stop_words are not supported with num_beams > 1 (beam search ends at end_id)")
         ids = self._encode(prompt, add_special_tokens)
         room = self.build.max_seq_len - len(ids)
         if room < 1:
             raise TrtGptError(f"prompt of {len(ids)} tokens leaves no room under max_seq_len {self.build.max_seq_len}")
         if params.max_tokens > room:
-            params = _replace(params, max_tokens=room)
+            params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
         state = RequestSamplingState(params, ids)
-        seq = Sequence(prompt_ids=ids, params=params, sampling=state)
+        seq = Sequence(prompt_ids=ids, params=params, sampling=state, window=self._window(params))
         seq.output_ids = state.output_ids   # one list, appended to by check_stop
+        if params.return_logits:
+            seq.generation_logits = []
+        if params.num_beams > 1:
+            seq.beam_state = BeamSearchState(len(ids), params)
         self.scheduler.add(seq)
         return seq
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a request now and return its cache blocks."""
+        if seq.status is Status.FINISHED:
+            return
         self.scheduler.release(seq)
         seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
 
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status, seq.finish_reason = Status.FINISHED, reason
+        self.scheduler.release(seq)
+
     def step(self) -> list[Sequence]:
-        """Run one executor step; returns the sequences that got a new token."""
+        """Run one executor step; returns the requests that got a new token (or finished)."""
         batch = self.scheduler.schedule()
         if not batch:
             if self.scheduler.has_work:
                 raise TrtGptError("scheduler made no progress: the KV cache is too small for any waiting request")
             return []
-        logits = self.executor.step(batch, window=None)
-        ready = [i for i, (seq, _) in enumerate(batch) if seq.num_pending == 0]
-        if not ready:
-            return []
-        seqs = [batch[i][0] for i in ready]
-        rows = logits[torch.tensor(ready, device=logits.device)] if len(ready) != len(batch) else logits
-        tokens = process_and_sample(rows, [s.sampling for s in seqs]).tolist()
-        for seq, tok in zip(seqs, tokens):
-            reason = check_stop(seq.sampling, tok)
-            if reason is not None or seq.length >= self.build.max_seq_len:
-                seq.status, seq.finish_reason = Status.FINISHED, reason or "length"
-                self.scheduler.release(seq)
-        return seqs
+        logits = self.executor.step(batch)
+        return self._advance(batch, logits)
+
+    # ------------------------------------------------------------------ after the forward
+    def _advance(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> list[Sequence]:
+        """Sample for every request whose streams are all computed: rows of `logits` follow `batch`."""
+        rows: dict[int, list[int]] = {}
+        reqs: dict[int, Sequence] = {}
+        for i, (s, _) in enumerate(batch):
+            rows.setdefault(id(s.request), []).append(i)
+            reqs[id(s.request)] = s.request
+        plain: list[Sequence] = []
+        plain_rows: list[int] = []
+        done: list[Sequence] = []
+        for key, req in reqs.items():
+            if any(s.num_pending for s in req.streams):
+                continue                      # a prompt chunk, or beams still catching up
+            if req.beam_state is not None:
+                self._beam_step(req, logits[torch.tensor(rows[key], device=logits.device)])
+                done.append(req)
+            else:
+                plain.append(req)
+                plain_rows.append(rows[key][0])
+        if plain:
+            sub = logits if len(plain_rows) == logits.shape[0] else \
+                logits[torch.tensor(plain_rows, device=logits.device)]
+            for seq, row in zip(plain, sub):
+                if seq.generation_logits is not None:
+                    seq.generation_logits.append(row.detach().cpu().clone())
+            tokens = process_and_sample(sub, [s.sampling for s in plain]).tolist()
+            for seq, tok in zip(plain, tokens):
+                reason = check_stop(seq.sampling, tok)
+                if reason is None and seq.length >= self.build.max_seq_len:
+                    reason = "length"
+                if reason is not None:
+                    self._finish(seq, reason)
+            done += plain
+        return done
+
+    def _beam_step(self, req: Sequence, logits: torch.Tensor) -> None:
+        """One beam-search step: HF order (log-softmax, then the logits processors), pick, fork."""
+        bs: BeamSearchState = req.beam_state
+        old = req.streams
+        logprobs = process_logits(torch.log_softmax(logits.float(), dim=-1), [s.sampling for s in old],
+                                  inplace=True)
+        src, tok = bs.step(logprobs)
+        if bs.is_done:
+            req.beam_results = bs.finalize()
+            best = req.beam_results[0][0]
+            req.output_ids[:] = best
+            end = req.params.end_id
+            self._finish(req, "end_id" if end is not None and best and best[-1] == end else "length")
+            return
+        if not req.beams:
+            # Beam states never sample, so a fixed seed spares the global RNG a draw per beam.
+            beam_params = dataclasses.replace(req.params, seed=0)
+            for _ in range(bs.num_beams):
+                st = RequestSamplingState(beam_params, req.prompt_ids)
+                req.beams.append(Sequence(prompt_ids=req.prompt_ids, params=req.params, sampling=st,
+                                          output_ids=st.output_ids, parent=req, window=req.window,
+                                          request_id=req.request_id, arrival=req.arrival,
+                                          status=Status.RUNNING))
+        self.scheduler.fork_beams(req, old, src.tolist(), tok.tolist())
+        req.output_ids[:] = req.beams[0].output_ids   # the running best, for streaming
 
     # ------------------------------------------------------------------ public API
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self._tokenizer is not None else ""
+
     def _output(self, seq: Sequence, since: int = 0) -> RequestOutput:
         toks = list(seq.output_ids)
-        text = self.tokenizer.decode(toks) if self._tokenizer is not None else ""
-        return RequestOutput(seq.request_id, list(seq.prompt_ids), toks, text, seq.finish_reason,
-                             seq.status is Status.FINISHED, toks[since:])
+        out = RequestOutput(seq.request_id, list(seq.prompt_ids), toks, self._text(toks), seq.finish_reason,
+                            seq.status is Status.FINISHED, toks[since:])
+        if seq.beam_state is not None:
+            if seq.beam_results is not None:
+                out.beams = [list(t) for t, _ in seq.beam_results]
+                out.beam_scores = [s for _, s in seq.beam_results]
+            else:
+                out.beams = [list(b.output_ids) for b in seq.beams] or [toks]
+            out.beam_texts = [self._text(b) for b in out.beams]
+        if seq.generation_logits is not None and seq.generation_logits:
+            out.generation_logits = torch.stack(seq.generation_logits)
+        return out
 
-    def generate(self, prompts: str | Seq[int] | Seq[str | Seq[int]], params: SamplingParams | Seq[SamplingParams]
-                 | None = None, add_special_tokens: bool = True) -> list[RequestOutput]:
+    def generate(self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None,
+                 add_special_tokens: bool = True) -> list[RequestOutput]:
         """Run prompts to completion; outputs in prompt order."""
         outs: dict[int, RequestOutput] = {}
         for out in self.generate_stream(prompts, params, add_special_tokens):
             if out.finished:
                 outs[out.request_id] = out
-        order = self.last_request_ids
-        return [outs[i] for i in order]
+        return [outs[i] for i in self.last_request_ids]
 
-    def generate_stream(self, prompts, params=None, add_special_tokens: bool = True) -> Iterator[RequestOutput]:
-        """Yield a RequestOutput for every request each time it gets new tokens (and once when it ends)."""
+    def generate_stream(self, prompts: Prompt | Seq[Prompt],
+                        params: SamplingParams | Seq[SamplingParams] | None = None,
+                        add_special_tokens: bool = True) -> Iterator[RequestOutput]:
+        """Yield a RequestOutput for a request each time it gets new tokens (the last one has finished=True).
+
+        Leaving the loop early cancels the requests that have not finished, returning their blocks.
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if params is None or isinstance(params, SamplingParams):
@@ -146,15 +251,21 @@ class LLM:
             raise TrtGptError(f"{len(params)} sampling params for {len(prompts)} prompts")
         if any(isinstance(p, str) for p in prompts):
             _ = self.tokenizer
-        seqs = [self.add_request(p, sp, add_special_tokens) for p, sp in zip(prompts, params)]
-        self.last_request_ids = [s.request_id for s in seqs]
-        mine = {s.request_id for s in seqs}
-        sent = {s.request_id: 0 for s in seqs}
-        while any(s.status is not Status.FINISHED for s in seqs):
-            for seq in self.step():
-                if seq.request_id in mine:
-                    yield self._output(seq, sent[seq.request_id])
-                    sent[seq.request_id] = len(seq.output_ids)
+        seqs: list[Sequence] = []
+        try:
+            for p, sp in zip(prompts, params):
+                seqs.append(self.add_request(p, sp, add_special_tokens))
+            self.last_request_ids = [s.request_id for s in seqs]
+            mine = {id(s) for s in seqs}
+            sent = {id(s): 0 for s in seqs}
+            while any(s.status is not Status.FINISHED for s in seqs):
+                for seq in self.step():
+                    if id(seq) in mine:
+                        yield self._output(seq, sent[id(seq)])
+                        sent[id(seq)] = len(seq.output_ids)
+        finally:
+            for s in seqs:
+                self.cancel(s)
 
     @torch.inference_mode()
     def score(self, token_lists: Seq[Seq[int]]) -> list[torch.Tensor]:
@@ -163,7 +274,7 @@ class LLM:
         outs: list[torch.Tensor] = []
         try:
             for seq in seqs:
-                if not self.scheduler._grow(seq, len(seq.prompt_ids)):
+                if not self.scheduler.reserve_prompt(seq):
                     raise TrtGptError("score: the KV cache cannot hold this input")
             logits = self.executor.step([(s, len(s.prompt_ids)) for s in seqs], all_logits=True)
             start = 0
@@ -175,9 +286,3 @@ class LLM:
                 self.cache.allocator.free(s.blocks)
                 s.blocks = []
         return outs
-
-
-def _replace(params: SamplingParams, **kw) -> SamplingParams:
-    import dataclasses
-
-    return dataclasses.replace(params, **kw)

@@ -318,7 +318,9 @@ class BeamHypotheses:
         `early_stopping=True`, or once no running beam can beat the worst kept hypothesis.
         """
         scores = sum_logprobs / (gen_len ** self.length_penalty)
-        # The same float32 additions as HF, so ties and near-ties resolve identically.
+        # The same float32 additions as HF, so ties and near-ties resolve identically. (The "full"
+        # gate never fires under BeamSearchState, which stops once full with early_stopping; it is
+        # kept so the class stays HF-exact for any driver.)
         scores += float(self.is_full and self.early_stopping is True) * _NEG
         scores += float(not improvement_possible) * _NEG
         scores += (~finished) * _NEG
@@ -450,6 +452,6 @@ class BeamSearchState:
             # Stopped early by the caller: fall back on the running beams, scored like hypotheses.
             div = self.cur_len ** self.params.length_penalty
             rows += [(toks, float(s) / div)
-                     for toks, s in zip(self.running_tokens, (self._scores).tolist())]
+                     for toks, s in zip(self.running_tokens, self._scores.tolist())]
             rows.sort(key=lambda r: r[1], reverse=True)
         return rows[:self.num_beams]

@@ -16,7 +16,10 @@ _MAX_SEED = 2**64 - 1
 
 
 def _fail(field: str, value: object, expected: str) -> None:
-    raise TrtGptError(f"sampling: {field!r} is {value!r}, expected {expected}")
+    shown = repr(value)
+    if len(shown) > 60:  # a long stop-word list would drown the message
+        shown = shown[:57] + "..."
+    raise TrtGptError(f"sampling: {field!r} is {shown}, expected {expected}")
 
 
 def _is_int(value: object) -> bool:
@@ -113,11 +116,11 @@ class SamplingParams:
                 _fail(name, getattr(self, name), "a finite number")
         if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
             _fail("min_tokens", self.min_tokens, f"an integer in 0..max_tokens ({self.max_tokens})")
-        hi = f"0..{vocab_size - 1}" if vocab_size is not None else "an integer >= 0"
+        ids = f"token ids in 0..{vocab_size - 1}" if vocab_size is not None else "token ids >= 0"
         for name in ("end_id", "pad_id"):
             value = getattr(self, name)
             if value is not None and not self._token_ok(value, vocab_size):
-                _fail(name, value, f"None or a token id {hi}")
+                _fail(name, value, f"None or one of the {ids}")
         for name in ("stop_words", "bad_words"):
             value = getattr(self, name)
             if value is None:
@@ -127,7 +130,7 @@ class SamplingParams:
                 and all(self._token_ok(t, vocab_size) for t in seq)
                 for seq in value)
             if not ok:
-                _fail(name, value, f"None or a list of non-empty token-id lists ({hi})")
+                _fail(name, value, f"None or a list of non-empty lists of {ids}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED):
             _fail("seed", self.seed, "None or an integer in 0..2**64-1")
         if not _is_int(self.num_beams) or self.num_beams < 1:

@@ -1,18 +1,25 @@
 """In-flight batching scheduler: which tokens of which requests run in the next executor step.
 
-Each step first gives every running request its next token (decode, or the next chunk of a prompt),
-then admits waiting requests while the token budget (`max_num_tokens`), the batch size and free cache
-blocks allow. Long prompts are split into chunks. When blocks run out, the most recently arrived
-running request is preempted: its blocks are freed and it waits to be recomputed later, so the
-engine never runs out of memory and every request completes.
+Each step first gives every running request its next tokens (one decode token per stream, or the
+next chunk of a prompt), oldest request first, then admits waiting requests while the token budget
+(`max_num_tokens`), the batch size and free cache blocks allow. Long prompts are split into chunks.
+When blocks run out, the most recently arrived running request is preempted: its blocks are freed
+and it waits to be recomputed later (prompt and the tokens generated so far), so the engine never
+runs out of memory, the oldest request always progresses, and every request completes.
+
+Beam-search requests run their beams as one unit (all beams in the same step). Beams share their
+common prefix's blocks (reference counted); a shared block is copied just before a beam writes into
+it, so beams never see each other's keys and values.
 """
 from __future__ import annotations
 
-from collections import deque
+import bisect
 
 from ..errors import TrtGptError
 from .kv_cache import PagedKVCache
 from .sequence import Sequence, Status
+
+Plan = list[tuple[Sequence, int]]
 
 
 class Scheduler:
@@ -21,40 +28,44 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.max_seq_len = max_seq_len
-        self.waiting: deque[Sequence] = deque()
+        self.waiting: list[Sequence] = []     # kept in arrival order (preempted requests go back in place)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self._arrivals = 0
 
+    # ------------------------------------------------------------------ requests in and out
+    def blocks_needed(self, seq: Sequence) -> int:
+        """The most blocks `seq` can ever hold at once: every beam with its own copy of the whole sequence
+        (what a resumed beam request needs after a preemption)."""
+        total = min(len(seq.prompt_ids) + seq.params.max_tokens, self.max_seq_len)
+        return self.cache.blocks_for(total) * max(seq.params.num_beams, 1)
+
     def add(self, seq: Sequence) -> None:
-        need = self.cache.blocks_for(min(len(seq.prompt_ids) + seq.params.max_tokens, self.max_seq_len))
+        need = self.blocks_needed(seq)
         if need > self.cache.num_blocks:
-            raise TrtGptError(f"request of {len(seq.prompt_ids)} prompt + {seq.params.max_tokens} new tokens needs "
-                              f"{need} KV blocks but the cache has {self.cache.num_blocks}; raise "
-                              "--kv_cache_free_gpu_memory_fraction or lower max_tokens")
+            raise TrtGptError(f"request of {len(seq.prompt_ids)} prompt + {seq.params.max_tokens} new tokens "
+                              f"(x{seq.params.num_beams} beams) needs {need} KV blocks but the cache has "
+                              f"{self.cache.num_blocks}; raise --kv_cache_free_gpu_memory_fraction or lower "
+                              "max_tokens")
+        if seq.params.num_beams > self.max_num_tokens:
+            raise TrtGptError(f"num_beams {seq.params.num_beams} exceeds max_num_tokens {self.max_num_tokens}")
         seq.arrival = self._arrivals
         self._arrivals += 1
+        seq.status = Status.WAITING
         self.waiting.append(seq)
 
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def _grow(self, seq: Sequence, n_tokens: int) -> bool:
-        """Give `seq` blocks for `n_tokens` more tokens; all or nothing."""
-        need = self.cache.blocks_for(seq.num_computed + n_tokens) - len(seq.blocks)
-        if need <= 0:
-            return True
-        got = self.cache.allocator.allocate(need)
-        if got is None:
-            return False
-        seq.blocks.extend(got)
-        return True
+    def _free_streams(self, seq: Sequence) -> None:
+        for s in {id(x): x for x in [seq, *seq.beams]}.values():
+            self.cache.allocator.free(s.blocks)
+            s.blocks = []
 
     def release(self, seq: Sequence) -> None:
-        """Free a request's blocks (finished, cancelled or preempted)."""
-        self.cache.allocator.free(seq.blocks)
-        seq.blocks = []
+        """Free a request's blocks (finished, cancelled or preempted) and drop it from the queues."""
+        self._free_streams(seq)
         if seq in self.running:
             self.running.remove(seq)
         if seq in self.waiting:
@@ -62,39 +73,115 @@ class Scheduler:
 
     def _preempt(self, victim: Sequence) -> None:
         self.release(victim)
-        victim.num_computed = 0          # its K/V is gone: prompt and outputs are recomputed on resume
+        for s in victim.streams:
+            s.num_computed = 0          # its K/V is gone: prompt and outputs are recomputed on resume
         victim.prompt_logits = []
         victim.status = Status.WAITING
-        self.waiting.appendleft(victim)
+        victim.num_preemptions += 1
+        bisect.insort(self.waiting, victim, key=lambda s: s.arrival)
         self.num_preemptions += 1
 
-    def schedule(self) -> list[tuple[Sequence, int]]:
+    # ------------------------------------------------------------------ blocks
+    def _cost(self, seq: Sequence, n: int) -> tuple[int, bool]:
+        """(new blocks, whether the block written first is shared and must be copied) for n more tokens."""
+        new = max(self.cache.blocks_for(seq.num_computed + n) - len(seq.blocks), 0)
+        first = seq.num_computed // self.cache.block_size
+        cow = first < len(seq.blocks) and self.cache.allocator.refcount(seq.blocks[first]) > 1
+        return new, cow
+
+    def _reserve(self, plan: Plan) -> bool:
+        """Give every stream of `plan` blocks for its tokens (copying shared blocks it writes into);
+        all or nothing."""
+        costs = [self._cost(s, n) for s, n in plan]
+        if sum(new + cow for new, cow in costs) > self.cache.allocator.num_free:
+            return False
+        alloc = self.cache.allocator
+        src, dst = [], []
+        for (seq, _), (new, cow) in zip(plan, costs):
+            if cow:
+                first = seq.num_computed // self.cache.block_size
+                (fresh,) = alloc.allocate(1)
+                src.append(seq.blocks[first])
+                dst.append(fresh)
+                alloc.free([seq.blocks[first]])
+                seq.blocks[first] = fresh
+            if new:
+                seq.blocks.extend(alloc.allocate(new))
+        self.cache.copy_blocks(src, dst)
+        return True
+
+    def reserve_prompt(self, seq: Sequence) -> bool:
+        """Blocks for a whole prompt outside the queues (`LLM.score`)."""
+        return self._reserve([(seq, seq.num_pending)])
+
+    def fork_beams(self, req: Sequence, sources: list[int], tokens: list[int]) -> None:
+        """After a beam step: beam j continues old stream `sources[j]` with `tokens[j]`.
+
+        The new beams share the old streams' blocks (one more reference each); then the old streams
+        let theirs go. Beams are updated in place so their sampling states keep their list aliases.
+        """
+        old = req.streams
+        alloc = self.cache.allocator
+        blocks = [alloc.fork(old[s].blocks) for s in sources]
+        outs = [old[s].output_ids + [t] for s, t in zip(sources, tokens)]
+        computed = old[0].num_computed
+        for s in {id(x): x for x in old}.values():
+            alloc.free(s.blocks)
+            s.blocks = []
+        for beam, b, o in zip(req.beams, blocks, outs):
+            beam.blocks, beam.num_computed = b, computed
+            beam.output_ids[:] = o
+
+    # ------------------------------------------------------------------ the step plan
+    @staticmethod
+    def _plan(seq: Sequence, budget: int) -> Plan:
+        """Tokens `seq` would run next within `budget` (empty: nothing fits)."""
+        if not seq.beams:
+            n = min(seq.num_pending, budget)
+            return [(seq, n)] if n > 0 else []
+        # A resumed beam request first recomputes each beam up to its last token (no logits needed),
+        # then all beams run their last token in one step.
+        behind = [b for b in seq.beams if b.num_pending > 1]
+        if behind:
+            plan = []
+            for b in behind:
+                n = min(b.num_pending - 1, budget)
+                if n <= 0:
+                    break
+                plan.append((b, n))
+                budget -= n
+            return plan
+        return [(b, 1) for b in seq.beams] if budget >= len(seq.beams) else []
+
+    def schedule(self) -> Plan:
         budget = self.max_num_tokens
-        batch: list[tuple[Sequence, int]] = []
+        batch: Plan = []
         self.running.sort(key=lambda s: s.arrival)
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_pending, budget)
-            while not self._grow(seq, n):
-                victim = self.running[-1]
+            plan = self._plan(seq, budget)
+            if not plan:
+                i += 1
+                continue
+            while not self._reserve(plan):
+                victim = self.running[-1]    # the youngest; never one already in `batch` (those are older)
                 self._preempt(victim)
                 if victim is seq:
                     break
             else:
-                batch.append((seq, n))
-                budget -= n
+                batch += plan
+                budget -= sum(n for _, n in plan)
                 i += 1
-                continue
-            # seq itself was preempted; the list shrank under us, so the same index is the next one
+            # when seq itself was preempted the list shrank, so the same index is already the next one
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            n = min(seq.num_pending, budget)
-            if not self._grow(seq, n):
-                break                      # wait for blocks to come back
-            self.waiting.popleft()
+            plan = self._plan(seq, budget)
+            if not plan or not self._reserve(plan):
+                break                      # wait for budget or blocks to come back
+            self.waiting.pop(0)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            batch.append((seq, n))
-            budget -= n
+            batch += plan
+            budget -= sum(n for _, n in plan)
         return batch

@@ -1,10 +1,16 @@
-"""A request's state inside the runtime: its tokens, its cache blocks, and how far its prompt has run."""
+"""A request's state inside the runtime: its tokens, its cache blocks, and how far its prompt has run.
+
+A request is one `Sequence`. A beam-search request starts as one sequence (its prompt) and, once its
+first token is chosen, runs as `num_beams` child sequences (`beams`) that share the prompt's cache
+blocks; the scheduler always schedules a request's beams together, since the beam step needs the
+log-probs of every beam at once.
+"""
 from __future__ import annotations
 
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 _ids = itertools.count()
 
@@ -15,7 +21,7 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: requests are compared and removed by object, never by value
 class Sequence:
     """One generation stream. `num_computed` tokens of `tokens` have their K/V in the cache."""
     prompt_ids: list[int]
@@ -28,8 +34,15 @@ class Sequence:
     num_computed: int = 0
     status: Status = Status.WAITING
     finish_reason: str | None = None
+    window: int | None = None         # attention window in tokens (None: full context)
     want_prompt_logits: bool = False
     prompt_logits: list = field(default_factory=list)  # chunks of [n, vocab] when want_prompt_logits
+    # beam search
+    parent: Optional["Sequence"] = None
+    beams: list["Sequence"] = field(default_factory=list)
+    beam_state: Any = None            # sampler.BeamSearchState
+    beam_results: list[tuple[list[int], float]] | None = None
+    num_preemptions: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -47,3 +60,16 @@ class Sequence:
     @property
     def in_prefill(self) -> bool:
         return self.num_computed < len(self.prompt_ids)
+
+    @property
+    def streams(self) -> list["Sequence"]:
+        """The sequences that run through the model for this request: its beams, or itself."""
+        return self.beams or [self]
+
+    @property
+    def request(self) -> "Sequence":
+        return self.parent if self.parent is not None else self
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
