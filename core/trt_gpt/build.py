@@ -6,6 +6,8 @@ Validates every tensor's name, shape and dtype against the config, fixes the eng
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -15,47 +17,77 @@ from .checkpoint import (atomic_output_dir, copy_tokenizer_files, load_checkpoin
                          tokenizer_files_in, torch_dtype, write_json)
 from .config import BuildConfig, ModelConfig
 from .convert import check_rank_tensors
+from .errors import TrtGptError
 from .model import expected_tensors
 
 ENGINE_VERSION = "0.1"
 
 
-def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weights for benchmarking from a config alone: small normal values, norms at 1 (0 for layernorm1p)."""
-    g = torch.Generator().manual_seed(seed + cfg.mapping.rank)
+def random_weights(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights for benchmarking from a config alone, drawn on `device`: N(0, 0.02), norms at 1 (0 for
+    layernorm1p, whose stored weight is gamma - 1), biases 0."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed + cfg.mapping.rank)
     dtype = torch_dtype(cfg.dtype)
     out = {}
     for name, shape in expected_tensors(cfg).items():
-        if "layernorm" in name or "ln_f" in name:
+        if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
             fill = 0.0 if (name.endswith("bias") or cfg.norm_type == "layernorm1p") else 1.0
-            out[name] = torch.full(shape, fill, dtype=dtype)
+            out[name] = torch.full(shape, fill, dtype=dtype, device=device)
         else:
-            out[name] = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+            out[name] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=g)
     return out
 
 
 def build(output_dir: str | Path, build_config: BuildConfig, checkpoint_dir: str | Path | None = None,
           model_config: ModelConfig | None = None, overwrite: bool = False,
-          progress: Callable[[str], None] | None = None) -> ModelConfig:
-    """Build from a checkpoint dir, or from `model_config` with random weights."""
+          progress: Callable[[str], None] | None = None, workers: int = 1) -> ModelConfig:
+    """Build from a checkpoint dir, or from `model_config` alone (random weights drawn at load time).
+
+    `workers` > 1 builds that many ranks at a time in separate processes."""
     cfg = model_config if model_config is not None else load_checkpoint_config(checkpoint_dir)
     build_config.validate(cfg, "build")
-    dtype = torch_dtype(cfg.dtype)
+    if workers < 1:
+        raise TrtGptError(f"build: --workers is {workers}, expected a positive integer")
     with atomic_output_dir(output_dir, overwrite) as tmp:
-        for rank in range(cfg.mapping.world_size):
-            rank_cfg = dataclasses.replace(cfg, mapping=cfg.mapping.with_rank(rank))
-            if checkpoint_dir is not None:
-                tensors = load_rank(checkpoint_dir, rank)
-                check_rank_tensors(tensors, rank_cfg, f"{Path(checkpoint_dir) / f'rank{rank}.safetensors'}", dtype)
-            else:
-                tensors = random_weights(rank_cfg)
-            save_rank(tmp, rank, tensors)
-            if progress:
-                progress(f"rank {rank}: {len(tensors)} tensors")
+        if checkpoint_dir is not None:
+            _build_ranks(Path(checkpoint_dir), tmp, cfg, workers, progress)
+            copy_tokenizer_files(tokenizer_files_in(Path(checkpoint_dir)), tmp)
         d = cfg.to_dict()
         d["mapping"].pop("rank", None)
-        write_json(tmp / "config.json", {"version": ENGINE_VERSION, "pretrained_config": d,
-                                         "build_config": build_config.to_dict()})
-        if checkpoint_dir is not None:
-            copy_tokenizer_files(tokenizer_files_in(Path(checkpoint_dir)), tmp)
+        engine = {"version": ENGINE_VERSION, "pretrained_config": d, "build_config": build_config.to_dict()}
+        if checkpoint_dir is None:
+            engine["weights"] = "random"  # drawn on the device at load time (see runtime.engine)
+        write_json(tmp / "config.json", engine)
     return cfg
+
+
+def _build_rank(checkpoint_dir: Path, out_dir: Path, cfg: ModelConfig, rank: int) -> int:
+    """Check one rank file against the config and write it into the engine dir; returns its tensor count."""
+    rank_cfg = dataclasses.replace(cfg, mapping=cfg.mapping.with_rank(rank))
+    tensors = load_rank(checkpoint_dir, rank)
+    check_rank_tensors(tensors, rank_cfg, f"{checkpoint_dir / f'rank{rank}.safetensors'}", torch_dtype(cfg.dtype))
+    save_rank(out_dir, rank, tensors)
+    return len(tensors)
+
+
+def _build_ranks(checkpoint_dir: Path, out_dir: Path, cfg: ModelConfig, workers: int,
+                 progress: Callable[[str], None] | None) -> None:
+    """Every rank, one after another or `workers` at a time; the first failure cancels the rest (the caller's
+    atomic output dir then vanishes)."""
+    ranks = range(cfg.mapping.world_size)
+    report = progress or (lambda _msg: None)
+    if workers == 1 or len(ranks) == 1:
+        for rank in ranks:
+            report(f"rank {rank}: {_build_rank(checkpoint_dir, out_dir, cfg, rank)} tensors checked")
+        return
+    # spawn, not fork: the parent may hold torch thread pools or CUDA state that a forked child cannot use
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(ranks)), mp_context=ctx) as pool:
+        futures = {pool.submit(_build_rank, checkpoint_dir, out_dir, cfg, r): r for r in ranks}
+        try:
+            for fut in as_completed(futures):
+                report(f"rank {futures[fut]}: {fut.result()} tensors checked")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

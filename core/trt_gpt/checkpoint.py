@@ -113,6 +113,11 @@ def load_engine_config(engine_dir: str | Path) -> tuple[ModelConfig, BuildConfig
     return cfg, BuildConfig.from_dict(raw["build_config"])
 
 
+def engine_uses_random_weights(engine_dir: str | Path) -> bool:
+    """Engines built from a bare config (`build --model_config`) hold no weights: the runtime draws them."""
+    return read_json(Path(engine_dir) / "config.json").get("weights") == "random"
+
+
 def copy_tokenizer_files(files: list[Path], out: Path) -> None:
     for f in files:
         if f.is_file():

@@ -110,7 +110,8 @@ class ModelConfig:
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "a positive integer")
         need(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
-        need(self.hidden_act in ACTIVATIONS, "hidden_act", f"one of {', '.join(ACTIVATIONS)}")
+        acts = set(ACTIVATIONS) | set(_registered_activations())
+        need(self.hidden_act in acts, "hidden_act", f"one of {', '.join(sorted(acts))}")
         need(self.norm_type in NORMS, "norm_type", f"one of {', '.join(NORMS)}")
         need(self.position_embedding_type in POSITION_TYPES, "position_embedding_type",
              f"one of {', '.join(POSITION_TYPES)}")
@@ -190,6 +191,13 @@ class BuildConfig:
     def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _registered_activations() -> list[str]:
+    """Activations plugins added through `register_activations` (imported late: plugins import config)."""
+    from .plugins import named_registry
+
+    return list(named_registry("register_activations"))
 
 
 def read_json(path: str | Path) -> Any:

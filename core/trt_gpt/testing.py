@@ -65,7 +65,12 @@ def assert_parity(hf_model: Any, engine_dir: str | Path, prompts: Sequence[Seque
             ref = hf_model(torch.tensor([list(p)])).logits[0].float()
         err = (ref - got).abs().max().item()
         assert err <= atol, f"logits differ from HF by {err:.3g} (> {atol}) for a prompt of {len(p)} tokens"
-    outs = llm.generate([list(p) for p in prompts], SamplingParams(max_tokens=n_greedy))
+    # HF's min_new_tokens bans eos until n tokens exist; ask the same of ours so both yield exactly n
+    eos = getattr(hf_model.generation_config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    eos = eos if eos is not None and 0 <= eos < llm.cfg.vocab_size else None
+    params = SamplingParams(max_tokens=n_greedy, min_tokens=n_greedy if eos is not None else 0, end_id=eos)
+    outs = llm.generate([list(p) for p in prompts], params)
     for p, o in zip(prompts, outs):
         ref = hf_greedy(hf_model, p, n_greedy)
         assert o.token_ids == ref, f"greedy tokens differ from HF for a prompt of {len(p)} tokens:\n{o.token_ids}\n{ref}"

@@ -88,6 +88,7 @@ def build_cmd(
     tokens_per_block: int = typer.Option(64, "--tokens_per_block", "--tokens-per-block"),
     max_beam_width: int = typer.Option(1, "--max_beam_width", "--max-beam-width"),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    workers: int = typer.Option(1, "--workers", help="Ranks built at a time, each in its own process."),
 ) -> None:
     """Build an engine directory for the given limits."""
     from ..build import build
@@ -99,7 +100,7 @@ def build_cmd(
     cfg = ModelConfig.load(model_config) if model_config is not None else None
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,
-                    progress=step)
+                    progress=step, workers=workers)
     err_console.print(f"built engine → {output_dir}: {cfg.mapping.world_size} rank(s), max_batch_size "
                       f"{bc.max_batch_size}, max_input_len {bc.max_input_len}, max_seq_len {bc.max_seq_len}, "
                       f"{progress.elapsed:.1f}s")

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from ..errors import TrtGptError
+from .bench import bench_cmd
 from .convert_build import build_cmd, config_cmd, convert_cmd
 from .demo import demo_cmd
 from .listing import plugins_app, variants_app
@@ -27,6 +28,7 @@ def make_app() -> typer.Typer:
     app.command("build")(build_cmd)
     app.command("run")(run_cmd)
     app.command("demo")(demo_cmd)
+    app.command("bench")(bench_cmd)
     from ..plugins import get_plugins
 
     get_plugins().pm.hook.register_commands(app=app)

@@ -68,6 +68,9 @@ def run_cmd(
     """Generate text from prompts with an engine."""
     from ..runtime.llm import LLM
     from ..runtime.sampling_params import SamplingParams
+    from ..runtime.distributed_llm import llm_factory
+
+    LLM = llm_factory(LLM)  # noqa: N806  mpirun/srun: ranks > 0 serve rank 0 in here and exit, rank 0 prints
 
     prompts: list = list(input_text or [])
     if input_file is not None:

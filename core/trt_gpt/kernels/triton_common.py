@@ -59,15 +59,23 @@ def check_attention_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 @triton.jit
-def kv_tile_offsets(bt_row_ptr, kpos, kmask, kv_head, offs_d,
+def kv_tile_offsets(bt_row_ptr, tile_start, kmask, kv_head, offs_d,
                     stride_kb, stride_kh, stride_kt,
-                    BLOCK_SIZE: tl.constexpr):
-    """Element offsets [BLOCK_N, BLOCK_D] of the keys at positions `kpos` of one sequence and kv head.
+                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Element offsets [BLOCK_N, BLOCK_D] of the keys at positions tile_start + [0, BLOCK_N) of one sequence.
 
-    Each position maps to (block_table[kpos // BLOCK_SIZE], kpos % BLOCK_SIZE); the physical block id is
-    widened to int64 because block * stride overflows int32 on caches above 2^31 elements.
+    Physical block ids are widened to int64 because block * stride overflows int32 on caches above 2^31
+    elements. Tiles start at multiples of BLOCK_N and both sizes are powers of two, so a tile no wider
+    than a cache block lies inside one block: one scalar block-table read, and the compiler sees rows
+    that are contiguous. Wider tiles resolve the block of every position (`kmask` keeps positions past
+    the context from reading block-table entries that do not exist).
     """
-    logical = kpos // BLOCK_SIZE
-    phys = tl.load(bt_row_ptr + logical, mask=kmask, other=0).to(tl.int64)
-    row = phys * stride_kb + kv_head * stride_kh + (kpos % BLOCK_SIZE) * stride_kt
+    offs_n = tl.arange(0, BLOCK_N)
+    if BLOCK_N <= BLOCK_SIZE:
+        phys = tl.load(bt_row_ptr + tile_start // BLOCK_SIZE).to(tl.int64)
+        row = phys * stride_kb + kv_head * stride_kh + ((tile_start % BLOCK_SIZE) + offs_n) * stride_kt
+    else:
+        kpos = tile_start + offs_n
+        phys = tl.load(bt_row_ptr + kpos // BLOCK_SIZE, mask=kmask, other=0).to(tl.int64)
+        row = phys * stride_kb + kv_head * stride_kh + (kpos % BLOCK_SIZE) * stride_kt
     return row[:, None] + offs_d[None, :]

@@ -68,7 +68,8 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
     for t in range(t0, t1):
         kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
         kmask = (kpos < ctx) & (kpos >= lo)
-        offs = kv_tile_offsets(bt_row, kpos, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt, BLOCK_SIZE)
+        offs = kv_tile_offsets(bt_row, t * BLOCK_N, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt,
+                               BLOCK_SIZE, BLOCK_N)
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2

@@ -31,20 +31,22 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
         kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
         # Positions past ctx have no block-table entry; never dereference them.
         kmask = kpos < ctx
-        offs = kv_tile_offsets(bt_row, kpos, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt, BLOCK_SIZE)
+        offs = kv_tile_offsets(bt_row, t * BLOCK_N, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt,
+                               BLOCK_SIZE, BLOCK_N)
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+        # Scores stay unscaled; the scale is folded into the exp2 argument below (one FMA per score).
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             allowed = (kpos[None, :] <= qpos[:, None]) & kmask[None, :]
             if USE_WINDOW:
                 allowed = allowed & ((qpos[:, None] - kpos[None, :]) < window)
             s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
         # A row can be fully masked within one tile (e.g. the first rows of the diagonal tile under a
         # window); keep its max finite so exp2 gives 0 rather than NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
+        p = tl.exp2(s * sm_scale_log2 - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + offs, mask=lmask, other=0.0)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_engine_config, load_rank, torch_dtype
+from ..checkpoint import engine_uses_random_weights, load_engine_config, load_rank, torch_dtype
+from ..build import random_weights
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
 from ..model import GPTForCausalLM
@@ -24,10 +25,13 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 class Engine:
     """A loaded engine for one rank: its config, build limits and model on a device."""
 
-    def __init__(self, engine_dir: str | Path, device: str | torch.device | None = None, rank: int = 0,
+    def __init__(self, engine_dir: str | Path, device: str | torch.device | None = None, rank: int | None = None,
                  tp_group: TPGroup | None = None):
         self.dir = Path(engine_dir)
         cfg, build = load_engine_config(self.dir)
+        if rank is None:
+            rank, tp_group = _rank_from_launch(self.dir, cfg, tp_group)
+        self.random_weights = engine_uses_random_weights(self.dir)
         self.build: BuildConfig = build
         self.device = pick_device(device)
         self.cfg: ModelConfig = cfg
@@ -35,7 +39,11 @@ class Engine:
         self.dtype = torch_dtype(cfg.dtype)
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
-        state = load_rank(self.dir, rank, self.device)
+        if self.random_weights:
+            # benchmarking engines built from a bare config: weights are drawn on the device, never stored
+            state = random_weights(cfg, self.device)
+        else:
+            state = load_rank(self.dir, rank, self.device)
         missing = set(model.state_dict()) - set(state)
         if missing:
             raise TrtGptError(f"{self.dir}/rank{rank}.safetensors: missing tensor '{sorted(missing)[0]}'")
@@ -53,3 +61,18 @@ class Engine:
     @property
     def kv_dtype(self) -> torch.dtype:
         return torch_dtype(self.build.kv_cache_dtype) if self.build.kv_cache_dtype else self.dtype
+
+
+def _rank_from_launch(engine_dir: Path, cfg: ModelConfig, tp_group: TPGroup | None) -> tuple[int, TPGroup | None]:
+    """Rank and TP group when the caller named none: those of a multi-rank launch (`DistributedLLM`), else rank
+    0 of a one-rank engine; loading one shard of a sharded engine alone would compute garbage."""
+    from ..distributed import active_groups
+
+    groups = active_groups()
+    if groups is not None:
+        return groups.mapping.rank, groups.tp
+    if cfg.mapping.world_size > 1:
+        raise TrtGptError(f"{engine_dir}: engine has {cfg.mapping.world_size} ranks (tp_size {cfg.mapping.tp_size}, "
+                          f"pp_size {cfg.mapping.pp_size}); launch it with `mpirun -np {cfg.mapping.world_size}` "
+                          "and DistributedLLM / `trt-gpt run`")
+    return 0, tp_group

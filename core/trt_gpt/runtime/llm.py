@@ -136,6 +136,7 @@ class LLM:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.scheduler.release(seq)
 
+    @torch.inference_mode()  # the executor's logits are inference tensors; the sampler edits them in place
     def step(self) -> list[Sequence]:
         """Run one executor step; returns the requests that got a new token (or finished)."""
         batch = self.scheduler.schedule()

@@ -98,8 +98,9 @@ class Scheduler:
         alloc = self.cache.allocator
         src, dst = [], []
         for (seq, _), (new, cow) in zip(plan, costs):
-            if cow:
-                first = seq.num_computed // self.cache.block_size
+            first = seq.num_computed // self.cache.block_size
+            # Re-checked: once the other owners of a shared block have copied it, the last one owns it.
+            if cow and alloc.refcount(seq.blocks[first]) > 1:
                 (fresh,) = alloc.allocate(1)
                 src.append(seq.blocks[first])
                 dst.append(fresh)
@@ -114,13 +115,14 @@ class Scheduler:
         """Blocks for a whole prompt outside the queues (`LLM.score`)."""
         return self._reserve([(seq, seq.num_pending)])
 
-    def fork_beams(self, req: Sequence, sources: list[int], tokens: list[int]) -> None:
-        """After a beam step: beam j continues old stream `sources[j]` with `tokens[j]`.
+    def fork_beams(self, req: Sequence, old: list[Sequence], sources: list[int], tokens: list[int]) -> None:
+        """After a beam step: beam j of `req` continues stream `old[sources[j]]` with `tokens[j]`.
 
-        The new beams share the old streams' blocks (one more reference each); then the old streams
-        let theirs go. Beams are updated in place so their sampling states keep their list aliases.
+        `old` are the streams that ran the step (the request itself on its first step, then its
+        beams). The new beams share the old streams' blocks (one more reference each); then the old
+        streams let theirs go. Beams are updated in place so their sampling states keep their list
+        aliases.
         """
-        old = req.streams
         alloc = self.cache.allocator
         blocks = [alloc.fork(old[s].blocks) for s in sources]
         outs = [old[s].output_ids + [t] for s, t in zip(sources, tokens)]

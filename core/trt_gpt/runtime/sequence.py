@@ -37,6 +37,7 @@ class Sequence:
     window: int | None = None         # attention window in tokens (None: full context)
     want_prompt_logits: bool = False
     prompt_logits: list = field(default_factory=list)  # chunks of [n, vocab] when want_prompt_logits
+    generation_logits: list | None = None  # [vocab] rows, one per generated token, when params.return_logits
     # beam search
     parent: Optional["Sequence"] = None
     beams: list["Sequence"] = field(default_factory=list)

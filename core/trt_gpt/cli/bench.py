@@ -1,0 +1,119 @@
+"""`trt-gpt bench`: a synthetic workload on an engine, optionally side by side with HF transformers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import TrtGptError
+from .common import err_console, out_console
+
+
+def bench_cmd(
+    engine_dir: Path = typer.Option(..., "--engine_dir", "--engine-dir"),
+    num_requests: int = typer.Option(64, "--num_requests", "--num-requests"),
+    input_len: int = typer.Option(128, "--input_len", "--input-len"),
+    output_len: int = typer.Option(128, "--output_len", "--output-len"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Max requests in flight."),
+    request_rate: Optional[float] = typer.Option(None, "--request_rate", "--request-rate",
+                                                 help="Poisson arrivals per second (default: all at once)."),
+    warmup: int = typer.Option(2, "--warmup", help="Warm-up requests before timing."),
+    max_batch_size: Optional[int] = typer.Option(None, "--max_batch_size", "--max-batch-size"),
+    kv_cache_free_gpu_memory_fraction: float = typer.Option(0.9, "--kv_cache_free_gpu_memory_fraction"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    compare_hf: bool = typer.Option(False, "--compare_hf", "--compare-hf", help="Run HF generate on the same work."),
+    hf_batch_size: Optional[int] = typer.Option(None, "--hf_batch_size", "--hf-batch-size"),
+    hf_compile: bool = typer.Option(True, "--hf_compile/--hf_eager", help="HF static cache + torch.compile."),
+    as_json: bool = typer.Option(False, "--json"),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write the JSON report here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG with throughput and latency percentiles."),
+) -> None:
+    """Benchmark an engine: output tok/s, req/s, TTFT and TPOT percentiles, peak GPU memory."""
+    from rich.progress import Progress
+
+    from ..bench.engine_bench import run_engine
+    from ..bench.workload import Workload
+    from ..runtime.llm import LLM
+
+    for name, v in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
+        if v < 1:
+            raise TrtGptError(f"bench: --{name} is {v}, expected a positive integer")
+    wl = Workload(num_requests, input_len, output_len, concurrency, request_rate)
+    llm = LLM(engine_dir, device=device, max_batch_size=max_batch_size,
+              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+    report: dict = {"engine_dir": str(engine_dir), "device": _device_name(llm.engine.device),
+                    "dtype": llm.cfg.dtype, "workload": wl.__dict__}
+    with Progress(transient=True, console=err_console) as prog:
+        task = prog.add_task("trt-gpt", total=num_requests)
+        report["trt_gpt"] = run_engine(llm, wl, warmup, progress=lambda d: prog.update(task, completed=d))
+    if compare_hf:
+        from ..bench.hf_bench import run_hf
+
+        bs = hf_batch_size or (concurrency or min(num_requests, 64))
+        del llm  # free the KV cache pool for HF
+        import gc
+
+        gc.collect()
+        _empty_cache()
+        err_console.print(f"running HF transformers (batch {bs}) on the same workload…")
+        report["hf"] = run_hf(_cfg(engine_dir), wl, _device(device), bs, hf_compile)
+        report["speedup_vs_hf"] = report["trt_gpt"]["output_tok_per_s"] / report["hf"]["output_tok_per_s"]
+    text = json.dumps(report, indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    if plot:
+        from ..bench.plot import plot_report
+
+        plot_report(report, plot)
+    if as_json:
+        print(text)
+    else:
+        _print_table(report)
+    r = report["trt_gpt"]
+    err_console.print(f"bench: {r['output_tok_per_s']:.0f} output tok/s, {r['requests_per_s']:.2f} req/s, "
+                      f"TTFT p50 {r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms"
+                      + (f", {report['speedup_vs_hf']:.1f}x HF ({report['hf']['mode']})" if compare_hf else ""))
+
+
+def _cfg(engine_dir: Path):
+    from ..checkpoint import load_engine_config
+
+    return load_engine_config(engine_dir)[0]
+
+
+def _device(device: Optional[str]):
+    from ..runtime.engine import pick_device
+
+    return pick_device(device)
+
+
+def _device_name(dev) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _print_table(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table("metric", "trt-gpt", *(["HF " + report["hf"]["mode"]] if "hf" in report else []))
+    rows = [("output tok/s", "output_tok_per_s", "{:.0f}"), ("requests/s", "requests_per_s", "{:.2f}")]
+    for label, key, fmt in rows:
+        table.add_row(label, *[fmt.format(report[k][key]) for k in ("trt_gpt", "hf") if k in report])
+    for metric in ("ttft_ms", "tpot_ms"):
+        for p in ("p50", "p90", "p99"):
+            table.add_row(f"{metric[:-3].upper()} {p} (ms)",
+                          *[f"{report[k][metric][p]:.2f}" for k in ("trt_gpt", "hf") if k in report])
+    table.add_row("peak GPU mem (GiB)", *[f"{report[k]['peak_gpu_mem_gib']:.2f}" if report[k]["peak_gpu_mem_gib"]
+                                           is not None else "-" for k in ("trt_gpt", "hf") if k in report])
+    out_console.print(table)
