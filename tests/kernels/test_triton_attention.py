@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules define their @triton.jit functions
-
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # before the kernel modules define their @triton.jit functions
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
 
 from trt_gpt.errors import TrtGptError  # noqa: E402
 from trt_gpt.kernels.attention_ref import paged_attention_ref, write_kv_cache  # noqa: E402
 from trt_gpt.kernels.backends import ENV_VAR, get_attention_backend  # noqa: E402
-from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_decode_attention,  # noqa: E402
-                                              paged_prefill_attention, write_kv_cache_triton)
+from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_attention_triton,  # noqa: E402
+                                              paged_decode_attention, paged_prefill_attention,
+                                              write_kv_cache_triton)
 from trt_gpt.runtime.attn_metadata import AttentionMetadata  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,6 +120,16 @@ def test_prefill_long_context_window_and_empty_sequence():
     assert_close(out, ref_attention(q, kc, vc, meta, 0.2, 120), torch.float32)
 
 
+@pytest.mark.parametrize("q_lens", [[1, 1], [12, 3]], ids=["decode", "prefill"])
+def test_strided_q_from_fused_qkv(q_lens):
+    # The model slices q out of a fused qkv projection: rows are strided, the last dim is contiguous.
+    q, kc, vc, meta = make_case(4, 2, 32, 16, [20, 33], q_lens, torch.float32, seed=13)
+    fused = torch.cat([q, torch.randn_like(q)], dim=1)      # [T, 2H, D]
+    q_view = fused[:, :4]
+    out = paged_attention_triton(q_view, kc, vc, meta, 0.3, None)
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.3, None), torch.float32)
+
+
 def test_prefill_window_of_one_sees_only_itself():
     q, kc, vc, meta = make_case(2, 2, 32, 16, [40], [40], torch.float32, seed=7)
     out = paged_prefill_attention(q, kc, vc, meta, 0.2, 1, out=poisoned(q))
@@ -171,16 +183,19 @@ def test_write_kv_cache_matches_reference(src_dtype, cache_dtype):
     v_cache = torch.randn(4, 3, 16, 80, generator=gen).to(cache_dtype)
     slots = torch.tensor([0, 17, 63, 5, 40, 31])
     kt, vt, kr, vr = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
+    k, v, kt, vt, slots = (x.to(DEVICE) for x in (k, v, kt, vt, slots))
     write_kv_cache_triton(k, v, kt, vt, slots)
+    kt, vt = kt.cpu(), vt.cpu()
+    k, v, slots = k.cpu(), v.cpu(), slots.cpu()
     write_kv_cache(k, v, kr, vr, slots)
     assert torch.equal(kt, kr) and torch.equal(vt, vr)
 
 
 def test_write_kv_cache_skips_negative_slots():
-    k = torch.ones(2, 1, 32)
-    k_cache = torch.zeros(2, 1, 16, 32)
-    v_cache = torch.zeros(2, 1, 16, 32)
-    write_kv_cache_triton(k, k, k_cache, v_cache, torch.tensor([3, -1]))
+    k = torch.ones(2, 1, 32, device=DEVICE)
+    k_cache = torch.zeros(2, 1, 16, 32, device=DEVICE)
+    v_cache = torch.zeros(2, 1, 16, 32, device=DEVICE)
+    write_kv_cache_triton(k, k, k_cache, v_cache, torch.tensor([3, -1], device=DEVICE))
     assert k_cache.sum().item() == 32 and k_cache[0, 0, 3].eq(1).all()
 
 

@@ -322,7 +322,7 @@ def _hf_beams(model, prompt, num_beams, max_new, eos, lp, es, min_new=0):
                              early_stopping=es, num_return_sequences=num_beams, eos_token_id=eos,
                              pad_token_id=1, min_new_tokens=min_new, use_cache=False,
                              output_scores=True, return_dict_in_generate=True)
-    return out.sequences, out.sequences_scores
+    return out.sequences, out.sequences_scores, len(out.scores)
 
 
 def _our_beams(model, prompt, num_beams, max_new, eos, lp, es, min_new=0):
@@ -340,11 +340,11 @@ def _our_beams(model, prompt, num_beams, max_new, eos, lp, es, min_new=0):
         assert beams == bs.running_tokens
         steps += 1
         assert steps <= max_new
-    return bs.finalize()
+    return bs.finalize(), steps
 
 
 def _first_generated(model, prompt, index):
-    seqs, _ = _hf_beams(model, prompt, 3, 8, None, 1.0, True)
+    seqs, _, _ = _hf_beams(model, prompt, 3, 8, None, 1.0, True)
     return int(seqs[0, prompt.shape[1] + index])
 
 
@@ -355,15 +355,18 @@ def _first_generated(model, prompt, index):
     dict(eos="step3", lp=-0.5, es=True),
     dict(eos="step1", lp=0.0, es=False),
     dict(eos="step1", lp=1.0, es=True, min_new=3),
+    dict(eos="step1", lp=0.5, es=False, max_new=12),
 ])
 def test_beam_search_matches_hf_generate(tiny_gpt2, case):
     model, prompt = tiny_gpt2
     eos = case["eos"]
     if eos is not None:  # an end token the best beam actually produces, so hypotheses end early
         eos = _first_generated(model, prompt, 0 if eos == "step1" else 2)
-    args = (model, prompt, 3, 8, eos, case["lp"], case["es"], case.get("min_new", 0))
-    seqs, scores = _hf_beams(*args)
-    ours = _our_beams(*args)
+    max_new = case.get("max_new", 8)
+    args = (model, prompt, 3, max_new, eos, case["lp"], case["es"], case.get("min_new", 0))
+    seqs, scores, hf_steps = _hf_beams(*args)
+    ours, steps = _our_beams(*args)
+    assert steps == hf_steps  # same stopping decision (max length, early stopping, heuristic)
     plen = prompt.shape[1]
     assert len(ours) == 3
     assert seqs.shape[1] == plen + max(len(t) for t, _ in ours)
@@ -375,7 +378,7 @@ def test_beam_search_matches_hf_generate(tiny_gpt2, case):
         # length on both sides still checks the length convention.
         norm = len(tokens) ** case["lp"]
         assert score * norm == pytest.approx(float(scores[i]) * norm, abs=1e-5)
-        if eos is not None and len(tokens) < 8:
+        if eos is not None and len(tokens) < max_new:
             assert tokens[-1] == eos
     if case["eos"] == "step3" and case["lp"] <= 1.0:
-        assert any(len(t) < 8 for t, _ in ours)  # the end token really finished some hypothesis
+        assert any(len(t) < max_new for t, _ in ours)  # the end token really finished some hypothesis

@@ -1,9 +1,9 @@
 """Pieces shared by the Triton paged-attention kernels: shape checks on the host, KV addressing on the device.
 
 The decode and prefill kernels both read keys/values through the block table a whole tile of tokens at a
-time. They resolve the physical block of every token in the tile (`kv_tile_offsets`) instead of walking one
-cache block per step, so the tile width (BLOCK_N) is independent of the cache's tokens-per-block: a 16-token
-cache still feeds 64-wide dot products.
+time (`kv_tile_offsets`), so the tile width (BLOCK_N) is independent of the cache's tokens-per-block: a
+tile inside one cache block costs one block-table read, and a tile wider than a block (a 16-token cache
+feeding 64-wide dot products) resolves the block of every token.
 """
 from __future__ import annotations
 

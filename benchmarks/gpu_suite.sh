@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
+# HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
+# PART: check | small | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+set -uo pipefail
+OUT=${1:-benchmarks/results}; PART=${2:-all}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/core:$PWD/plugins:$PWD/variants/gpt2:$PWD/variants/starcoder:$PWD/variants/santacoder:$PWD/variants/granite:$PWD/variants/starcoder2:$PWD/variants/gpt_next${PYTHONPATH:+:$PYTHONPATH}
+# entry points need dist-info: install the packages in place without touching dependencies
+for p in . variants/gpt2 variants/starcoder variants/santacoder variants/granite variants/starcoder2 variants/gpt_next; do
+  pip install -q --no-deps --no-build-isolation -e "$p" >/dev/null 2>&1 || echo "install of $p failed"
+done
+T="python3 -m trt_gpt.cli.main"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+engine() {  # name vocab hidden layers heads kv ffn pos_type max_input max_seq
+  $T config --vocab_size $2 --hidden_size $3 --num_hidden_layers $4 --num_attention_heads $5 \
+     --num_key_value_heads $6 --intermediate_size $7 --position_embedding_type $8 --max_position_embeddings ${10} \
+     --hidden_act gelu --dtype float16 --output_path /tmp/cfg-$1.json >/dev/null 2>&1
+  $T build --model_config /tmp/cfg-$1.json --output_dir /tmp/eng-$1 --max_input_len $9 --max_seq_len ${10} \
+     --max_batch_size 256 --max_num_tokens 8192 --overwrite >/dev/null 2>&1
+}
+bench() {  # name engine extra-args...
+  local name=$1 eng=$2; shift 2
+  echo "== $name: trt-gpt bench $*"
+  $T bench --engine_dir /tmp/eng-$eng --output "$OUT/$name.json" "$@" 2>&1 | tail -3
+}
+
+if [[ $PART == check || $PART == all ]]; then
+  python3 -m pytest -q -x tests/gpu tests/kernels 2>&1 | tail -3
+fi
+if [[ $PART == small || $PART == all ]]; then
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  bench sc1b_b1 santacoder --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
+  bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
+  bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
+fi
+if [[ $PART == large || $PART == all ]]; then
+  engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
+  bench sc2_7b_b1 sc2_7b --num_requests 4 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
+  bench sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1
+fi
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    r = json.loads(f.read_text()); t = r["trt_gpt"]; h = r.get("hf")
+    print(f"{f.stem:18s} trt-gpt {t['output_tok_per_s']:9.0f} tok/s  TTFT p50 {t['ttft_ms']['p50']:8.1f} ms  "
+          f"TPOT p50 {t['tpot_ms']['p50']:6.2f} ms" + (f" | HF {h['mode']} {h['output_tok_per_s']:8.0f} tok/s "
+          f"({r['speedup_vs_hf']:.1f}x)" if h else ""))
+PY

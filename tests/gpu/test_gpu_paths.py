@@ -1,0 +1,54 @@
+"""GPU fast path against the CPU reference path (skipped without CUDA): Triton attention, CUDA-graph decode,
+fp32 logits of the whole model within 1e-3 of the CPU path, fp16 within 1e-2 relative."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTBigCodeConfig, GPTBigCodeForCausalLM, Starcoder2Config, \
+    Starcoder2ForCausalLM
+
+from trt_gpt.testing import engine_from_checkpoint, random_prompts, save_tiny
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+MODELS = {
+    "gpt2-mha": (GPT2LMHeadModel, GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=256,
+                                            initializer_range=0.2)),
+    "bigcode-mqa": (GPTBigCodeForCausalLM, GPTBigCodeConfig(n_layer=2, n_embd=128, n_head=4, vocab_size=512,
+                                                           n_positions=256, multi_query=True,
+                                                           initializer_range=0.2)),
+    "starcoder2-gqa-window": (Starcoder2ForCausalLM, Starcoder2Config(
+        num_hidden_layers=2, hidden_size=128, num_attention_heads=8, num_key_value_heads=2, intermediate_size=256,
+        vocab_size=512, max_position_embeddings=512, sliding_window=24, initializer_range=0.2)),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def engines(request, tmp_path_factory):
+    cls, cfg = MODELS[request.param]
+    t = tmp_path_factory.mktemp(request.param)
+    save_tiny(cls, cfg, t / "hf")
+    fp32 = engine_from_checkpoint(t / "hf", t / "fp32", dtype="float32", max_input_len=128, max_seq_len=256,
+                                  max_batch_size=8)
+    fp16 = engine_from_checkpoint(t / "hf", t / "fp16", dtype="float16", max_input_len=128, max_seq_len=256,
+                                  max_batch_size=8)
+    return fp32, fp16
+
+
+def test_gpu_logits_and_greedy_equal_cpu(engines):
+    from trt_gpt import LLM, SamplingParams
+
+    fp32, fp16 = engines
+    prompts = random_prompts(512, [5, 40, 77, 1, 100], seed=1)
+    cpu = LLM(fp32, device="cpu")
+    gpu = LLM(fp32, device="cuda")
+    assert gpu.engine.model.backend.name == "triton"
+    assert gpu.executor.graphs is not None
+    for ref, got in zip(cpu.score(prompts), gpu.score(prompts)):
+        assert (ref - got).abs().max().item() <= 1e-3
+    params = SamplingParams(max_tokens=40)
+    assert [o.token_ids for o in gpu.generate(prompts, params)] == [o.token_ids for o in cpu.generate(prompts, params)]
+    half = LLM(fp16, device="cuda")
+    for ref, got in zip(cpu.score(prompts), half.score(prompts)):
+        rel = ((ref - got).norm() / ref.norm()).item()
+        assert rel <= 1e-2, rel
