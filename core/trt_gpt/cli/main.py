@@ -13,6 +13,7 @@ from .convert_build import build_cmd, config_cmd, convert_cmd
 from .demo import demo_cmd
 from .listing import plugins_app, variants_app
 from .run import run_cmd
+from .summarize import summarize_cmd
 
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
 MULTI_VALUE_FLAGS = {"--input_text", "--input-text", "--stop_words", "--stop-words", "--bad_words", "--bad-words"}
@@ -27,6 +28,7 @@ def make_app() -> typer.Typer:
     app.command("config")(config_cmd)
     app.command("build")(build_cmd)
     app.command("run")(run_cmd)
+    app.command("summarize")(summarize_cmd)
     app.command("demo")(demo_cmd)
     app.command("bench")(bench_cmd)
     from ..plugins import get_plugins

@@ -1,4 +1,10 @@
-"""`trt-gpt run`: generate from an engine, printing like the reference run.py (or JSON / CSV)."""
+"""`trt-gpt run`: generate from an engine, printing like the reference run.py (or JSON / CSV).
+
+Prompts come from `--input_text` and/or `--input_file` (.txt one prompt a line, .json a list of
+strings or token-id lists, .csv token ids a row). Text is truncated to its first `--max_input_length`
+tokens and token-id rows to their last, as the reference does. Every beam is printed as
+`Output [Text i Beam k]`; `--streaming` prints each request's text so far as tokens arrive.
+"""
 from __future__ import annotations
 
 import csv
@@ -16,14 +22,17 @@ def read_input_file(path: Path) -> list:
     if not path.is_file():
         raise TrtGptError(f"{path}: input file not found")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TrtGptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise TrtGptError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(data, list) or not all(isinstance(x, str) or (isinstance(x, list) and all(
-                isinstance(t, int) for t in x)) for x in data):
+                isinstance(t, int) and not isinstance(t, bool) for t in x)) for x in data):
             raise TrtGptError(f"{path}: expected a JSON list of strings or of token-id lists")
         return data
     if suffix == ".csv":
@@ -34,6 +43,8 @@ def read_input_file(path: Path) -> list:
             except ValueError:
                 raise TrtGptError(f"{path}: line {i}: expected comma-separated token ids") from None
         return [r for r in rows if r]
+    if suffix not in (".txt", ""):
+        raise TrtGptError(f"{path}: unsupported input file type '{suffix}' (expected .txt, .json or .csv)")
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -42,7 +53,8 @@ def run_cmd(
     tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer_dir", "--tokenizer-dir"),
     vocab_file: Optional[Path] = typer.Option(None, "--vocab_file", "--vocab-file", help="sentencepiece model."),
     input_text: Optional[list[str]] = typer.Option(None, "--input_text", "--input-text"),
-    input_file: Optional[Path] = typer.Option(None, "--input_file", "--input-file"),
+    input_file: Optional[Path] = typer.Option(None, "--input_file", "--input-file",
+                                              help=".txt (a prompt a line), .json or .csv (token ids)."),
     max_input_length: int = typer.Option(923, "--max_input_length", "--max-input-length"),
     max_output_len: int = typer.Option(..., "--max_output_len", "--max-output-len"),
     no_add_special_tokens: bool = typer.Option(False, "--no_add_special_tokens", "--no-add-special-tokens"),
@@ -54,14 +66,20 @@ def run_cmd(
     frequency_penalty: float = typer.Option(0.0, "--frequency_penalty", "--frequency-penalty"),
     num_beams: int = typer.Option(1, "--num_beams", "--num-beams"),
     length_penalty: float = typer.Option(1.0, "--length_penalty", "--length-penalty"),
+    early_stopping: int = typer.Option(1, "--early_stopping", "--early-stopping", help="Beam search: 1 or 0."),
     stop_words: Optional[list[str]] = typer.Option(None, "--stop_words", "--stop-words"),
     bad_words: Optional[list[str]] = typer.Option(None, "--bad_words", "--bad-words"),
-    end_id: Optional[int] = typer.Option(None, "--end_id", "--end-id"),
+    end_id: Optional[int] = typer.Option(None, "--end_id", "--end-id", help="Default: the tokenizer's EOS."),
     random_seed: Optional[int] = typer.Option(None, "--random_seed", "--random-seed"),
     streaming: bool = typer.Option(False, "--streaming"),
-    max_attention_window_size: Optional[int] = typer.Option(None, "--max_attention_window_size"),
-    kv_cache_free_gpu_memory_fraction: float = typer.Option(0.9, "--kv_cache_free_gpu_memory_fraction"),
-    output_csv: Optional[Path] = typer.Option(None, "--output_csv", "--output-csv"),
+    max_attention_window_size: Optional[int] = typer.Option(None, "--max_attention_window_size",
+                                                            "--max-attention-window-size"),
+    kv_cache_free_gpu_memory_fraction: float = typer.Option(0.9, "--kv_cache_free_gpu_memory_fraction",
+                                                            "--kv-cache-free-gpu-memory-fraction"),
+    max_tokens_in_paged_kv_cache: Optional[int] = typer.Option(None, "--max_tokens_in_paged_kv_cache",
+                                                               "--max-tokens-in-paged-kv-cache"),
+    output_csv: Optional[Path] = typer.Option(None, "--output_csv", "--output-csv",
+                                              help="Output token ids, a row per prompt and beam."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
 ) -> None:
@@ -72,16 +90,22 @@ def run_cmd(
 
     LLM = llm_factory(LLM)  # noqa: N806  mpirun/srun: ranks > 0 serve rank 0 in here and exit, rank 0 prints
 
+    if max_input_length < 1:
+        raise TrtGptError(f"--max_input_length is {max_input_length}, expected a positive integer")
+    if early_stopping not in (0, 1):
+        raise TrtGptError(f"--early_stopping is {early_stopping}, expected 1 or 0")
     prompts: list = list(input_text or [])
     if input_file is not None:
         prompts += read_input_file(input_file)
     if not prompts:
         raise TrtGptError("run: no prompts (give --input_text or --input_file)")
     llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
-              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+              max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache)
     tok = llm.tokenizer
     add_special = not no_add_special_tokens
-    ids = [tok.encode(p, add_special)[-max_input_length:] if isinstance(p, str) else p for p in prompts]
+    ids = [tok.encode(p, add_special)[:max_input_length] if isinstance(p, str) else p[-max_input_length:]
+           for p in prompts]
 
     def words(ws: Optional[list[str]]) -> Optional[list[list[int]]]:
         return [tok.encode(w, False) for w in ws] if ws else None
@@ -90,32 +114,43 @@ def run_cmd(
         max_tokens=max_output_len, temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, num_beams=num_beams, length_penalty=length_penalty,
-        stop_words=words(stop_words), bad_words=words(bad_words),
+        early_stopping=bool(early_stopping), stop_words=words(stop_words), bad_words=words(bad_words),
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
+
+    def beams_of(out) -> list[list[int]]:
+        return out.beams if out.beams is not None else [out.token_ids]
+
     if streaming:
         finals = {}
         for out in llm.generate_stream(ids, params):
             i = llm.last_request_ids.index(out.request_id)
             if not as_json:
-                print(f'Output [Text {i} Beam 0] (stream): "{tok.decode(out.new_token_ids)}"', flush=True)
+                for k, b in enumerate(beams_of(out)):
+                    print(f'Output [Text {i} Beam {k}]: "{tok.decode(b)}"', flush=True)
             if out.finished:
                 finals[out.request_id] = out
         outs = [finals[r] for r in llm.last_request_ids]
     else:
         outs = llm.generate(ids, params)
     results = []
-    for i, (p, o) in enumerate(zip(prompts, outs)):
-        text = tok.decode(o.token_ids)
-        in_text = p if isinstance(p, str) else tok.decode(p)
-        results.append({"input_text": in_text, "input_ids": ids[i], "output_ids": o.token_ids, "output_text": text,
-                        "finish_reason": o.finish_reason})
+    for p, i_ids, o in zip(prompts, ids, outs):
+        beams = beams_of(o)
+        results.append({"input_text": p if isinstance(p, str) else tok.decode(p), "input_ids": i_ids,
+                        "output_ids": o.token_ids, "output_text": tok.decode(o.token_ids),
+                        "finish_reason": o.finish_reason, "beams": [
+                            {"output_ids": b, "output_text": tok.decode(b)} for b in beams]})
+        if o.beam_scores is not None:
+            for b, s in zip(results[-1]["beams"], o.beam_scores):
+                b["score"] = s
     if as_json:
         print(json.dumps(results, indent=2))
-    else:
+    elif not streaming:
         for i, r in enumerate(results):
             print(f'Input [Text {i}]: "{r["input_text"]}"')
-            print(f'Output [Text {i} Beam 0]: "{r["output_text"]}"')
+            for k, b in enumerate(r["beams"]):
+                print(f'Output [Text {i} Beam {k}]: "{b["output_text"]}"')
     if output_csv is not None:
+        output_csv.parent.mkdir(parents=True, exist_ok=True)
         with open(output_csv, "w", newline="") as f:
-            csv.writer(f).writerows(r["output_ids"] for r in results)
+            csv.writer(f).writerows(b["output_ids"] for r in results for b in r["beams"])

@@ -8,6 +8,8 @@ order.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .attn_metadata import AttentionMetadata
@@ -22,6 +24,18 @@ class Executor:
         self.cache = cache
         self.device = engine.device
         self.max_blocks = cache.blocks_for(engine.build.max_seq_len)
+        self.graphs = self._capture_graphs()
+
+    def _capture_graphs(self):
+        """Decode CUDA graphs when the step can be captured: CUDA device, Triton attention, not disabled
+        by TRT_GPT_CUDA_GRAPHS=0."""
+        if (self.device.type != "cuda" or getattr(self.engine.model.backend, "name", "") != "triton"
+                or os.environ.get("TRT_GPT_CUDA_GRAPHS", "1") == "0"):
+            return None
+        from .cuda_graphs import DecodeGraphs
+
+        return DecodeGraphs(self.engine.model, self.cache.layers, self.engine.build.max_batch_size, self.max_blocks,
+                            self.engine.build.max_seq_len, self.device, window=self.engine.cfg.sliding_window)
 
     def build_inputs(self, batch: list[tuple[Sequence, int]]):
         """Host-side packing into flat lists, then one transfer per tensor."""
@@ -53,6 +67,8 @@ class Executor:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 logits_rows: torch.Tensor | None, window: int | None) -> torch.Tensor:
         """The model on one packed batch (the piece a decode CUDA graph replaces)."""
+        if self.graphs is not None and self.graphs.applicable(meta, window, input_ids.shape[0]):
+            return self.graphs.run(input_ids, positions, meta)  # every row is a last token: no row selection
         return self.engine.model(input_ids, positions, meta, self.cache.layers, logits_rows=logits_rows,
                                  window=window)
 

@@ -44,7 +44,16 @@ class RequestOutput:
 class LLM:
     """A loaded engine with its KV cache, scheduler and tokenizer.
 
-    `generate` accepts strings (tokenized with the engine's tokenizer) or lists of token ids.
+    `generate` accepts strings (tokenized with the engine's tokenizer) or lists of token ids;
+    `generate_stream` yields outputs as tokens arrive. For in-flight serving, drive it by hand:
+
+        seq = llm.add_request([464, 3290], SamplingParams(max_tokens=8))   # joins at the next step
+        while llm.scheduler.has_work:
+            for s in llm.step(): ...            # requests that got a token; s.output_ids, s.status
+        llm.cancel(seq)                         # leaves at once, its cache blocks freed
+
+    Beam-search requests report their beams in `RequestOutput.beams` (best first when finished);
+    their `token_ids` follow the current best beam, so `new_token_ids` is only meaningful without beams.
     """
 
     def __init__(self, engine_dir: str | Path, device: str | None = None, tokenizer_dir: str | Path | None = None,

@@ -9,7 +9,7 @@ from trt_gpt.config import ModelConfig
 from trt_gpt.hookspecs import hookimpl
 from trt_gpt.sources import SourceCheckpoint
 from trt_gpt.variants import VariantSpec
-from trt_gpt.weights import map_names
+from trt_gpt.weights import map_names, with_lm_head
 
 ARCHS = ("GPT2LMHeadModel", "GPT2Model")
 
@@ -69,12 +69,7 @@ WEIGHT_MAP = [
 def weights(src: SourceCheckpoint, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     names = src.names()
     tied = cfg.tie_word_embeddings or "lm_head.weight" not in names
-    for name, t in map_names(((n, src.tensor(n)) for n in names), WEIGHT_MAP):
-        if name == "lm_head.weight" and tied:
-            continue
-        yield name, t
-        if name == "transformer.vocab_embedding.weight" and tied:
-            yield "lm_head.weight", t
+    yield from with_lm_head(map_names(((n, src.tensor(n)) for n in names), WEIGHT_MAP), tied)
 
 
 @hookimpl
