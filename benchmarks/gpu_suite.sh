@@ -9,8 +9,10 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$PWD/core:$PWD/plugins:$PWD/variants/gpt2:$PWD/variants/starcoder:$PWD/variants/santacoder:$PWD/variants/granite:$PWD/variants/starcoder2:$PWD/variants/gpt_next${PYTHONPATH:+:$PYTHONPATH}
 # entry points need dist-info: install the packages in place without touching dependencies
 for p in . variants/gpt2 variants/starcoder variants/santacoder variants/granite variants/starcoder2 variants/gpt_next; do
-  pip install -q --no-deps --no-build-isolation -e "$p" >/dev/null 2>&1 || echo "install of $p failed"
+  pip install -q --no-deps --no-build-isolation -e "$p" >/tmp/pip.log 2>&1 || { echo "install of $p failed:"; tail -2 /tmp/pip.log; }
 done
+# where an install failed, register the variants from the source tree instead of entry points
+export TRT_GPT_PLUGIN_MODULES=trt_gpt_gpt2,trt_gpt_starcoder,trt_gpt_santacoder,trt_gpt_granite,trt_gpt_starcoder2,trt_gpt_gpt_next
 T="python3 -m trt_gpt.cli.main"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
@@ -24,11 +26,18 @@ engine() {  # name vocab hidden layers heads kv ffn pos_type max_input max_seq
 bench() {  # name engine extra-args...
   local name=$1 eng=$2; shift 2
   echo "== $name: trt-gpt bench $*"
-  $T bench --engine_dir /tmp/eng-$eng --output "$OUT/$name.json" "$@" 2>&1 | tail -3
+  timeout ${BENCH_TIMEOUT:-240} $T bench --engine_dir /tmp/eng-$eng --output "$OUT/$name.json" "$@" 2>&1 | tail -3
 }
 
 if [[ $PART == check || $PART == all ]]; then
-  python3 -m pytest -q -x tests/gpu tests/kernels 2>&1 | tail -3
+  python3 -m pytest -q -x tests/gpu tests/kernels 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
+fi
+if [[ $PART == profile ]]; then
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  python3 benchmarks/profile_decode.py /tmp/eng-gpt2m 1 --trace 2>&1 | grep -v "^W1" | tee "$OUT/profile.log" | tail -60
+  python3 benchmarks/profile_decode.py /tmp/eng-santacoder 1 2>&1 | tail -3
+  python3 benchmarks/profile_decode.py /tmp/eng-santacoder 256 2>&1 | tail -3
 fi
 if [[ $PART == small || $PART == all ]]; then
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096

@@ -117,3 +117,19 @@ def test_plugin_with_invalid_hook_is_rejected(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "typo-plugin" in err and "register_variantz" in err
     sys.modules.pop("trt_gpt_typo_plugin", None)
+
+
+def test_plugin_modules_from_source_tree(tmp_path, monkeypatch):
+    """TRT_GPT_PLUGIN_MODULES registers modules with no installed distribution; a module already loaded
+    through its entry point is not registered twice."""
+    (tmp_path / "trt_gpt_src_only.py").write_text(
+        "from trt_gpt.hookspecs import hookimpl\nimport torch\n\n@hookimpl\ndef register_activations(register):\n"
+        "    register('src-only-act', torch.tanh)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRT_GPT_PLUGINS", "gpt2")
+    monkeypatch.setenv("TRT_GPT_PLUGIN_MODULES", "trt_gpt_src_only, trt_gpt_gpt2")
+    from trt_gpt.plugins import named_registry
+
+    assert "src-only-act" in named_registry("register_activations")
+    assert [v.name for v in all_variants()].count("gpt2") == 1
+    sys.modules.pop("trt_gpt_src_only", None)

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def _env_int(*names: str) -> int | None:
     return None
 
 
+_MPI_STATE: dict[str, Any] = {}   # "finalizer": registered; "info": this rank's RankInfo (asked once)
+
+
 def _mpi() -> Any | None:
     """mpi4py's MPI module when this process was started by an MPI launcher, else None."""
     if not any(n in os.environ for n in MPI_ENV):
@@ -64,7 +68,20 @@ def _mpi() -> Any | None:
         from mpi4py import MPI
     except ImportError:
         return None
+    if "finalizer" not in _MPI_STATE:
+        # Finalize while Python is still alive: mpi4py's own finalize runs at C-level exit, after torch's
+        # static teardown has begun, and then aborts now and again ("terminate called without an active
+        # exception"). Registered before the process groups are made, so it runs after they are destroyed.
+        _MPI_STATE["finalizer"] = atexit.register(_finalize_mpi)
     return MPI
+
+
+def _finalize_mpi() -> None:
+    from mpi4py import MPI
+
+    with contextlib.suppress(Exception):
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            MPI.Finalize()
 
 
 def discover() -> RankInfo:
@@ -75,11 +92,12 @@ def discover() -> RankInfo:
                         _env_int("LOCAL_WORLD_SIZE") or size, "torchrun")
     MPI = _mpi()
     if MPI is not None:
-        comm = MPI.COMM_WORLD
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        info = RankInfo(comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size(), "mpi")
-        node.Free()
-        return info
+        if "info" not in _MPI_STATE:   # Split_type is collective: ask once, whoever asks again later
+            comm = MPI.COMM_WORLD
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+            _MPI_STATE["info"] = RankInfo(comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size(), "mpi")
+            node.Free()
+        return _MPI_STATE["info"]
     if any(n in os.environ for n in MPI_ENV):   # an MPI launcher but no mpi4py: its variables still say who we are
         size = _env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
                         "SLURM_NTASKS")
@@ -136,11 +154,21 @@ def abort(message: str, code: int = 1) -> NoReturn:
     os._exit(code)
 
 
+_LOST = ("connection reset", "connection closed", "broken pipe", "socket closed", "read error", "nccl error",
+         "connection refused")
+
+
 def describe(exc: BaseException) -> str:
-    """An exception as one short line (gloo and NCCL messages run over several lines)."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:300]}"
+    """An exception as one short line, naming the likely cause when a collective failed (gloo and NCCL
+    messages run over several lines and start with a source location)."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else "").split(". This is typically")[0][:200]
+    low = text.lower()
+    if "timed out" in low or "timeout" in low:
+        return f"a peer rank did not answer in time: it died or hangs ({text})"
+    if any(k in low for k in _LOST):
+        return f"a peer rank died: connection lost ({text})"
+    return f"{type(exc).__name__}: {text}"
 
 
 class Watchdog:
@@ -166,8 +194,8 @@ class Watchdog:
             time.sleep(min(1.0, self.limit_s / 4))
             since = self._since
             if since is not None and time.monotonic() - since > self.limit_s:
-                abort(f"{self._what} made no progress for {self.limit_s:.0f}s: a peer rank died or hangs "
-                      f"(raise {TIMEOUT_ENV} if steps are legitimately this slow)")
+                abort(f"{self._what} made no progress for {self.limit_s:.0f}s: a rank died or hangs (raise "
+                      f"{TIMEOUT_ENV} if steps are legitimately this slow)")
 
 
 # ----------------------------------------------------------------------------------------------

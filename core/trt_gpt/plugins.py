@@ -2,13 +2,16 @@
 
 Environment:
   TRT_GPT_PLUGINS            comma-separated allowlist of entry-point or distribution names to load
-  TRT_GPT_DISABLE_AUTOLOAD=1 load no third-party entry points at all (the test suite sets this)
+  TRT_GPT_DISABLE_AUTOLOAD=1 load no third-party entry points at all
+  TRT_GPT_PLUGIN_MODULES     comma-separated modules to register as plugins without an installed
+                             distribution (a source checkout on PYTHONPATH, e.g. on a machine without pip)
 A third-party plugin that fails to import costs one warning line naming its distribution; the rest loads.
 Third-party plugins are called before the built-ins (pluggy calls the last registered first), so a
 plugin may replace a built-in variant, activation or source by registering the same name.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -52,6 +55,7 @@ class Plugins:
         self.pm.register(trt_gpt_plugins, name=BUILTIN)
         self.dists[BUILTIN] = ("trt-gpt", _version("trt-gpt"))
         self._load_entry_points()
+        self._load_modules()
         self.pm.check_pending()
 
     def _load_entry_points(self) -> None:
@@ -80,6 +84,18 @@ class Plugins:
                 print(self.warnings[-1], file=sys.stderr)
                 continue
             self.dists[ep.name] = (dist, ep.dist.version if ep.dist else None)
+
+    def _load_modules(self) -> None:
+        for name in filter(None, (n.strip() for n in os.environ.get("TRT_GPT_PLUGIN_MODULES", "").split(","))):
+            try:
+                module = importlib.import_module(name)
+            except Exception as e:
+                self.warnings.append(f"warning: plugin module '{name}' failed to import ({type(e).__name__}: {e})")
+                print(self.warnings[-1], file=sys.stderr)
+                continue
+            if not self.pm.is_registered(module):
+                self.pm.register(module, name=name)
+                self.dists[name] = (None, None)
 
     def collect(self, hook_name: str) -> list[Registered]:
         """Everything registered through `hook_name`, in call order (third-party first), cached."""

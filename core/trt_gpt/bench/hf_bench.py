@@ -66,17 +66,12 @@ def run_hf(cfg: ModelConfig, wl: Workload, device: torch.device, batch_size: int
     model = hf_twin(cfg).to(device=device, dtype=torch_dtype(cfg.dtype)).eval()
     mode = "eager"
     if compile:
-        try:
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-            mode = "compiled"
-            with torch.inference_mode():
-                for _ in range(max(warmup, 2)):
-                    _generate(model, torch.zeros(batch_size, wl.input_len, dtype=torch.long, device=device),
-                              wl.output_len, True)
-        except Exception as e:  # compile support varies by model and version: fall back, and say so
-            print(f"note: HF compiled path failed ({type(e).__name__}); using eager")
-            model = hf_twin(cfg).to(device=device, dtype=torch_dtype(cfg.dtype)).eval()
-            mode = "eager"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        mode = "compiled"
+        with torch.inference_mode():
+            for _ in range(max(warmup, 2)):
+                _generate(model, torch.zeros(batch_size, wl.input_len, dtype=torch.long, device=device),
+                          wl.output_len, True)
     compiled = mode == "compiled"
     prompts = torch.tensor(wl.prompts(cfg.vocab_size), device=device)
     with torch.inference_mode():
@@ -99,3 +94,34 @@ def run_hf(cfg: ModelConfig, wl: Workload, device: torch.device, batch_size: int
             wall += total
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return summarize(timings, wall, peak) | {"mode": mode, "batch_size": batch_size}
+
+
+def _child(conn, cfg_dict: dict, wl: Workload, device: str, batch_size: int, compile: bool) -> None:
+    try:
+        conn.send(run_hf(ModelConfig.from_dict(cfg_dict), wl, torch.device(device), batch_size, compile))
+    except Exception as e:  # reported to the parent as a note, never a crash of the benchmark
+        conn.send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+
+
+def run_hf_isolated(cfg: ModelConfig, wl: Workload, device: torch.device, batch_size: int, compile: bool,
+                    timeout: float = 900) -> dict:
+    """`run_hf` in a child process: a crash inside HF or inductor (seen: a segfault in compiled static-cache
+    decoding) must not take our own results down. Falls back to eager when the compiled run dies."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for attempt in ([True, False] if compile else [False]):
+        parent, child = ctx.Pipe(duplex=False)
+        d = cfg.to_dict()
+        proc = ctx.Process(target=_child, args=(child, d, wl, str(device), batch_size, attempt))
+        proc.start()
+        child.close()
+        result = parent.recv() if parent.poll(timeout) else {"error": f"no result within {timeout:.0f}s"}
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        if "error" not in result:
+            return result
+        print(f"note: HF {'compiled' if attempt else 'eager'} run failed ({result['error']}; exit code "
+              f"{proc.exitcode})")
+    return result

@@ -49,7 +49,7 @@ def bench_cmd(
         task = prog.add_task("trt-gpt", total=num_requests)
         report["trt_gpt"] = run_engine(llm, wl, warmup, progress=lambda d: prog.update(task, completed=d))
     if compare_hf:
-        from ..bench.hf_bench import run_hf
+        from ..bench.hf_bench import run_hf_isolated
 
         bs = hf_batch_size or (concurrency or min(num_requests, 64))
         del llm  # free the KV cache pool for HF
@@ -58,7 +58,9 @@ def bench_cmd(
         gc.collect()
         _empty_cache()
         err_console.print(f"running HF transformers (batch {bs}) on the same workload…")
-        report["hf"] = run_hf(_cfg(engine_dir), wl, _device(device), bs, hf_compile)
+        report["hf"] = run_hf_isolated(_cfg(engine_dir), wl, _device(device), bs, hf_compile)
+        if "error" in report["hf"]:
+            raise TrtGptError(f"--compare_hf: HF transformers could not run this workload ({report['hf']['error']})")
         report["speedup_vs_hf"] = report["trt_gpt"]["output_tok_per_s"] / report["hf"]["output_tok_per_s"]
     text = json.dumps(report, indent=2)
     if output:

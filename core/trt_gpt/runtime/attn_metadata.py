@@ -20,7 +20,7 @@ class AttentionMetadata:
     cu_q_lens: torch.Tensor      # int32 [B+1]
     context_lens: torch.Tensor   # int32 [B]
     block_tables: torch.Tensor   # int32 [B, max_blocks]
-    slot_mapping: torch.Tensor   # int64 [T]
+    slot_mapping: torch.Tensor   # int32 or int64 [T]
     max_q_len: int
     max_context_len: int
     q_lens_host: list[int] | None = None       # host copies avoid device syncs in the torch reference

@@ -24,12 +24,12 @@ class DecodeGraphs:
         self.model, self.kv_layers, self.window = model, kv_layers, window
         self.sizes = sorted({s for s in sizes if s <= max_batch} | {max_batch})
         n = self.sizes[-1]
-        self.ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.pos = torch.zeros(n, dtype=torch.int64, device=device)
+        self.ids = torch.zeros(n, dtype=torch.int32, device=device)
+        self.pos = torch.zeros(n, dtype=torch.int32, device=device)
         self.cu = torch.arange(n + 1, dtype=torch.int32, device=device)  # decode: one row per sequence
         self.ctx = torch.ones(n, dtype=torch.int32, device=device)
         self.tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
-        self.slots = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.slots = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.max_seq_len = max_seq_len
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle()

@@ -5,7 +5,8 @@ changes: `StageRunner` stands in for `engine.model`, so when rank 0's executor r
 broadcasts the step's plan (tokens, positions, attention metadata with block tables and slot mapping, logits
 rows) to every rank on a gloo control group, and all ranks run their pipeline stage of it. The other ranks
 sit in `follow()`, which receives plans until rank 0 shuts down. Each rank's KV cache mirrors rank 0's block
-ids, since the plan carries rank 0's block tables.
+ids: the plan carries rank 0's block tables, and the block copies its scheduler made since the last step
+(copy-on-write of beams), which every other rank applies before running the step.
 
 Pipeline: a step is split into micro-batches of whole sequences (as many as pipeline stages by default);
 stage s receives a micro-batch's hidden states from the same tp_rank of stage s-1, runs its layers and sends
@@ -26,7 +27,8 @@ from ..checkpoint import load_engine_config
 from ..distributed import (DistWorld, StageGroups, abort, current_info, describe, init_world, launch_world_size,
                            use_groups)
 from ..errors import TrtGptError
-from .kv_cache import BlockAllocator
+from .engine import Engine
+from .kv_cache import BlockAllocator, PagedKVCache
 from .llm import LLM
 from .step_plan import HEADER_LEN, OP_STOP, StepPlan, merge_logits
 
@@ -34,13 +36,14 @@ from .step_plan import HEADER_LEN, OP_STOP, StepPlan, merge_logits
 class StageRunner:
     """This rank's stage of the model, behind the model's own call signature."""
 
-    def __init__(self, model: Any, world: DistWorld, groups: StageGroups, micro_batches: int | None):
-        self.model, self.world, self.groups = model, world, groups
-        cfg = model.cfg
-        self.hidden_size, self.vocab_size = cfg.hidden_size, cfg.vocab_size
-        self.dtype = next(model.parameters()).dtype
+    def __init__(self, engine: Engine, cache: PagedKVCache, world: DistWorld, groups: StageGroups,
+                 micro_batches: int | None):
+        self.model, self.cache, self.world, self.groups = engine.model, cache, world, groups
+        self.hidden_size, self.vocab_size = engine.cfg.hidden_size, engine.cfg.vocab_size
+        self.dtype = engine.dtype   # of the hidden states passed between stages
         self.micro_batches = micro_batches or groups.mapping.pp_size
         self.steps = 0
+        self.pending_copies: tuple[list[int], list[int]] = ([], [])   # rank 0: made since the last step
 
     def __getattr__(self, name: str) -> Any:
         # everything but the call is the wrapped model's (config, layers, parameters)
@@ -57,7 +60,8 @@ class StageRunner:
         if hidden is not None:
             raise TrtGptError("a multi-rank engine takes token ids, not hidden states, from the executor")
         mbs = self.micro_batches if self.groups.mapping.pp_size > 1 else 1
-        plan = StepPlan(input_ids, positions, meta, logits_rows, window, mbs)
+        plan = StepPlan(input_ids, positions, meta, logits_rows, window, mbs, copies=self.pending_copies)
+        self.pending_copies = ([], [])
         self.steps += 1
         with self.world.watchdog.guard(f"step {self.steps}"):
             try:
@@ -67,6 +71,11 @@ class StageRunner:
                 return self.run(plan, kv_caches)
             except Exception as e:
                 abort(f"step {self.steps} failed ({describe(e)})")
+
+    def record_copies(self, src: list[int], dst: list[int]) -> None:
+        """Block copies rank 0's cache just made, for the other ranks to repeat before the next step."""
+        self.pending_copies[0].extend(src)
+        self.pending_copies[1].extend(dst)
 
     # ------------------------------------------------------------------ ranks > 0
     @torch.inference_mode()
@@ -85,7 +94,9 @@ class StageRunner:
                 try:
                     payload = torch.empty(StepPlan.payload_len(header), dtype=torch.int64)
                     dist.broadcast(payload, 0, group=self.world.ctrl)
-                    self.run(StepPlan.decode(header, payload, self.world.device), kv_caches)
+                    plan = StepPlan.decode(header, payload, self.world.device)
+                    self.cache.copy_blocks(*plan.copies)
+                    self.run(plan, kv_caches)
                 except Exception as e:
                     abort(f"step {self.steps} failed ({describe(e)})")
 
@@ -149,8 +160,10 @@ class DistributedLLM(LLM):
         except Exception as e:
             # the other ranks are already waiting on this one: end them all, never hang
             abort(f"cannot load {engine_dir} ({e if isinstance(e, TrtGptError) else describe(e)})")
-        self.runner = StageRunner(self.engine.model, self.world, self.groups, micro_batches)
+        self.runner = StageRunner(self.engine, self.cache, self.world, self.groups, micro_batches)
         self.engine.model = self.runner
+        if self.is_leader:
+            self._mirror_block_copies()
         if self.is_leader:
             atexit.register(self.shutdown)
 
@@ -169,6 +182,14 @@ class DistributedLLM(LLM):
         if n < self.cache.num_blocks:
             self.cache.num_blocks = n
             self.cache.allocator = BlockAllocator(n)
+
+    def _mirror_block_copies(self) -> None:
+        copy = self.cache.copy_blocks
+
+        def copy_and_record(src: list[int], dst: list[int]) -> None:
+            copy(src, dst)
+            self.runner.record_copies(list(src), list(dst))
+        self.cache.copy_blocks = copy_and_record
 
     def follow(self) -> None:
         """Ranks > 0: run rank 0's steps until it shuts down."""

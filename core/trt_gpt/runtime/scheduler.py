@@ -92,6 +92,8 @@ class Scheduler:
     def _reserve(self, plan: Plan) -> bool:
         """Give every stream of `plan` blocks for its tokens (copying shared blocks it writes into);
         all or nothing."""
+        if len(plan) == 1 and self._cost(*plan[0]) == (0, False):
+            return True                    # the common decode step: the token fits the last block
         costs = [self._cost(s, n) for s, n in plan]
         if sum(new + cow for new, cow in costs) > self.cache.allocator.num_free:
             return False

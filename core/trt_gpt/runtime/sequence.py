@@ -49,6 +49,13 @@ class Sequence:
     def tokens(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def token_slice(self, start: int, n: int) -> list[int]:
+        """tokens[start:start+n] without building the whole list (decode reads only the last token)."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p:start - p + n]
+        return (self.prompt_ids[start:start + n] + self.output_ids[:max(0, start + n - p)])[:n]
+
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)

@@ -1,6 +1,7 @@
 """One executor step as rank 0 hands it to the other ranks: the packed model inputs (tokens, positions,
-attention metadata, logits rows, attention window) encoded as two int64 tensors for a broadcast, and its
-split into pipeline micro-batches by whole sequences.
+attention metadata, logits rows, attention window) and the KV-cache block copies rank 0's scheduler made
+since the last step (copy-on-write of beams), encoded as two int64 tensors for a broadcast; and its split
+into pipeline micro-batches by whole sequences.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from .attn_metadata import AttentionMetadata
 
 OP_STOP, OP_STEP = 0, 1
 # header: op, tokens, seqs, block-table width, logits rows (-1: all), window (-1: none), max_q_len,
-# max_context_len, micro-batches
-HEADER_LEN = 9
+# max_context_len, micro-batches, block copies
+HEADER_LEN = 10
 
 
 @dataclass
@@ -27,6 +28,8 @@ class StepPlan:
     window: int | None
     micro_batches: int = 1
     token_start: int = 0              # where this (micro-)batch's tokens sit in the whole step
+    # KV blocks src[i] -> dst[i] that the other ranks copy before running the step
+    copies: tuple[list[int], list[int]] = dataclasses.field(default_factory=lambda: ([], []))
 
     @property
     def num_tokens(self) -> int:
@@ -42,23 +45,25 @@ class StepPlan:
         b, w = m.block_tables.shape
         rows = -1 if self.logits_rows is None else self.num_rows
         header = torch.tensor([OP_STEP, self.num_tokens, b, w, rows, -1 if self.window is None else self.window,
-                               m.max_q_len, m.max_context_len, self.micro_batches], dtype=torch.int64)
+                               m.max_q_len, m.max_context_len, self.micro_batches, len(self.copies[0])],
+                              dtype=torch.int64)
         parts = [self.input_ids, self.positions, m.slot_mapping, m.cu_q_lens, m.context_lens, m.block_tables.flatten()]
         if self.logits_rows is not None:
             parts.append(self.logits_rows)
+        parts += [torch.tensor(c, dtype=torch.int64) for c in self.copies]
         payload = torch.cat([p.to("cpu", torch.int64) for p in parts])
         return header, payload
 
     @staticmethod
     def payload_len(header: torch.Tensor) -> int:
-        _, t, b, w, rows, *_ = header.tolist()
-        return 3 * t + (b + 1) + b + b * w + max(rows, 0)
+        _, t, b, w, rows, *_, copies = header.tolist()
+        return 3 * t + (b + 1) + b + b * w + max(rows, 0) + 2 * copies
 
     @classmethod
     def decode(cls, header: torch.Tensor, payload: torch.Tensor, device: torch.device) -> "StepPlan":
-        _, t, b, w, rows, window, max_q, max_ctx, mbs = header.tolist()
-        sizes = [t, t, t, b + 1, b, b * w, max(rows, 0)]
-        ids, pos, slots, cu, ctx, tables, lrows = payload.split(sizes)
+        _, t, b, w, rows, window, max_q, max_ctx, mbs, copies = header.tolist()
+        sizes = [t, t, t, b + 1, b, b * w, max(rows, 0), copies, copies]
+        ids, pos, slots, cu, ctx, tables, lrows, src, dst = payload.split(sizes)
         cu_host, ctx_host = cu.tolist(), ctx.tolist()
         meta = AttentionMetadata(
             cu_q_lens=cu.to(device, torch.int32), context_lens=ctx.to(device, torch.int32),
@@ -66,7 +71,7 @@ class StepPlan:
             max_q_len=max_q, max_context_len=max_ctx,
             q_lens_host=[cu_host[i + 1] - cu_host[i] for i in range(b)], context_lens_host=ctx_host)
         return cls(ids.to(device), pos.to(device), meta, lrows.to(device) if rows >= 0 else None,
-                   None if window < 0 else window, mbs)
+                   None if window < 0 else window, mbs, copies=(src.tolist(), dst.tolist()))
 
     # ------------------------------------------------------------------ micro-batches
     def split(self) -> list["StepPlan"]:
