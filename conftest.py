@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 
 import pytest
+import torch
 
 
 def _own_plugins() -> str:
@@ -14,6 +15,11 @@ def _own_plugins() -> str:
 
 
 os.environ.setdefault("TRT_GPT_PLUGINS", _own_plugins())
+# Triton reads TRITON_INTERPRET when it is first imported, and any test may import it first (the backend
+# registry probes for it), so the CPU interpreter is switched on here, before anything else runs. It
+# does not change which backend tests get: automatic choice takes Triton only on CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -46,6 +46,14 @@ if [[ $PART == small || $PART == all ]]; then
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
+if [[ $PART == final ]]; then  # every target with HF eager beside it (HF's compiled path crashed here)
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  bench sc1b_b1 santacoder --num_requests 6 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
+  bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
+  engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
+  bench sc2_7b_b1 sc2_7b --num_requests 3 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
+  bench sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1
+fi
 if [[ $PART == large || $PART == all ]]; then
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench sc2_7b_b1 sc2_7b --num_requests 4 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,8 @@ from .engine import Engine
 from .kv_cache import BlockAllocator, PagedKVCache
 from .llm import LLM
 from .step_plan import HEADER_LEN, OP_STOP, StepPlan, merge_logits
+
+CUDA_GRAPHS_ENV = "TRT_GPT_CUDA_GRAPHS"
 
 
 class StageRunner:
@@ -154,7 +157,7 @@ class DistributedLLM(LLM):
         self.groups = self.world.stage_groups(mp.tp_size, mp.pp_size)
         self._closed = False
         try:
-            with use_groups(self.groups):
+            with use_groups(self.groups), _no_cuda_graphs():
                 super().__init__(engine_dir, device=str(self.world.device), **kwargs)
             self._agree_cache_size()
         except Exception as e:
@@ -210,6 +213,22 @@ class DistributedLLM(LLM):
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
+
+
+@contextlib.contextmanager
+def _no_cuda_graphs() -> Iterator[None]:
+    """Keep the executor from capturing decode CUDA graphs: a replay would bypass the plan broadcast (the
+    other ranks would wait for a step that never comes), and a later pipeline stage cannot even be captured
+    (its input is the previous stage's hidden states). TRT_GPT_CUDA_GRAPHS=0 is the executor's own switch."""
+    old = os.environ.get(CUDA_GRAPHS_ENV)
+    os.environ[CUDA_GRAPHS_ENV] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CUDA_GRAPHS_ENV, None)
+        else:
+            os.environ[CUDA_GRAPHS_ENV] = old
 
 
 def llm_factory(default: Callable[..., LLM] = LLM) -> Callable[..., LLM]:
