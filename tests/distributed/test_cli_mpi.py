@@ -57,6 +57,12 @@ def test_run_under_mpirun_prints_once_what_one_rank_prints(checkpoints, tmp_path
     expected = json.loads(one.stdout)
     assert len(expected) == 2 and all(len(r["output_ids"]) == 10 for r in expected)
     assert json.loads(two.stdout) == expected   # one JSON document: rank 1 printed nothing
+    bench, _ = launch(2, [str(BIN / "trt-gpt"), "bench", "--engine_dir", str(engines["tp2"]), "--num_requests", "3",
+                          "--input_len", "8", "--output_len", "4", "--warmup", "0", "--device", "cpu", "--json"],
+                      timeout=120)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    report = json.loads(bench.stdout)          # printed once, by rank 0
+    assert report["trt_gpt"]["output_tokens"] == 12 and report["trt_gpt"]["num_requests"] == 3
 
 
 def test_build_workers_equal_serial_build(checkpoints, tmp_path):

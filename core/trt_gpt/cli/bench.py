@@ -40,8 +40,11 @@ def bench_cmd(
     for name, v in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
         if v < 1:
             raise TrtGptError(f"bench: --{name} is {v}, expected a positive integer")
+    from ..runtime.distributed_llm import llm_factory
+
     wl = Workload(num_requests, input_len, output_len, concurrency, request_rate)
-    llm = LLM(engine_dir, device=device, max_batch_size=max_batch_size,
+    # under mpirun/srun, ranks > 0 serve rank 0 inside this call and exit; rank 0 benchmarks and prints
+    llm = llm_factory(LLM)(engine_dir, device=device, max_batch_size=max_batch_size,
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
     report: dict = {"engine_dir": str(engine_dir), "device": _device_name(llm.engine.device),
                     "dtype": llm.cfg.dtype, "workload": wl.__dict__}

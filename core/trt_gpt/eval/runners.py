@@ -54,7 +54,10 @@ class EngineRunner:
     def __init__(self, engine_dir: Path, device: str | None, tokenizer_dir: Path | None):
         from ..runtime.llm import LLM
 
-        self.llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir)
+        from ..runtime.distributed_llm import llm_factory
+
+        # under mpirun/srun, ranks > 0 serve rank 0 inside this call and exit; rank 0 evaluates and prints
+        self.llm = llm_factory(LLM)(engine_dir, device=device, tokenizer_dir=tokenizer_dir)
         self.device = self.llm.engine.device
         self.max_input_len = self.llm.build.max_input_len
 
