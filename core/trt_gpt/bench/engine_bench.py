@@ -1,6 +1,7 @@
 """Drive the in-flight batching runtime with a workload and time every token of every request."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -21,7 +22,10 @@ def run_engine(llm: Any, wl: Workload, warmup: int = 2, progress: Callable[[int]
     params = SamplingParams(max_tokens=wl.output_len, min_tokens=wl.output_len, end_id=None)
     vocab = llm.cfg.vocab_size
     if warmup:
-        llm.generate(Workload(warmup, wl.input_len, wl.output_len, seed=wl.seed + 7).prompts(vocab), params)
+        # the same loop and concurrency as the timed run, so every kernel specialisation the timed run
+        # needs (e.g. a one-sequence prefill at concurrency 1) is compiled before the clock starts
+        run_engine(llm, dataclasses.replace(wl, num_requests=warmup, seed=wl.seed + 7, request_rate=None),
+                   warmup=0)
     prompts, arrivals = wl.prompts(vocab), wl.arrivals()
     limit = wl.concurrency or wl.num_requests
     timings: dict[int, RequestTiming] = {}
