@@ -223,3 +223,18 @@ def test_backend_default_and_errors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(TrtGptError, match="unavailable"):
         get_attention_backend(torch.device("cpu"), torch.float32)
+
+
+def test_context_fp32_acc_reaches_the_prefill_kernel(monkeypatch):
+    """The engine/run switch (--disable_context_fmha_fp32_acc) arrives at the prefill kernel, and only there."""
+    import trt_gpt.kernels.triton_attention as ta
+    from trt_gpt.kernels.backends import get_attention_backend
+
+    seen = []
+    monkeypatch.setattr(ta, "paged_prefill_attention", lambda *a, fp32_acc=True, **k: seen.append(fp32_acc))
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    for flag in (True, False):
+        backend = get_attention_backend(torch.device("cpu"), torch.float16, context_fp32_acc=flag)
+        meta = type("M", (), {"is_decode": False, "num_seqs": 1})()
+        backend.attention(torch.zeros(3, 2, 16), None, None, meta, 1.0)
+    assert seen == [True, False]

@@ -80,6 +80,9 @@ def run_cmd(
                                                                "--max-tokens-in-paged-kv-cache"),
     output_csv: Optional[Path] = typer.Option(None, "--output_csv", "--output-csv",
                                               help="Output token ids, a row per prompt and beam."),
+    context_fmha_fp32_acc: bool = typer.Option(
+        True, "--enable_context_fmha_fp32_acc/--disable_context_fmha_fp32_acc",
+        help="fp32 accumulation in the fused prefill attention on GPU (on by default: the accurate choice)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
 ) -> None:
@@ -101,7 +104,8 @@ def run_cmd(
         raise TrtGptError("run: no prompts (give --input_text or --input_file)")
     llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
-              max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache)
+              max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
+              context_fmha_fp32_acc=context_fmha_fp32_acc)
     tok = llm.tokenizer
     add_special = not no_add_special_tokens
     ids = [tok.encode(p, add_special)[:max_input_length] if isinstance(p, str) else p[-max_input_length:]

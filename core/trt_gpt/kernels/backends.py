@@ -7,6 +7,7 @@ one; forcing one that cannot run here is a user error (TrtGptError), not a silen
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -58,11 +59,12 @@ def _torch_backend() -> AttentionBackend:
     return AttentionBackend("torch", write_kv_cache, paged_attention_ref)
 
 
-def _triton_backend() -> AttentionBackend:
+def _triton_backend(context_fp32_acc: bool = True) -> AttentionBackend:
     # Imported lazily: importing defines the @triton.jit kernels, which must happen after TRITON_INTERPRET
     # is set, and keeps `import trt_gpt` working where triton is absent.
     from .triton_attention import paged_attention_triton, write_kv_cache_triton
-    return AttentionBackend("triton", write_kv_cache_triton, paged_attention_triton)
+    return AttentionBackend("triton", write_kv_cache_triton,
+                            functools.partial(paged_attention_triton, context_fp32_acc=context_fp32_acc))
 
 
 def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
@@ -72,7 +74,8 @@ def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
     return names
 
 
-def get_attention_backend(device: torch.device | str, dtype: torch.dtype) -> AttentionBackend:
+def get_attention_backend(device: torch.device | str, dtype: torch.dtype,
+                          context_fp32_acc: bool = True) -> AttentionBackend:
     """The backend for tensors on `device` with `dtype`: the env override if set, else the fastest usable.
 
     Automatic choice takes Triton only on CUDA: an interpreted kernel on CPU is correct but far slower
@@ -87,10 +90,10 @@ def get_attention_backend(device: torch.device | str, dtype: torch.dtype) -> Att
             reason = _triton_unavailable_reason(device, dtype)
             if reason is not None:
                 raise TrtGptError(f"{ENV_VAR}=triton: the Triton attention backend is unavailable: {reason}")
-            return _triton_backend()
+            return _triton_backend(context_fp32_acc)
         return _torch_backend()
     if device.type == "cuda" and _triton_unavailable_reason(device, dtype) is None:
-        return _triton_backend()
+        return _triton_backend(context_fp32_acc)
     return _torch_backend()
 
 

@@ -75,8 +75,9 @@ def write_kv_cache_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tenso
 
 def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            meta: AttentionMetadata, scale: float,
-                           sliding_window: int | None = None) -> torch.Tensor:
-    """Dispatch on the step kind: the split-K decode kernel when every q_len is 1, else the prefill kernel."""
+                           sliding_window: int | None = None, context_fp32_acc: bool = True) -> torch.Tensor:
+    """Dispatch on the step kind: the split-K decode kernel when every q_len is 1, else the prefill kernel
+    (`context_fp32_acc=False`: fp16 P.V accumulation in prefill, the reference's default)."""
     if meta.is_decode and q.shape[0] == meta.num_seqs:
         return paged_decode_attention(q, k_cache, v_cache, meta, scale, sliding_window)
-    return paged_prefill_attention(q, k_cache, v_cache, meta, scale, sliding_window)
+    return paged_prefill_attention(q, k_cache, v_cache, meta, scale, sliding_window, fp32_acc=context_fp32_acc)

@@ -26,7 +26,7 @@ class Engine:
     """A loaded engine for one rank: its config, build limits and model on a device."""
 
     def __init__(self, engine_dir: str | Path, device: str | torch.device | None = None, rank: int | None = None,
-                 tp_group: TPGroup | None = None):
+                 tp_group: TPGroup | None = None, context_fmha_fp32_acc: bool = True):
         self.dir = Path(engine_dir)
         cfg, build = load_engine_config(self.dir)
         if rank is None:
@@ -49,14 +49,14 @@ class Engine:
             raise TrtGptError(f"{self.dir}/rank{rank}.safetensors: missing tensor '{sorted(missing)[0]}'")
         model.load_state_dict(state, strict=True, assign=True)
         model.eval()
-        model.setup_runtime(self.device, build.max_seq_len, self._backend())
+        model.setup_runtime(self.device, build.max_seq_len, self._backend(context_fmha_fp32_acc))
         self.model = model
 
-    def _backend(self):
+    def _backend(self, context_fp32_acc: bool):
         # TRT_GPT_ATTENTION_BACKEND=torch|triton overrides the automatic choice (Triton on CUDA)
         from ..kernels.backends import get_attention_backend
 
-        return get_attention_backend(self.device, self.dtype)
+        return get_attention_backend(self.device, self.dtype, context_fp32_acc)
 
     @property
     def kv_dtype(self) -> torch.dtype:

@@ -59,8 +59,9 @@ class LLM:
     def __init__(self, engine_dir: str | Path, device: str | None = None, tokenizer_dir: str | Path | None = None,
                  vocab_file: str | Path | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  max_tokens_in_paged_kv_cache: int | None = None, max_batch_size: int | None = None,
-                 max_num_tokens: int | None = None):
-        self.engine = Engine(engine_dir, device)
+                 max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True):
+        # context_fmha_fp32_acc=False: fp16 accumulation of P.V in the Triton prefill (the reference's default)
+        self.engine = Engine(engine_dir, device, context_fmha_fp32_acc=context_fmha_fp32_acc)
         cfg, build = self.engine.cfg, self.engine.build
         self.cfg, self.build = cfg, build
         kvh = max(cfg.num_key_value_heads // cfg.mapping.tp_size, 1)
