@@ -17,7 +17,7 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
-from .sampler import BeamSearchState, RequestSamplingState, check_stop, process_and_sample, process_logits
+from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
@@ -127,7 +127,7 @@ class LLM:
             params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
         state = RequestSamplingState(params, ids)
         seq = Sequence(prompt_ids=ids, params=params, sampling=state, window=self._window(params))
-        seq.output_ids = state.output_ids   # one list, appended to by check_stop
+        seq.output_ids = state.output_ids   # one list, appended to by check_stops
         if params.return_logits:
             seq.generation_logits = []
         if params.num_beams > 1:
@@ -160,33 +160,38 @@ class LLM:
     # ------------------------------------------------------------------ after the forward
     def _advance(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> list[Sequence]:
         """Sample for every request whose streams are all computed: rows of `logits` follow `batch`."""
-        rows: dict[int, list[int]] = {}
-        reqs: dict[int, Sequence] = {}
-        for i, (s, _) in enumerate(batch):
-            rows.setdefault(id(s.request), []).append(i)
-            reqs[id(s.request)] = s.request
         plain: list[Sequence] = []
         plain_rows: list[int] = []
+        beam_rows: dict[int, list[int]] = {}      # beam requests only: rows of all their streams
+        beam_reqs: dict[int, Sequence] = {}
+        for i, (s, _) in enumerate(batch):
+            if s.parent is None and s.beam_state is None:
+                # A plain request is one stream, so one row: no grouping needed.
+                if s.num_computed == len(s.prompt_ids) + len(s.output_ids):
+                    plain.append(s)
+                    plain_rows.append(i)
+                continue                          # else a prompt chunk
+            req = s.request
+            beam_rows.setdefault(id(req), []).append(i)
+            beam_reqs[id(req)] = req
         done: list[Sequence] = []
-        for key, req in reqs.items():
+        for key, req in beam_reqs.items():
             if any(s.num_pending for s in req.streams):
-                continue                      # a prompt chunk, or beams still catching up
-            if req.beam_state is not None:
-                self._beam_step(req, logits[torch.tensor(rows[key], device=logits.device)])
-                done.append(req)
-            else:
-                plain.append(req)
-                plain_rows.append(rows[key][0])
+                continue                          # beams still catching up
+            self._beam_step(req, logits[torch.tensor(beam_rows[key], device=logits.device)])
+            done.append(req)
         if plain:
             sub = logits if len(plain_rows) == logits.shape[0] else \
                 logits[torch.tensor(plain_rows, device=logits.device)]
-            for seq, row in zip(plain, sub):
-                if seq.generation_logits is not None:
-                    seq.generation_logits.append(row.detach().cpu().clone())
-            tokens = process_and_sample(sub, [s.sampling for s in plain]).tolist()
-            for seq, tok in zip(plain, tokens):
-                reason = check_stop(seq.sampling, tok)
-                if reason is None and seq.length >= self.build.max_seq_len:
+            states = [s.sampling for s in plain]
+            if any(s.generation_logits is not None for s in plain):   # iterating `sub` costs an unbind
+                for seq, row in zip(plain, sub):
+                    if seq.generation_logits is not None:
+                        seq.generation_logits.append(row.detach().cpu().clone())
+            reasons = check_stops(states, process_and_sample(sub, states).tolist())
+            max_len = self.build.max_seq_len
+            for seq, reason in zip(plain, reasons):
+                if reason is None and len(seq.prompt_ids) + len(seq.output_ids) >= max_len:
                     reason = "length"
                 if reason is not None:
                     self._finish(seq, reason)

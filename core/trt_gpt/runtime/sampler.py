@@ -44,7 +44,7 @@ class RequestSamplingState:
     def __init__(self, params: SamplingParams, prompt_ids: Sequence[int],
                  output_ids: Sequence[int] | None = None,
                  device: torch.device | str | None = None):
-        self.params = params
+        self.params = params              # also derives the per-step flags below (see the setter)
         self.prompt_ids: list[int] = [int(t) for t in prompt_ids]
         self.output_ids: list[int] = [int(t) for t in output_ids] if output_ids else []
         self.seed: int = params.seed if params.seed is not None else _draw_seed()
@@ -52,10 +52,26 @@ class RequestSamplingState:
         # How many trailing output tokens belong to the stop condition (end_id or a stop word).
         self.num_stop_tokens: int = 0
         self._generator: torch.Generator | None = None
-        # Last tokens of the stop words: a set lookup rejects most steps without list slicing.
-        self._stop_last = {w[-1] for w in params.stop_words} if params.stop_words else set()
         if device is not None:
             self.generator(device)
+
+    @property
+    def params(self) -> SamplingParams:
+        return self._params
+
+    @params.setter
+    def params(self, params: SamplingParams) -> None:
+        # Flags read every step, derived once per params object: a batch of default rows then costs one
+        # attribute test per row instead of a dozen property and field reads.
+        self._params = params
+        # Last tokens of the stop words: a set lookup rejects most steps without list slicing.
+        self._stop_last = {w[-1] for w in params.stop_words} if params.stop_words else set()
+        self.greedy: bool = params.is_greedy
+        # No logits processor can ever apply (min_tokens' end_id ban is checked per step in `process_logits`).
+        self.quiet: bool = (self.greedy and params.repetition_penalty == 1.0 and params.presence_penalty == 0.0
+                            and params.frequency_penalty == 0.0 and not params.bad_words)
+        self._min_ban: int = params.min_tokens if params.end_id is not None else 0
+        self._end_id, self._max_tokens = params.end_id, params.max_tokens
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """This request's generator on `device` (created and seeded on first use there)."""
@@ -129,9 +145,14 @@ def process_logits(logits: torch.Tensor, states: Sequence[RequestSamplingState],
     """
     if logits.dim() != 2 or logits.shape[0] != len(states):
         raise ValueError(f"logits {tuple(logits.shape)} do not match {len(states)} requests")
+    # Rows where a processor may apply (inlined: this runs for every row of every step).
+    busy = [i for i, st in enumerate(states) if not st.quiet or len(st.output_ids) < st._min_ban]
+    if not busy:
+        return logits                    # the common all-default batch: no per-row work at all
     vocab = logits.shape[1]
     rep, pen, ban_rows, ban_toks, temp, topk, topp = [], [], [], [], [], [], []
-    for i, st in enumerate(states):
+    for i in busy:
+        st = states[i]
         p = st.params
         if p.repetition_penalty != 1.0:
             rep.append(i)
@@ -209,7 +230,7 @@ def sample(logits: torch.Tensor, states: Sequence[RequestSamplingState]) -> torc
     int64 `[B]` on the logits' device. Beam-search requests are driven by `BeamSearchState` instead.
     """
     tokens = logits.argmax(dim=-1)
-    rows = [i for i, st in enumerate(states) if not st.params.is_greedy]
+    rows = [i for i, st in enumerate(states) if not st.greedy]
     if not rows:
         return tokens
     if any(states[i].params.num_beams > 1 for i in rows):
@@ -242,23 +263,30 @@ def check_stop(state: RequestSamplingState, new_token: int) -> str | None:
     to the stop condition (1 for end_id, len(word) for a stop word) and `trim_stop(state)` returns
     the output without them, for callers that want the TRT-LLM "exclude" behaviour.
     """
-    token = int(new_token)
-    out = state.output_ids
-    out.append(token)
-    p = state.params
-    reason = None
-    if p.end_id is not None and token == p.end_id:
-        reason, state.num_stop_tokens = FINISH_END_ID, 1
-    elif token in state._stop_last:
-        for word in p.stop_words:
-            n = len(word)
-            if n <= len(out) and out[-n:] == list(word):
-                reason, state.num_stop_tokens = FINISH_STOP_WORDS, n
-                break
-    if reason is None and len(out) >= p.max_tokens:
-        reason = FINISH_LENGTH
-    state.finish_reason = reason
-    return reason
+    return check_stops((state,), (new_token,))[0]
+
+
+def check_stops(states: Sequence[RequestSamplingState], new_tokens: Sequence[int]) -> list[str | None]:
+    """`check_stop` for many requests at once (one call per step instead of one per request)."""
+    reasons: list[str | None] = []
+    for state, token in zip(states, new_tokens):
+        token = int(token)
+        out = state.output_ids
+        out.append(token)
+        reason = None
+        if token == state._end_id:       # never equal when end_id is None
+            reason, state.num_stop_tokens = FINISH_END_ID, 1
+        elif token in state._stop_last:  # empty without stop words: the scan runs only on a last-token hit
+            for word in state.params.stop_words:
+                n = len(word)
+                if n <= len(out) and out[-n:] == list(word):
+                    reason, state.num_stop_tokens = FINISH_STOP_WORDS, n
+                    break
+        if reason is None and len(out) >= state._max_tokens:
+            reason = FINISH_LENGTH
+        state.finish_reason = reason
+        reasons.append(reason)
+    return reasons
 
 
 def trim_stop(state: RequestSamplingState) -> list[int]:

@@ -110,7 +110,8 @@ class Scheduler:
                 seq.blocks[first] = fresh
             if new:
                 seq.blocks.extend(alloc.allocate(new))
-        self.cache.copy_blocks(src, dst)
+        if src:                            # most reservations copy nothing: skip the call's overhead
+            self.cache.copy_blocks(src, dst)
         return True
 
     def reserve_prompt(self, seq: Sequence) -> bool:
@@ -160,16 +161,30 @@ class Scheduler:
     def schedule(self) -> Plan:
         budget = self.max_num_tokens
         batch: Plan = []
-        self.running.sort(key=lambda s: s.arrival)
+        running = self.running          # kept in arrival order (see the admission below): no sort
+        bs = self.cache.block_size
+        refcount = self.cache.allocator.refcount
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            if not seq.beams:
+                # The common decode step, inlined (it is most of a large batch): one pending token that
+                # fits the last block, which nobody else shares. Same outcome as _plan + _reserve.
+                nc = seq.num_computed
+                if len(seq.prompt_ids) + len(seq.output_ids) - nc == 1:
+                    blocks = seq.blocks
+                    first = nc // bs
+                    if first < len(blocks) and refcount(blocks[first]) <= 1:
+                        batch.append((seq, 1))
+                        budget -= 1
+                        i += 1
+                        continue
             plan = self._plan(seq, budget)
             if not plan:
                 i += 1
                 continue
             while not self._reserve(plan):
-                victim = self.running[-1]    # the youngest; never one already in `batch` (those are older)
+                victim = running[-1]         # the youngest; never one already in `batch` (those are older)
                 self._preempt(victim)
                 if victim is seq:
                     break
@@ -178,14 +193,16 @@ class Scheduler:
                 budget -= sum(n for _, n in plan)
                 i += 1
             # when seq itself was preempted the list shrank, so the same index is already the next one
-        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+        while self.waiting and budget > 0 and len(running) < self.max_batch_size:
             seq = self.waiting[0]
             plan = self._plan(seq, budget)
             if not plan or not self._reserve(plan):
                 break                      # wait for budget or blocks to come back
             self.waiting.pop(0)
             seq.status = Status.RUNNING
-            self.running.append(seq)
+            # In arrival order (a resumed request is older than some running ones), so the next step
+            # need not sort; arrivals are unique, so this equals a stable sort by arrival.
+            bisect.insort(running, seq, key=lambda s: s.arrival)
             batch += plan
             budget -= sum(n for _, n in plan)
         return batch
