@@ -2,6 +2,7 @@
 user errors into one line on stderr with a non-zero exit (never a traceback)."""
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -55,23 +56,46 @@ def expand_multi_value(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = expand_multi_value(list(sys.argv[1:] if argv is None else argv))
+def _exit(code: int) -> None:
+    """Exit; after a multi-rank run, without C++ static teardown.
+
+    Under mpirun, native libraries (gloo, MPI, torch) occasionally abort while their static objects are
+    destroyed after the work is done ("terminate called without an active exception"), turning a
+    finished run into a failed one. The atexit handlers (process-group shutdown, MPI_Finalize) still run;
+    only the static destructors are skipped.
+    """
+    dist_mod = sys.modules.get("trt_gpt.distributed")
+    if dist_mod is None or getattr(dist_mod, "_WORLD", None) is None:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _run(args: list[str]) -> int:
     try:
         make_app()(args, prog_name="trt-gpt", standalone_mode=True)
+        return 0
+    except SystemExit as e:  # typer's normal ending, and follower ranks released by rank 0
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except TrtGptError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except Exception as e:  # a bug of ours: still one line, the traceback only on request
         if os.environ.get("TRT_GPT_DEBUG"):
             raise
         first = str(e).splitlines()[0] if str(e) else ""
         print(f"internal error: {type(e).__name__}: {first} (set TRT_GPT_DEBUG=1 for the traceback)",
               file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    _exit(_run(expand_multi_value(list(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":
