@@ -88,13 +88,18 @@ def test_dummy_variant_converts_and_matches_hf(tmp_path, monkeypatch):
     assert_parity(hf, engine, random_prompts(97, [3, 11]), n_greedy=8)
 
 
+def fake_distribution(path, monkeypatch, name: str, entry_point: str) -> None:
+    """An installed-looking distribution on sys.path with one `trt_gpt` entry point (no pip needed)."""
+    dist = path / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[trt_gpt]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(path))
+
+
 def test_broken_plugin_warns_once_and_the_rest_loads(tmp_path, monkeypatch, capsys):
     """A distribution whose entry point fails to import: one warning line naming it, other plugins load."""
-    dist = tmp_path / "broken_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[trt_gpt]\nbroken = trt_gpt_no_such_module_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_distribution(tmp_path, monkeypatch, "broken-plugin", "broken = trt_gpt_no_such_module_xyz")
     monkeypatch.setenv("TRT_GPT_PLUGINS", "gpt2,broken")
     assert "gpt2" in names()
     err = capsys.readouterr().err.strip().splitlines()
@@ -107,11 +112,7 @@ def test_plugin_with_invalid_hook_is_rejected(tmp_path, monkeypatch, capsys):
     mod = tmp_path / "trt_gpt_typo_plugin.py"
     mod.write_text("from trt_gpt.hookspecs import hookimpl\n\n@hookimpl\ndef register_variantz(register):\n"
                    "    pass\n")
-    dist = tmp_path / "typo_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: typo-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[trt_gpt]\ntypo = trt_gpt_typo_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_distribution(tmp_path, monkeypatch, "typo-plugin", "typo = trt_gpt_typo_plugin")
     monkeypatch.setenv("TRT_GPT_PLUGINS", "gpt2,typo")
     assert "gpt2" in names()
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""build: checkpoint dir (or a bare config for random weights) -> engine dir.
+"""build: checkpoint dir (or a bare config: random weights drawn by the runtime) -> engine dir.
 
 Validates every tensor's name, shape and dtype against the config, fixes the engine limits
 (BuildConfig) and writes config.json {pretrained_config, build_config} + rank files + tokenizer files.
@@ -11,32 +11,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .checkpoint import (atomic_output_dir, copy_tokenizer_files, load_checkpoint_config, load_rank, save_rank,
                          tokenizer_files_in, torch_dtype, write_json)
 from .config import BuildConfig, ModelConfig
 from .convert import check_rank_tensors
 from .errors import TrtGptError
-from .model import expected_tensors
 
 ENGINE_VERSION = "0.1"
-
-
-def random_weights(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weights for benchmarking from a config alone, drawn on `device`: N(0, 0.02), norms at 1 (0 for
-    layernorm1p, whose stored weight is gamma - 1), biases 0."""
-    device = torch.device(device)
-    g = torch.Generator(device=device).manual_seed(seed + cfg.mapping.rank)
-    dtype = torch_dtype(cfg.dtype)
-    out = {}
-    for name, shape in expected_tensors(cfg).items():
-        if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
-            fill = 0.0 if (name.endswith("bias") or cfg.norm_type == "layernorm1p") else 1.0
-            out[name] = torch.full(shape, fill, dtype=dtype, device=device)
-        else:
-            out[name] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=g)
-    return out
 
 
 def build(output_dir: str | Path, build_config: BuildConfig, checkpoint_dir: str | Path | None = None,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import torch_dtype
 from ..config import ModelConfig
 from ..errors import TrtGptError
 from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
@@ -177,3 +178,19 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], None]
     with torch.device("meta"):
         model = GPTForCausalLM(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def random_weights(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights for benchmarking from a config alone, drawn on `device`: N(0, 0.02), norms at 1 (0 for
+    layernorm1p, whose stored weight is gamma - 1), biases 0."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed + cfg.mapping.rank)
+    dtype = torch_dtype(cfg.dtype)
+    out = {}
+    for name, shape in expected_tensors(cfg).items():
+        if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
+            fill = 0.0 if (name.endswith("bias") or cfg.norm_type == "layernorm1p") else 1.0
+            out[name] = torch.full(shape, fill, dtype=dtype, device=device)
+        else:
+            out[name] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=g)
+    return out

@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import engine_uses_random_weights, load_engine_config, load_rank, torch_dtype
-from ..build import random_weights
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
-from ..model import GPTForCausalLM
+from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
 

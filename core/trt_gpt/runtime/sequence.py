@@ -45,10 +45,6 @@ class Sequence:
     beam_results: list[tuple[list[int], float]] | None = None
     num_preemptions: int = 0
 
-    @property
-    def tokens(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
-
     def token_slice(self, start: int, n: int) -> list[int]:
         """tokens[start:start+n] without building the whole list (decode reads only the last token)."""
         p = len(self.prompt_ids)
