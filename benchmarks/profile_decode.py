@@ -23,6 +23,7 @@ def main() -> None:
     llm = LLM(engine, max_batch_size=max(batch, 1))
     g = llm.executor.graphs
     print(f"backend={llm.engine.model.backend.name} graphs={g.sizes if g else None}")
+    overlap, llm.lookahead = llm.lookahead, None   # phases are timed on the synchronous path
     params = SamplingParams(max_tokens=400, min_tokens=400, end_id=None)
     for _ in range(batch):
         llm.add_request(list(range(1, 129)), params)
@@ -43,7 +44,15 @@ def main() -> None:
     t = time.perf_counter()
     for _ in range(n):
         llm.step()
-    print(f"llm.step (unsynchronised loop) = {ms(t) / n:.3f} ms/step, batch {batch}")
+    print(f"llm.step (synchronous, unsynchronised loop) = {ms(t) / n:.3f} ms/step, batch {batch}")
+    if overlap is not None:
+        llm.lookahead = overlap
+        for _ in range(3):
+            llm.step()
+        t = time.perf_counter()
+        for _ in range(n):
+            llm.step()
+        print(f"llm.step (overlapped decoding) = {ms(t) / n:.3f} ms/step, batch {batch}")
     if "--trace" in sys.argv:
         from torch.profiler import ProfilerActivity, profile
 

@@ -76,6 +76,24 @@ def assert_parity(hf_model: Any, engine_dir: str | Path, prompts: Sequence[Seque
         assert o.token_ids == ref, f"greedy tokens differ from HF for a prompt of {len(p)} tokens:\n{o.token_ids}\n{ref}"
 
 
+def run_arrivals(llm: Any, prompts: Sequence[Sequence[int]], params: Sequence[Any], arrivals: Sequence[int],
+                 max_steps: int = 2000) -> list[list[int]]:
+    """Drive `llm` step by step, adding request i just before step `arrivals[i]`, until every request has
+    finished; returns each request's output tokens (in-flight batching under a scripted arrival pattern)."""
+    from .runtime.sequence import Status
+
+    seqs: dict[int, Any] = {}
+    step = 0
+    while len(seqs) < len(prompts) or any(s.status is not Status.FINISHED for s in seqs.values()):
+        for i, a in enumerate(arrivals):
+            if a == step and i not in seqs:
+                seqs[i] = llm.add_request(list(prompts[i]), params[i])
+        llm.step()
+        step += 1
+        assert step < max_steps, "no progress"
+    return [list(seqs[i].output_ids) for i in range(len(prompts))]
+
+
 # ------------------------------------------------------------------ the CLI as a user types it
 BIN = Path(sys.executable).parent / "trt-gpt"  # the console script of this environment
 

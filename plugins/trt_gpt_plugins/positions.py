@@ -15,8 +15,13 @@ class LearnedPositions:
 
 
 class RotaryEmbedding:
-    """Rotate-half RoPE over the first `rotary_dim` dims of each head, tables precomputed in float32."""
+    """Rotate-half RoPE over the first `rotary_dim` dims of each head, tables precomputed in float32.
+
+    `style`, `cos`, `sin` and `dim` are read by fused kernels (the Triton backend's RoPE + cache write),
+    which implement exactly this rotation; an encoding without `style == "neox"` keeps its own `apply`.
+    """
     learned = False
+    style = "neox"
 
     def __init__(self, cfg: ModelConfig, device: torch.device, max_positions: int | None = None):
         self.dim = cfg.rotary_dim

@@ -52,3 +52,20 @@ def test_gpu_logits_and_greedy_equal_cpu(engines):
     for ref, got in zip(cpu.score(prompts), half.score(prompts)):
         rel = ((ref - got).norm() / ref.norm()).item()
         assert rel <= 1e-2, rel
+
+
+def test_gpu_overlap_fused_and_prefill_graphs_equal_cpu(engines):
+    """Batch-1 serving on the GPU takes every fast path at once (fused GEMV decode, overlapped decoding,
+    captured prefill graphs for a repeated prompt shape) and still yields the CPU path's greedy tokens."""
+    from trt_gpt import LLM, SamplingParams
+
+    fp32, _ = engines
+    cpu = LLM(fp32, device="cpu")
+    gpu = LLM(fp32, device="cuda")
+    assert gpu.lookahead is not None and gpu.engine.model.fused is not None
+    assert gpu.executor.prefill_graphs is not None
+    params = SamplingParams(max_tokens=24)
+    for p in random_prompts(512, [33, 33, 33, 33], seed=7):
+        assert gpu.generate([p], params)[0].token_ids == cpu.generate([p], params)[0].token_ids
+    assert gpu.executor.prefill_graphs.replays == 3      # sightings 2-4 of the one prompt shape
+    assert all(graph is not None for _, graph, _ in gpu.executor.prefill_graphs.entries.values())

@@ -234,7 +234,7 @@ def test_context_fp32_acc_reaches_the_prefill_kernel(monkeypatch):
     monkeypatch.setattr(ta, "paged_prefill_attention", lambda *a, fp32_acc=True, **k: seen.append(fp32_acc))
     monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
     for flag in (True, False):
-        backend = get_attention_backend(torch.device("cpu"), torch.float16, context_fp32_acc=flag)
+        backend = get_attention_backend(DEVICE, torch.float16, context_fp32_acc=flag)
         meta = type("M", (), {"is_decode": False, "num_seqs": 1})()
         backend.attention(torch.zeros(3, 2, 16), None, None, meta, 1.0)
     assert seen == [True, False]

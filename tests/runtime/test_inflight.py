@@ -11,7 +11,7 @@ from trt_gpt import SamplingParams
 from trt_gpt.errors import TrtGptError
 from trt_gpt.runtime.kv_cache import BlockAllocator, PagedKVCache, plan_num_blocks
 from trt_gpt.runtime.sequence import Status
-from trt_gpt.testing import random_prompts
+from trt_gpt.testing import random_prompts, run_arrivals
 
 VOCAB = 211
 
@@ -27,20 +27,6 @@ def _workload(seed: int, n: int, max_len: int = 45, max_new: int = 20):
 
 def _alone(llm, prompts, params) -> list[list[int]]:
     return [llm.generate([p], sp)[0].token_ids for p, sp in zip(prompts, params)]
-
-
-def _run_arrivals(llm, prompts, params, arrivals, spy=None) -> list[list[int]]:
-    """Add request i just before step `arrivals[i]`; step until all are done."""
-    seqs: dict[int, object] = {}
-    step = 0
-    while len(seqs) < len(prompts) or any(s.status is not Status.FINISHED for s in seqs.values()):
-        for i, a in enumerate(arrivals):
-            if a == step and i not in seqs:
-                seqs[i] = llm.add_request(prompts[i], params[i])
-        llm.step()
-        step += 1
-        assert step < 2000, "no progress"
-    return [list(seqs[i].output_ids) for i in range(len(prompts))]
 
 
 def _spy_schedule(llm) -> list[list[tuple[int, int]]]:
@@ -67,7 +53,7 @@ def test_random_arrivals_equal_alone_and_hf(tiny_gpt2_engine):
 
     llm = tiny.llm(max_num_tokens=16, max_batch_size=6)
     log = _spy_schedule(llm)
-    assert _run_arrivals(llm, prompts, params, arrivals) == alone
+    assert run_arrivals(llm, prompts, params, arrivals) == alone
     assert max(sum(n for n, _ in step) for step in log) <= 16
     assert any(0 < n < plen for step in log for n, plen in step)            # a prompt split into chunks
     assert any(any(plen for _, plen in step) and any(not plen for _, plen in step) for step in log)  # mixed
@@ -83,7 +69,7 @@ def test_kv_exhaustion_preempts_and_completes_every_request(tiny_gpt2_engine):
     alone = _alone(tiny.llm(), prompts, params)
     llm = tiny.llm(max_tokens_in_paged_kv_cache=64)      # 16 blocks of 4 tokens: far too few for 12 requests
     assert llm.cache.num_blocks == 16
-    got = _run_arrivals(llm, prompts, params, [a // 5 for a in arrivals])
+    got = run_arrivals(llm, prompts, params, [a // 5 for a in arrivals])
     assert got == alone
     assert llm.scheduler.num_preemptions > 0
     assert llm.cache.allocator.num_free == llm.cache.num_blocks

@@ -32,6 +32,9 @@ class AttentionBackend:
     name: str
     write_kv: WriteKV
     _attention: Attention
+    # Optional fused RoPE + cache write (q/k rotated, k/v stored; returns q); None: the model composes
+    # the position encoding's own `apply` with `write_kv`.
+    rope_write_kv: Callable[..., torch.Tensor] | None = None
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
                   scale: float, sliding_window: int | None = None) -> torch.Tensor:
@@ -63,8 +66,10 @@ def _triton_backend(context_fp32_acc: bool = True) -> AttentionBackend:
     # Imported lazily: importing defines the @triton.jit kernels, which must happen after TRITON_INTERPRET
     # is set, and keeps `import trt_gpt` working where triton is absent.
     from .triton_attention import paged_attention_triton, write_kv_cache_triton
+    from .triton_rope_kv import rope_write_kv_triton
     return AttentionBackend("triton", write_kv_cache_triton,
-                            functools.partial(paged_attention_triton, context_fp32_acc=context_fp32_acc))
+                            functools.partial(paged_attention_triton, context_fp32_acc=context_fp32_acc),
+                            rope_write_kv_triton)
 
 
 def available_backends(device: torch.device, dtype: torch.dtype) -> list[str]:

@@ -27,7 +27,9 @@ MAX_SPLITS = 128
 MIN_TOKENS_PER_SPLIT = 128
 
 
-@triton.jit
+# Step-varying ints are not specialised on (value 1 / divisible by 16): each new class would be a
+# Triton compile (~1 s) in the middle of serving.
+@triton.jit(do_not_specialize=["num_splits", "stride_pb", "stride_ph", "stride_ab", "stride_ah"])
 def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    sm_scale_log2, window,
                    stride_qb, stride_qh, stride_ob, stride_oh,
@@ -97,7 +99,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
         tl.store(PACC + a_off, acc, mask=rmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_pb", "stride_ph", "stride_ab", "stride_ah", "num_splits"])
 def _decode_merge_kernel(PM, PL, PACC, OUT,
                          stride_pb, stride_ph, stride_ab, stride_ah, stride_as, stride_ob, stride_oh,
                          num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):

@@ -60,7 +60,8 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
     return acc, l_i, m_i
 
 
-@triton.jit
+# n_q_tiles changes every step: not specialised on, so a new value never triggers a compile mid-serving.
+@triton.jit(do_not_specialize=["n_q_tiles"])
 def _prefill_kernel(Q, K, V, BT, CU, CTX, OUT,
                     sm_scale_log2, window, n_q_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh,

@@ -19,6 +19,7 @@ from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
 from ..plugins import named_registry
 from ..runtime.attn_metadata import AttentionMetadata
 from ..weights import padded_vocab_size
+from .fused_decode import FusedDecode
 from .layers import ColumnLinear, Norm, RowLinear, VocabEmbedding, get_activation
 from .parallel import TPGroup
 
@@ -57,8 +58,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
                 rope: Any, backend: Any, window: int | None) -> torch.Tensor:
-        qkv = self.qkv(x)
+        q = self.cache_qkv(self.qkv(x), positions, meta, kv, rope, backend)
+        out = backend.attention(q, kv[0], kv[1], meta, self.scale, window)
+        return self.dense(out.reshape(-1, self.heads * self.head_size))
+
+    def cache_qkv(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
+                  rope: Any, backend: Any) -> torch.Tensor:
+        """Rotate q and k (RoPE models), write k and v into the cache; returns q [tokens, heads, head_size]."""
         d = self.head_size
+        fused = getattr(backend, "rope_write_kv", None)
+        if rope is not None and fused is not None and getattr(rope, "style", None) == "neox":
+            # one kernel instead of RoPE's ~16 small ones plus the cache write
+            return fused(qkv, self.heads, self.kv_heads, d, positions, rope.cos, rope.sin, rope.dim,
+                         kv[0], kv[1], meta.slot_mapping)
         q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
         q = q.view(-1, self.heads, d)
         k = k.view(-1, self.kv_heads, d)
@@ -66,8 +78,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rope.apply(q, k, positions)
         backend.write_kv(k, v, kv[0], kv[1], meta.slot_mapping)
-        out = backend.attention(q, kv[0], kv[1], meta, self.scale, window)
-        return self.dense(out.reshape(-1, self.heads * d))
+        return q
 
 
 class MLP(nn.Module):
@@ -143,6 +154,7 @@ class GPTForCausalLM(nn.Module):
         self._pos_factory = encoders[cfg.position_embedding_type]
         self.rope = None
         self.backend: Any = TorchAttentionBackend()
+        self.fused: FusedDecode | None = None   # the small-batch fast path, set up by setup_runtime
 
     def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:
         """Create non-persistent state (rotary tables) once the weights are on `device`."""
@@ -150,6 +162,7 @@ class GPTForCausalLM(nn.Module):
         self.rope = None if getattr(enc, "learned", False) else enc
         if backend is not None:
             self.backend = backend
+        self.fused = FusedDecode.create(self, self.backend)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
@@ -163,13 +176,20 @@ class GPTForCausalLM(nn.Module):
             if hasattr(t, "position_embedding"):
                 hidden = hidden + t.position_embedding(positions)
         window = window if window is not None else cfg.sliding_window
-        for layer, kv in zip(t.layers, kv_caches):
-            hidden = layer(hidden, positions, meta, kv, self.rope, self.backend, window)
+        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
+        for i, (layer, kv) in enumerate(zip(t.layers, kv_caches)):
+            if fused is not None:
+                hidden = fused.layer(i, layer, hidden, positions, meta, kv, self.rope, self.backend, window)
+            else:
+                hidden = layer(hidden, positions, meta, kv, self.rope, self.backend, window)
         if not cfg.mapping.is_last_pp_rank:
             return hidden
         if logits_rows is not None:
             hidden = hidden[logits_rows]
-        logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
+        if fused is not None:
+            logits = fused.head(self.lm_head, hidden)[..., :cfg.vocab_size]
+        else:
+            logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
         return logits / cfg.logits_scaling if cfg.logits_scaling != 1.0 else logits
 
 

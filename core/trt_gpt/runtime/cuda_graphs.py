@@ -6,32 +6,72 @@ A step of `b` sequences replays the graph of the smallest captured size >= b; th
 nothing to the cache (slot -1) and their logits are dropped. The split count of the decode attention
 kernel is fixed at capture for the engine's max_seq_len, which is correct for any shorter context.
 Only the Triton attention backend is captured (the torch reference synchronises with the host).
+
+Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror
+(one or two uploads a step), and leaves its greedy picks (argmax) in a static buffer that overlapped
+decoding (lookahead.py) feeds to the next step without a round trip through the host.
+
+`eager=True` keeps the static buffers and the whole protocol but runs the forward instead of replaying
+a graph: it is how the protocol is tested on machines without CUDA (Triton kernels interpreted).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .attn_metadata import AttentionMetadata
 
-DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
+                 640, 768, 896, 1024)
+
+Fill = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+class _HostEvent:
+    """The CPU stand-in for a CUDA event: work on CPU tensors is done when the call returns."""
+
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
 
 
 class DecodeGraphs:
     def __init__(self, model: Any, kv_layers: list, max_batch: int, max_blocks: int, max_seq_len: int,
-                 device: torch.device, window: int | None = None, sizes: tuple[int, ...] = DEFAULT_SIZES):
+                 device: torch.device, window: int | None = None, sizes: tuple[int, ...] = DEFAULT_SIZES,
+                 eager: bool = False):
         self.model, self.kv_layers, self.window = model, kv_layers, window
+        self.eager = eager or device.type != "cuda"
         self.sizes = sorted({s for s in sizes if s <= max_batch} | {max_batch})
         n = self.sizes[-1]
-        self.ids = torch.zeros(n, dtype=torch.int32, device=device)
-        self.pos = torch.zeros(n, dtype=torch.int32, device=device)
+        self.n, self.max_blocks, self.max_seq_len = n, max_blocks, max_seq_len
+        # [ids | pos | slots | ctx | tables n*max_blocks], regions of p >= n entries: 16-byte aligned views
+        p = self.p = (n + 3) // 4 * 4
+        self.static = torch.zeros(4 * p + n * max_blocks, dtype=torch.int32, device=device)
+        self.ids, self.pos, self.slots, self.ctx = (self.static[i * p:i * p + n] for i in range(4))
+        self.tables = self.static[4 * p:].view(n, max_blocks)
+        self.slots.fill_(-1)
+        self.ctx.fill_(1)
+        pinned = device.type == "cuda"
+        self.host = self.static.cpu().pin_memory() if pinned else self.static.clone()
+        h = self.host.numpy()
+        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[4 * p:].reshape(n, max_blocks))
         self.cu = torch.arange(n + 1, dtype=torch.int32, device=device)  # decode: one row per sequence
-        self.ctx = torch.ones(n, dtype=torch.int32, device=device)
-        self.tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
-        self.slots = torch.full((n,), -1, dtype=torch.int32, device=device)
-        self.max_seq_len = max_seq_len
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.tokens_out = torch.zeros(n, dtype=torch.int32, device=device)
+        new_event = torch.cuda.Event if device.type == "cuda" else _HostEvent
+        self._uploaded = new_event()
+        self.tok_host = [torch.zeros(n, dtype=torch.int32).pin_memory() if pinned else
+                         torch.zeros(n, dtype=torch.int32) for _ in range(2)]
+        self.tok_events = [new_event(), new_event()]
+        self._tok_i = 0
+        self._iota = list(range(n))
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
+        if self.eager:
+            self.graphs = {size: (None, None) for size in self.sizes}
+            return
         self.pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             for size in reversed(self.sizes):  # largest first: later graphs reuse its memory pool
@@ -42,7 +82,9 @@ class DecodeGraphs:
                                  slot_mapping=self.slots[:b], max_q_len=1, max_context_len=self.max_seq_len)
 
     def _forward(self, b: int) -> torch.Tensor:
-        return self.model(self.ids[:b], self.pos[:b], self._meta(b), self.kv_layers, window=self.window)
+        out = self.model(self.ids[:b], self.pos[:b], self._meta(b), self.kv_layers, window=self.window)
+        self.tokens_out[:b].copy_(out.argmax(dim=-1))
+        return out
 
     def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         stream = torch.cuda.Stream()
@@ -56,11 +98,68 @@ class DecodeGraphs:
             out = self._forward(b)
         return graph, out
 
+    def _replay(self, size: int, b: int) -> torch.Tensor:
+        graph, out = self.graphs[size]
+        if graph is None:
+            out = self._forward(size)
+        else:
+            graph.replay()
+        return out[:b]
+
     def applicable(self, meta: AttentionMetadata, window: int | None, n_rows: int) -> bool:
         return meta.is_decode and window == self.window and n_rows == meta.num_seqs <= self.sizes[-1]
 
+    def fits(self, n_rows: int, window: int | None) -> bool:
+        """Whether a step of `n_rows` one-token sequences under `window` can replay a graph."""
+        return window == self.window and 0 < n_rows <= self.sizes[-1]
+
+    def run_packed(self, fill: Fill, b: int, src: list[int] | None = None) -> torch.Tensor:
+        """Logits [b, vocab] of a decode step whose inputs `fill(ids, pos, slots, ctx, tables)` writes into
+        the first `b` rows of the host mirror (numpy views); valid until the next replay.
+
+        `src` (filled by `fill`; overlapped decoding) names, per row, the row of the previous replay's
+        argmax picks that is this row's input token, or -1 where the host wrote the token."""
+        self._uploaded.synchronize()       # the previous upload has read the mirror
+        ids, pos, slots, ctx, tables = self.host_views
+        fill(ids, pos, slots, ctx, tables)
+        size = next(s for s in self.sizes if s >= b)
+        # Padding rows attend to one cached slot and write nothing; their other inputs may be stale (a
+        # stale table row still names valid blocks).
+        ctx[b:size] = 1
+        slots[b:size] = -1
+        p, nb = self.p, self.max_blocks
+        self.static[:4 * p].copy_(self.host[:4 * p], non_blocking=True)
+        self.static[4 * p:4 * p + b * nb].copy_(self.host[4 * p:4 * p + b * nb], non_blocking=True)
+        self._uploaded.record()
+        if src is not None:
+            self._gather_inflight(src, b)
+        return self._replay(size, b)
+
+    def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
+        """`run_packed`, then the argmax picks copied to a host buffer without waiting.
+
+        Returns (host int32 [b], event recorded after the copy). Two host buffers alternate, so the
+        copy of the next step never overwrites picks the caller has not read yet."""
+        self.run_packed(fill, b, src)
+        self._tok_i ^= 1
+        host = self.tok_host[self._tok_i][:b]
+        host.copy_(self.tokens_out[:b], non_blocking=True)
+        ev = self.tok_events[self._tok_i]
+        ev.record()
+        return host, ev
+
+    def _gather_inflight(self, src: list[int], b: int) -> None:
+        """ids[i] = previous picks[src[i]] on the device, for the rows whose token is still in flight."""
+        if src == self._iota[:b]:          # the steady state: the same sequences in the same rows
+            self.ids[:b].copy_(self.tokens_out[:b])
+            return
+        rows = [i for i, j in enumerate(src) if j >= 0]
+        if rows:
+            dev = self.ids.device
+            self.ids[torch.tensor(rows, device=dev)] = self.tokens_out[torch.tensor([src[i] for i in rows], device=dev)]
+
     def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Logits [b, vocab] of a decode step; valid until the next replay."""
+        """Logits [b, vocab] of a decode step from device tensors; valid until the next replay."""
         b = ids.shape[0]
         size = next(s for s in self.sizes if s >= b)
         self.ids[:b].copy_(ids)
@@ -71,6 +170,4 @@ class DecodeGraphs:
         if size > b:  # padding rows: attend to one cached slot, write nothing
             self.ctx[b:size].fill_(1)
             self.slots[b:size].fill_(-1)
-        graph, out = self.graphs[size]
-        graph.replay()
-        return out[:b]
+        return self._replay(size, b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,9 +19,45 @@ from .attn_metadata import AttentionMetadata
 from .engine import Engine
 from .kv_cache import PagedKVCache
 from .sequence import Sequence
+from .staging import PinnedStaging
 
 # From this many decode rows on, whole-array numpy beats per-row work (measured crossover ~24-32 on CPU).
 _BULK_DECODE_ROWS = 32
+
+
+def _aligned_offsets(*sizes: int) -> tuple[int, ...]:
+    """Start offsets (in int32 elements) of consecutive regions of `sizes`, each a multiple of 4 (16 bytes),
+    after the first region's; the total size last."""
+    offs, o = [], 0
+    for n in sizes:
+        offs.append(o)
+        o += (n + 3) // 4 * 4
+    return (*offs[1:], o)
+
+
+@dataclass
+class _Layout:
+    """Where each input of a packed step lives in its int32 buffer, plus the host-side lengths."""
+    total: int
+    nseq: int
+    nb: int
+    o_pos: int
+    o_slots: int
+    o_rows: int
+    o_cu: int
+    o_ctx: int
+    o_tab: int
+    q_lens: list[int]
+    ctx_lens: list[int]
+    cu: list[int]
+
+
+def _fill_tables(seqs: list[Sequence], tables: np.ndarray) -> None:
+    """Block lists -> the first len(seqs) rows of `tables` (entries past a list's end keep their value):
+    a row-major boolean mask takes the lists' concatenation in order."""
+    lens = np.fromiter(map(len, (s.blocks for s in seqs)), dtype=np.int64, count=len(seqs))
+    tables[:len(seqs)][np.arange(tables.shape[1]) < lens[:, None]] = list(
+        itertools.chain.from_iterable(s.blocks for s in seqs))
 
 
 class Executor:
@@ -29,76 +66,137 @@ class Executor:
         self.cache = cache
         self.device = engine.device
         self.max_blocks = cache.blocks_for(engine.build.max_seq_len)
+        self.staging = PinnedStaging(self.device)
         self.graphs = self._capture_graphs()
+        self.prefill_graphs = None
+        if self.graphs is not None and os.environ.get("TRT_GPT_PREFILL_GRAPHS", "1") != "0":
+            from .prefill_graphs import PrefillGraphs
+
+            self.prefill_graphs = PrefillGraphs(self.graphs.eager, getattr(self.graphs, "pool", None))
 
     def _capture_graphs(self):
-        """Decode CUDA graphs when the step can be captured: CUDA device, Triton attention, not disabled
-        by TRT_GPT_CUDA_GRAPHS=0."""
-        if (self.device.type != "cuda" or getattr(self.engine.model.backend, "name", "") != "triton"
-                or os.environ.get("TRT_GPT_CUDA_GRAPHS", "1") == "0"):
+        """Decode CUDA graphs when the step can be captured: CUDA device, Triton attention (the torch
+        reference synchronises with the host), not disabled by TRT_GPT_CUDA_GRAPHS=0. With
+        TRT_GPT_CUDA_GRAPHS=eager the same static-buffer protocol runs without capture, on any device
+        (how CI tests it, and overlapped decoding on top of it, without a GPU)."""
+        mode = os.environ.get("TRT_GPT_CUDA_GRAPHS", "1")
+        if getattr(self.engine.model.backend, "name", "") != "triton" or mode == "0":
+            return None
+        if self.device.type != "cuda" and mode != "eager":
             return None
         from .cuda_graphs import DecodeGraphs
 
         return DecodeGraphs(self.engine.model, self.cache.layers, self.engine.build.max_batch_size, self.max_blocks,
-                            self.engine.build.max_seq_len, self.device, window=self.engine.cfg.sliding_window)
+                            self.engine.build.max_seq_len, self.device, window=self.engine.cfg.sliding_window,
+                            eager=mode == "eager")
 
     def build_inputs(self, batch: list[tuple[Sequence, int]]):
         """Pack the step on the host into one int32 array, then one copy to the device.
 
         One transfer instead of one per tensor matters at small batch, where each host-to-device copy
         costs about as much as a layer's GPU time. The arrays are views of that one device buffer.
+        Returns (input ids, positions, metadata, host cu_q_lens); `self._rows` holds the last-token rows.
         """
+        host, lay = self._pack(batch)
+        ids, pos, meta, self._rows = self._views(self.staging.to_device(host), lay)
+        return ids, pos, meta, lay.cu
+
+    def _pack(self, batch: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, "_Layout"]:
         bs = self.cache.block_size
         nseq = len(batch)
         q_lens = [n for _, n in batch]
         total = sum(q_lens)
         nb = self.max_blocks
-        # layout: ids[T] pos[T] slots[T] rows[B] cu[B+1] ctx[B] tables[B*nb]
-        buf = np.zeros(3 * total + 3 * nseq + 1 + nseq * nb, dtype=np.int32)
-        ids, pos, slots = buf[:total], buf[total:2 * total], buf[2 * total:3 * total]
-        o = 3 * total
-        rows, cu, ctx = buf[o:o + nseq], buf[o + nseq:o + 2 * nseq + 1], buf[o + 2 * nseq + 1:o + 3 * nseq + 1]
-        tables = buf[o + 3 * nseq + 1:].reshape(nseq, nb)
-        t = 0
-        ctx_lens: list[int] = []
+        # layout: ids[T] pos[T] slots[T] rows[B] cu[B+1] ctx[B] tables[B*nb], each region starting on a
+        # 16-byte boundary: Triton specialises kernels on pointer alignment, so unaligned views (offsets
+        # that depend on T and B) would compile a new kernel variant for a new batch shape mid-serving.
+        o_pos, o_slots, o_rows, o_cu, o_ctx, o_tab, size = _aligned_offsets(total, total, total, nseq, nseq + 1,
+                                                                            nseq, nseq * nb)
+        host, buf = self.staging.take(size)
+        buf[:] = 0
+        ids, pos, slots = buf[:total], buf[o_pos:o_pos + total], buf[o_slots:o_slots + total]
+        rows, cu, ctx = buf[o_rows:o_rows + nseq], buf[o_cu:o_cu + nseq + 1], buf[o_ctx:o_ctx + nseq]
+        tables = buf[o_tab:o_tab + nseq * nb].reshape(nseq, nb)
         if total == nseq:
-            self._pack_decode(batch, ids, pos, slots, rows, cu, ctx, tables, ctx_lens)
-        for i, (seq, n) in enumerate(batch if total != nseq else ()):
-            start = seq.num_computed
-            ids[t:t + n] = seq.token_slice(start, n)
-            p = np.arange(start, start + n)
-            pos[t:t + n] = p
-            blocks = np.asarray(seq.blocks, dtype=np.int32)
-            slots[t:t + n] = blocks[p // bs] * bs + p % bs
-            tables[i, :len(blocks)] = blocks
-            t += n
-            cu[i + 1] = t
-            rows[i] = t - 1
-            ctx_lens.append(start + n)
-        if total != nseq:
+            self._pack_decode(batch, ids, pos, slots, ctx, tables)
+            cu[:] = np.arange(nseq + 1, dtype=np.int32)
+            rows[:] = cu[:nseq]
+            ctx_lens = ctx.tolist()
+        elif nseq < _BULK_DECODE_ROWS:
+            t = 0
+            ctx_lens = []
+            for i, (seq, n) in enumerate(batch):
+                start = seq.num_computed
+                ids[t:t + n] = seq.token_slice(start, n)
+                p = np.arange(start, start + n)
+                pos[t:t + n] = p
+                blocks = np.asarray(seq.blocks, dtype=np.int32)
+                slots[t:t + n] = blocks[p // bs] * bs + p % bs
+                tables[i, :len(blocks)] = blocks
+                t += n
+                cu[i + 1] = t
+                rows[i] = t - 1
+                ctx_lens.append(start + n)
             ctx[:] = ctx_lens
-        dev = self.device
-        host = torch.from_numpy(buf)
-        d = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
-        o = 3 * total
-        meta = AttentionMetadata(
-            cu_q_lens=d[o + nseq:o + 2 * nseq + 1], context_lens=d[o + 2 * nseq + 1:o + 3 * nseq + 1],
-            block_tables=d[o + 3 * nseq + 1:].view(nseq, nb), slot_mapping=d[2 * total:3 * total],
-            max_q_len=max(q_lens), max_context_len=max(ctx_lens), q_lens_host=q_lens, context_lens_host=ctx_lens)
-        self._rows = d[o:o + nseq]
-        return d[:total], d[total:2 * total], meta, [0] + cu[1:].tolist()
+        else:
+            # Many sequences (an in-flight batch admitting prompts): whole-array numpy, Python only for ids.
+            seqs = [seq for seq, _ in batch]
+            starts = np.fromiter((s.num_computed for s in seqs), dtype=np.int64, count=nseq)
+            qn = np.asarray(q_lens, dtype=np.int64)
+            ids[:] = list(itertools.chain.from_iterable(
+                (s.token_slice(s.num_computed, n) if n > 1 or s.num_computed < len(s.prompt_ids)
+                 else (s.output_ids[s.num_computed - len(s.prompt_ids)],)) for s, n in batch))
+            np.cumsum(qn, out=cu[1:])
+            owner = np.repeat(np.arange(nseq), qn)
+            pos[:] = np.arange(total) - cu[owner] + starts[owner]
+            _fill_tables(seqs, tables)
+            blk, off = np.divmod(pos, bs)
+            slots[:] = tables[owner, blk] * bs + off
+            rows[:] = cu[1:] - 1
+            ctx[:] = starts + qn
+            ctx_lens = ctx.tolist()
+        lay = _Layout(total, nseq, nb, o_pos, o_slots, o_rows, o_cu, o_ctx, o_tab, q_lens, ctx_lens,
+                      [0] + cu[1:].tolist())
+        return host, lay
 
-    def _pack_decode(self, batch, ids, pos, slots, rows, cu, ctx, tables, ctx_lens: list[int]) -> None:
+    @staticmethod
+    def _views(d: torch.Tensor, lay: "_Layout"):
+        """(ids, positions, metadata, last-token rows) as views of the device copy `d` of a packed step."""
+        t, b, nb = lay.total, lay.nseq, lay.nb
+        meta = AttentionMetadata(
+            cu_q_lens=d[lay.o_cu:lay.o_cu + b + 1], context_lens=d[lay.o_ctx:lay.o_ctx + b],
+            block_tables=d[lay.o_tab:lay.o_tab + b * nb].view(b, nb), slot_mapping=d[lay.o_slots:lay.o_slots + t],
+            max_q_len=max(lay.q_lens), max_context_len=max(lay.ctx_lens), q_lens_host=lay.q_lens,
+            context_lens_host=lay.ctx_lens)
+        return d[:t], d[lay.o_pos:lay.o_pos + t], meta, d[lay.o_rows:lay.o_rows + b]
+
+    def _pack_decode(self, batch, ids, pos, slots, ctx, tables, src: list[int] | None = None,
+                     prev_rows: dict[int, int] | None = None) -> None:
         """One token per sequence: plain Python ints gathered per sequence, then bulk-converted (numpy per
-        row costs ~1-7 us each, which at batch 256 was a third of the step)."""
+        row costs ~1-7 us each, which at batch 256 was a third of the step). Fills the first len(batch)
+        entries of each array (the decode CUDA graphs pass views of their larger static buffers)."""
         bs = self.cache.block_size
         n = len(batch)
         seqs = [seq for seq, _ in batch]
         ps = [seq.num_computed for seq in seqs]
-        # The token at position p: an output token once the prompt has run (the usual decode step).
-        ids[:] = [s.output_ids[p - len(s.prompt_ids)] if p >= len(s.prompt_ids) else s.prompt_ids[p]
-                  for s, p in zip(seqs, ps)]
-        pos[:] = ps
+        if src is None:
+            # The token at position p: an output token once the prompt has run (the usual decode step).
+            ids[:n] = [s.output_ids[p - len(s.prompt_ids)] if p >= len(s.prompt_ids) else s.prompt_ids[p]
+                       for s, p in zip(seqs, ps)]
+        else:
+            # Overlapped decoding: a token still on the GPU is taken there from row src[i] of the previous
+            # step's picks (`DecodeGraphs.run_packed`); 0 is a placeholder the upload then overwrites.
+            vals = []
+            for s, p in zip(seqs, ps):
+                k = p - len(s.prompt_ids)
+                if k >= len(s.output_ids):
+                    vals.append(0)
+                    src.append(prev_rows[id(s)])
+                else:
+                    vals.append(s.output_ids[k] if k >= 0 else s.prompt_ids[p])
+                    src.append(-1)
+            ids[:n] = vals
+        pos[:n] = ps
         if n < _BULK_DECODE_ROWS:
             # Few rows: a dozen whole-array numpy calls would cost more than these per-row ones.
             slot_l = []
@@ -106,18 +204,24 @@ class Executor:
                 p, blocks = ps[i], seq.blocks
                 slot_l.append(blocks[p // bs] * bs + p % bs)
                 tables[i, :len(blocks)] = blocks
-            slots[:] = slot_l
+            slots[:n] = slot_l
         else:
-            # Ragged block lists -> padded rows: a row-major boolean mask takes their concatenation in order.
-            lens = np.fromiter(map(len, (s.blocks for s in seqs)), dtype=np.int64, count=n)
-            tables[np.arange(tables.shape[1]) < lens[:, None]] = list(itertools.chain.from_iterable(
-                s.blocks for s in seqs))
-            blk, off = np.divmod(pos, bs)
-            slots[:] = tables[np.arange(n), blk] * bs + off
-        np.add(pos, 1, out=ctx)
-        ctx_lens += ctx.tolist()
-        cu[:] = np.arange(n + 1, dtype=np.int32)
-        rows[:] = cu[:n]
+            _fill_tables(seqs, tables)
+            blk, off = np.divmod(pos[:n], bs)
+            slots[:n] = tables[np.arange(n), blk] * bs + off
+        np.add(pos[:n], 1, out=ctx[:n])
+
+    def launch_greedy(self, batch: list[tuple[Sequence, int]], prev_rows: dict[int, int]):
+        """Enqueue a decode step whose tokens are picked on the GPU (argmax in the graph) and copied to the
+        host without waiting; returns (pinned host tokens, event that marks them ready). Inputs still in
+        flight come from the previous step's picks: `prev_rows` maps id(sequence) -> its row there.
+        The caller checks `graphs.fits` and that every sequence is greedy with no logits processor."""
+        src: list[int] = []
+        out = self.graphs.run_greedy(lambda *views: self._pack_decode(batch, *views, src=src, prev_rows=prev_rows),
+                                     len(batch), src)
+        for seq, _ in batch:
+            seq.num_computed += 1
+        return out
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 logits_rows: torch.Tensor | None, window: int | None) -> torch.Tensor:
@@ -128,7 +232,20 @@ class Executor:
                                  window=window)
 
     def _run(self, batch: list[tuple[Sequence, int]], all_logits: bool, window: int | None) -> torch.Tensor:
-        ids, pos, meta, _ = self.build_inputs(batch)
+        g = self.graphs
+        if g is not None and g.fits(len(batch), window) and all(n == 1 for _, n in batch):
+            # Packed straight into the graph's pinned input mirror: no metadata tensors, one upload.
+            return g.run_packed(lambda *views: self._pack_decode(batch, *views), len(batch))
+        host, lay = self._pack(batch)
+        if self.prefill_graphs is not None:
+            key = (lay.total, lay.nseq, max(lay.q_lens), window, all_logits)
+            out = self.prefill_graphs.run(key, host, self.staging, lambda d: self._views(d, lay),
+                                          lambda ids, pos, meta, rows: self.engine.model(
+                                              ids, pos, meta, self.cache.layers,
+                                              logits_rows=None if all_logits else rows, window=window))
+            if out is not None:
+                return out
+        ids, pos, meta, self._rows = self._views(self.staging.to_device(host), lay)
         return self.forward(ids, pos, meta, None if all_logits else self._rows, window)
 
     @torch.inference_mode()

@@ -17,6 +17,7 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
+from .lookahead import Lookahead, PendingStep, lookahead_ok
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -75,6 +76,7 @@ class LLM:
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_dtype, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
+        self.lookahead = Lookahead(self.executor) if Lookahead.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
         self._tokenizer: Tokenizer | None = None
         self._tok_args = (tokenizer_dir, vocab_file)
@@ -132,6 +134,7 @@ class LLM:
             seq.generation_logits = []
         if params.num_beams > 1:
             seq.beam_state = BeamSearchState(len(ids), params)
+        seq.lookahead_ok = lookahead_ok(seq)
         self.scheduler.add(seq)
         return seq
 
@@ -150,12 +153,41 @@ class LLM:
     def step(self) -> list[Sequence]:
         """Run one executor step; returns the requests that got a new token (or finished)."""
         batch = self.scheduler.schedule()
+        done: list[Sequence] = []
+        la = self.lookahead
+        if la is not None:
+            if batch and la.eligible(batch):
+                # enqueue this step, then read the previous one's tokens while the GPU runs it
+                prev = la.launch(batch)
+                return self._resolve(prev) if prev is not None else []
+            prev = la.take()
+            if prev is not None:
+                # tokens still in flight must reach the host before a synchronous step packs its inputs
+                done = self._resolve(prev)
+                batch = [(s, n) for s, n in batch if s.status is not Status.FINISHED]
+                if not batch:
+                    return done
         if not batch:
             if self.scheduler.has_work:
                 raise TrtGptError("scheduler made no progress: the KV cache is too small for any waiting request")
             return []
         logits = self.executor.step(batch)
-        return self._advance(batch, logits)
+        return done + self._advance(batch, logits)
+
+    def _resolve(self, step: PendingStep) -> list[Sequence]:
+        seqs, tokens = Lookahead.tokens(step)
+        self._append_tokens(seqs, tokens)
+        return seqs
+
+    def _append_tokens(self, seqs: list[Sequence], tokens: list[int]) -> None:
+        """Record each sequence's new token and finish those that stop."""
+        reasons = check_stops([s.sampling for s in seqs], tokens)
+        max_len = self.build.max_seq_len
+        for seq, reason in zip(seqs, reasons):
+            if reason is None and len(seq.prompt_ids) + len(seq.output_ids) >= max_len:
+                reason = "length"
+            if reason is not None:
+                self._finish(seq, reason)
 
     # ------------------------------------------------------------------ after the forward
     def _advance(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> list[Sequence]:
@@ -188,13 +220,7 @@ class LLM:
                 for seq, row in zip(plain, sub):
                     if seq.generation_logits is not None:
                         seq.generation_logits.append(row.detach().cpu().clone())
-            reasons = check_stops(states, process_and_sample(sub, states).tolist())
-            max_len = self.build.max_seq_len
-            for seq, reason in zip(plain, reasons):
-                if reason is None and len(seq.prompt_ids) + len(seq.output_ids) >= max_len:
-                    reason = "length"
-                if reason is not None:
-                    self._finish(seq, reason)
+            self._append_tokens(plain, process_and_sample(sub, states).tolist())
             done += plain
         return done
 

@@ -167,11 +167,14 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
+            if seq.inflight and len(seq.output_ids) + seq.inflight >= seq.params.max_tokens:
+                i += 1                     # its last token is on the GPU already: nothing more to run
+                continue
             if not seq.beams:
                 # The common decode step, inlined (it is most of a large batch): one pending token that
                 # fits the last block, which nobody else shares. Same outcome as _plan + _reserve.
                 nc = seq.num_computed
-                if len(seq.prompt_ids) + len(seq.output_ids) - nc == 1:
+                if len(seq.prompt_ids) + len(seq.output_ids) + seq.inflight - nc == 1:
                     blocks = seq.blocks
                     first = nc // bs
                     if first < len(blocks) and refcount(blocks[first]) <= 1:
@@ -195,6 +198,8 @@ class Scheduler:
             # when seq itself was preempted the list shrank, so the same index is already the next one
         while self.waiting and budget > 0 and len(running) < self.max_batch_size:
             seq = self.waiting[0]
+            if seq.inflight:
+                break                      # preempted this step with a token still on the GPU: next step
             plan = self._plan(seq, budget)
             if not plan or not self._reserve(plan):
                 break                      # wait for budget or blocks to come back

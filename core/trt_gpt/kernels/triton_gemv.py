@@ -1,0 +1,357 @@
+"""Fused small-batch GEMV for decode steps: [norm] -> x @ W^T [+ bias] -> [act] [* gate] -> [+ residual].
+
+At batch 1 a decode step is bound by reading the weights once, and the many tiny kernels between the
+GEMVs (norms, bias adds, activations, residual adds) each cost a launch plus a round trip of the
+activations through memory. One kernel family covers every linear layer of a decoder layer:
+
+* the grid runs over blocks of N only: each program owns BLOCK_N output columns for all M <= 8 rows
+  and walks the whole of K, so its epilogue (bias, activation, gate product, residual) sees complete
+  sums. There is deliberately no split-K: it would need a second pass for the epilogue;
+* W tiles are [BLOCK_N, BLOCK_K] with K contiguous, so loads coalesce and vectorise; the fp32 partial
+  products stay [M, BLOCK_N, BLOCK_K]-shaped across the K loop and are reduced over K once at the end,
+  instead of paying a cross-lane reduction every iteration. Each W tile is reused by all M rows;
+* the optional norm prologue recomputes the row statistics in every program with a first pass over x.
+  x is a few KB and L2-resident, so this is cheaper than a separate norm kernel plus a write and re-read
+  of its output. The normalised row is rounded to x's dtype before the dot, exactly as the unfused path
+  stores it, so fused and unfused decode agree bit-for-bit up to summation order.
+
+`fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_config` picks tile sizes from
+`GEMV_CONFIGS` (filled from `benchmarks/gemv.py`'s GPU sweep) or a heuristic. Everything is CUDA-graph
+capturable: host-side checks read shapes only and the output is the only allocation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .triton_common import SUPPORTED_DTYPES, next_pow2
+
+MAX_M = 8
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "squared_relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass(frozen=True)
+class NormArgs:
+    """A layernorm/rmsnorm prologue over K. `weight` is the effective gamma (layernorm1p passes w + 1)."""
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Measured best configs keyed by (next_pow2(M), N, K); paste `benchmarks/gemv.py`'s dict here.
+# Shapes not listed fall back to `_heuristic_config`.
+# From `python3 benchmarks/gemv.py` on an H100 80GB HBM3 (triton 3.6), fp16, M = 1 (the only M the model
+# uses by default); the comment is the fused kernel's time with that layer's epilogue.
+GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
+    (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=2),  # gpt2-medium dense 2.82us
+    (1, 1024, 4096): GemvConfig(block_n=1, block_k=1024, num_warps=8, num_stages=2),  # gpt2-medium proj 4.96us
+    (1, 2048, 2048): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=1),  # santacoder dense 4.71us
+    (1, 2048, 8192): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=2),  # santacoder proj 13.78us
+    (1, 2304, 2048): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # santacoder qkv 6.61us
+    (1, 3072, 1024): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=2),  # gpt2-medium qkv 5.15us
+    (1, 4096, 1024): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # gpt2-medium fc 6.02us
+    (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=2),  # starcoder2-7b dense 16.43us
+    (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=3),  # starcoder2-7b proj 58.17us
+    (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=2),  # starcoder2-7b qkv 22.45us
+    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc 14.77us
+    (1, 18432, 4608): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # starcoder2-7b fc 61.54us
+    (1, 49152, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b lm_head 151.67us
+    (1, 49280, 2048): GemvConfig(block_n=16, block_k=1024, num_warps=4, num_stages=3),  # santacoder lm_head 67.95us
+    (1, 50257, 1024): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # gpt2-medium lm_head 37.98us
+}
+
+
+def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
+    # Small N has few programs: narrower blocks keep more SMs busy.
+    block_n = 2 if n <= 2048 else 4
+    # M > 2: shrink the tile to bound the M_PAD * BLOCK_N * BLOCK_K partial sums (about 170 registers at
+    # M=8), but keep BLOCK_N * BLOCK_K >= 8 elements per thread (16-byte fp16 loads at 4 warps).
+    block_k = 512 if m_pad <= 2 else 1024 // block_n
+    return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=2)
+
+
+def gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
+    """Tile config for an [m, k] x [n, k]^T GEMV; dtype is accepted for future per-dtype tables."""
+    m_pad = next_pow2(max(1, m))
+    return GEMV_CONFIGS.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k)
+
+
+def _check_vec(t: torch.Tensor | None, length: int, name: str, device: torch.device) -> None:
+    if t is None:
+        return
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"fused_linear: {name} must have shape [{length}], got {tuple(t.shape)}")
+    if t.device != device or t.stride(0) != 1:
+        raise ValueError(f"fused_linear: {name} must be a contiguous tensor on {device}")
+
+
+def _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual) -> tuple[int, int, int]:
+    """Shared validation of the kernel and the reference; returns (M, N, K)."""
+    if x.dim() != 2:
+        raise ValueError(f"fused_linear: x must be [M, K], got shape {tuple(x.shape)}")
+    m, k = x.shape
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"fused_linear: M={m} rows is outside 1..{MAX_M} (use a GEMM for larger batches)")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"fused_linear: x dtype {x.dtype} is not one of {SUPPORTED_DTYPES}")
+    if weight.dim() != 2 or weight.shape[1] != k:
+        raise ValueError(f"fused_linear: weight must be [N, {k}] to match x [M, K], got {tuple(weight.shape)}")
+    n = weight.shape[0]
+    for name, w in (("weight", weight), ("gate_weight", gate_weight)):
+        if w is None:
+            continue
+        if w.shape != weight.shape or w.dtype != x.dtype or w.device != x.device:
+            raise ValueError(f"fused_linear: {name} must be [{n}, {k}] {x.dtype} on {x.device}, got "
+                             f"{tuple(w.shape)} {w.dtype} on {w.device}")
+        if w.stride(1) != 1:
+            raise ValueError(f"fused_linear: {name} must be contiguous along K")
+    if x.stride(1) != 1:
+        raise ValueError("fused_linear: x must have unit stride along K")
+    if gate_bias is not None and gate_weight is None:
+        raise ValueError("fused_linear: gate_bias given without gate_weight")
+    _check_vec(bias, n, "bias", x.device)
+    _check_vec(gate_bias, n, "gate_bias", x.device)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"fused_linear: activation {activation!r} is not one of {ACTIVATIONS}")
+    if norm is not None:
+        if norm.kind not in NORMS:
+            raise ValueError(f"fused_linear: norm kind {norm.kind!r} is not one of {NORMS}")
+        if norm.kind == "rmsnorm" and norm.bias is not None:
+            raise ValueError("fused_linear: rmsnorm takes no bias")
+        _check_vec(norm.weight, k, "norm.weight", x.device)
+        _check_vec(norm.bias, k, "norm.bias", x.device)
+    if residual is not None:
+        if residual.shape != (m, n) or residual.device != x.device or residual.stride(1) != 1:
+            raise ValueError(f"fused_linear: residual must be [{m}, {n}] on {x.device} with unit stride along N, "
+                             f"got {tuple(residual.shape)}")
+    return m, n, k
+
+
+@triton.jit
+def _activation(y, ACT: tl.constexpr):
+    if ACT == "gelu":
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACT == "gelu_tanh":
+        z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        # tanh from exp alone (tl.math.tanh is not in every Triton): exp(-2|z|) lies in (0, 1], so nothing
+        # overflows and small |z| keeps its relative precision.
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        y = 0.5 * y * (1.0 + tl.where(z < 0.0, -t, t))
+    elif ACT == "relu":
+        y = tl.maximum(y, 0.0)
+    elif ACT == "squared_relu":
+        r = tl.maximum(y, 0.0)
+        y = r * r
+    elif ACT == "silu":
+        e = tl.exp(-tl.abs(y))  # sigmoid without overflow for large |y|
+        y = y * tl.where(y < 0.0, e, 1.0) / (1.0 + e)
+    return y
+
+
+@triton.jit
+def _load_k(ptrs, kk, K, EVEN_K: tl.constexpr, POLICY: tl.constexpr):
+    """Load along K, masking the tail only when K is not a multiple of BLOCK_K (masks cost vectorisation).
+
+    Weights are streamed once ("evict_first"); x and the norm parameters are re-read by every program and
+    should stay in L2 ("evict_last").
+    """
+    if EVEN_K:
+        v = tl.load(ptrs, eviction_policy=POLICY)
+    else:
+        v = tl.load(ptrs, mask=kk < K, other=0.0, eviction_policy=POLICY)
+    return v
+
+
+@triton.jit
+def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB,
+                       M, N, K, stride_xm, stride_wn, stride_gn, stride_rm, stride_om,
+                       eps, residual_scale,
+                       M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                       ACT: tl.constexpr, EVEN_K: tl.constexpr):
+    pid = tl.program_id(0)
+    # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
+    # beta loads use pointers *broadcast* to the W tile's shape: Triton then gives them the same register
+    # layout as W (same shape, same contiguity), and the product needs no per-iteration layout conversion
+    # through shared memory. Loaded as [M_PAD, 1, BLOCK_K], the sm_90 TTGIR converted the whole W tile
+    # every iteration instead. The redundant x reads are L1 hits; W is still read once.
+    rows = tl.arange(0, M_PAD)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Padding rows / columns re-read the last real one (always in bounds), so only the K tail needs a load
+    # mask; their results are never stored. int64: row * stride overflows int32 on big weights.
+    x_rows = X + tl.minimum(rows, M - 1).to(tl.int64) * stride_xm
+    x_ptrs = x_rows[:, None, None] + offs_k[None, None, :]
+    n_ld = tl.minimum(offs_n, N - 1).to(tl.int64)[None, :, None]
+    w_ptrs = W + n_ld * stride_wn + offs_k[None, None, :]
+    g_ptrs = G + n_ld * stride_gn + offs_k[None, None, :]
+    k3 = offs_k[None, None, :]
+
+    if NORM == "layernorm":
+        # One pass of sum / sum of squares, shifted by each row's first element: that removes the
+        # cancellation of E[x^2] - E[x]^2 when |mean| >> std, without a second pass over x.
+        shift = tl.load(x_rows).to(tl.float32)[:, None, None]
+        s1 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
+        s2 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            xv = _load_k(x_ptrs + k0, k3 + k0, K, EVEN_K, "evict_last").to(tl.float32)
+            d = tl.where(k3 + k0 < K, xv - shift, 0.0)
+            s1 += d
+            s2 += d * d
+        mean_d = tl.sum(s1, 2)[:, :, None] / K
+        var = tl.maximum(tl.sum(s2, 2)[:, :, None] / K - mean_d * mean_d, 0.0)
+        mean = shift + mean_d
+        rstd = 1.0 / tl.sqrt(var + eps)
+    elif NORM == "rmsnorm":
+        s2 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            xv = _load_k(x_ptrs + k0, k3 + k0, K, EVEN_K, "evict_last").to(tl.float32)
+            s2 += xv * xv
+        rstd = 1.0 / tl.sqrt(tl.sum(s2, 2)[:, :, None] / K + eps)
+
+    acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+    if GATED:
+        acc_g = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+    xb_ptrs = tl.broadcast_to(x_ptrs, [M_PAD, BLOCK_N, BLOCK_K])
+    nw_ptrs = tl.broadcast_to(NW + k3, [1, BLOCK_N, BLOCK_K])
+    nb_ptrs = tl.broadcast_to(NB + k3, [1, BLOCK_N, BLOCK_K])
+    for k0 in range(0, K, BLOCK_K):
+        kk = k3 + k0
+        w = _load_k(w_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
+        h = _load_k(xb_ptrs + k0, kk, K, EVEN_K, "evict_last")
+        if NORM != "none":
+            # Masked tail lanes get gamma = beta = 0, so h is 0 there (W is 0 there too).
+            hf = h.to(tl.float32)
+            if NORM == "layernorm":
+                hf = hf - mean
+            hf = hf * rstd * _load_k(nw_ptrs + k0, kk, K, EVEN_K, "evict_last").to(tl.float32)
+            if HAS_NORM_BIAS:
+                hf += _load_k(nb_ptrs + k0, kk, K, EVEN_K, "evict_last").to(tl.float32)
+            # Round like the unfused path, which stores the norm output in x's dtype.
+            h = hf.to(X.dtype.element_ty)
+        h = h.to(tl.float32)
+        acc += h * w
+        if GATED:
+            acc_g += h * _load_k(g_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
+
+    # Epilogue on complete sums, 2-D [M_PAD, BLOCK_N], all in fp32; one cast at the store.
+    nmask = offs_n < N
+    y = tl.sum(acc, 2)
+    if HAS_BIAS:
+        y += tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    y = _activation(y, ACT)
+    if GATED:
+        yg = tl.sum(acc_g, 2)
+        if HAS_GATE_BIAS:
+            yg += tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        y = y * yg
+    omask = (rows < M)[:, None] & nmask[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+    if HAS_RESIDUAL:
+        # Read before the store of the same elements by this same program, so out may alias residual.
+        res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0).to(tl.float32)
+        y = res + residual_scale * y
+    tl.store(OUT + rows64 * stride_om + offs_n[None, :], y.to(OUT.dtype.element_ty), mask=omask)
+
+
+def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 norm: NormArgs | None = None, activation: str | None = None,
+                 gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
+                 residual: torch.Tensor | None = None, residual_scale: float = 1.0,
+                 out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
+                 config: GemvConfig | None = None) -> torch.Tensor:
+    """The fused decode GEMV (Triton) for x [M <= 8, K] and weight [N, K]; returns out [M, N].
+
+    `out` may be the residual tensor (in-place residual add) but must not overlap x: every program
+    reads all of x.
+    """
+    m, n, k = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    out_dtype = out_dtype or x.dtype
+    if out is None:
+        out = torch.empty(m, n, device=x.device, dtype=out_dtype)
+    elif out.shape != (m, n) or out.dtype != out_dtype or out.device != x.device or out.stride(1) != 1:
+        raise ValueError(f"fused_linear: out must be [{m}, {n}] {out_dtype} on {x.device} with unit stride "
+                         f"along N, got {tuple(out.shape)} {out.dtype}")
+    elif out.data_ptr() == x.data_ptr():
+        raise ValueError("fused_linear: out must not alias x (every program reads all of x)")
+    cfg = config or gemv_config(m, n, k, x.dtype)
+    if cfg.block_n < 1 or cfg.block_k < 1 or cfg.block_n & (cfg.block_n - 1) or cfg.block_k & (cfg.block_k - 1):
+        raise ValueError(f"fused_linear: block_n/block_k must be powers of two, got {cfg}")
+    dummy = x  # never dereferenced: the matching HAS_* constexpr is False
+    residual_t = residual if residual is not None else out
+    _fused_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        x, weight, bias if bias is not None else dummy,
+        gate_weight if gate_weight is not None else weight, gate_bias if gate_bias is not None else dummy,
+        residual_t, out,
+        norm.weight if norm is not None else dummy,
+        norm.bias if norm is not None and norm.bias is not None else dummy,
+        m, n, k, x.stride(0), weight.stride(0),
+        gate_weight.stride(0) if gate_weight is not None else 0, residual_t.stride(0), out.stride(0),
+        float(norm.eps) if norm is not None else 0.0, float(residual_scale),
+        M_PAD=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        NORM=norm.kind if norm is not None else "none",
+        HAS_NORM_BIAS=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
+        GATED=gate_weight is not None, HAS_GATE_BIAS=gate_bias is not None,
+        HAS_RESIDUAL=residual is not None, ACT=activation or "none", EVEN_K=k % cfg.block_k == 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def apply_norm_ref(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
+    """The norm prologue in torch: fp32 statistics, output rounded to x's dtype."""
+    xf = x.float()
+    if norm.kind == "layernorm":
+        h = F.layer_norm(xf, (x.shape[-1],), norm.weight.float(),
+                         norm.bias.float() if norm.bias is not None else None, norm.eps)
+    else:
+        h = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()
+    return h.to(x.dtype)
+
+
+def activation_ref(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return y
+    if activation in ("gelu", "gelu_tanh"):
+        return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    if activation == "relu":
+        return F.relu(y)
+    if activation == "squared_relu":
+        return F.relu(y).square()
+    return F.silu(y)
+
+
+def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                     norm: NormArgs | None = None, activation: str | None = None,
+                     gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
+                     residual: torch.Tensor | None = None, residual_scale: float = 1.0,
+                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`fused_linear`'s math in torch (fp32 accumulation and epilogue, one cast at the end)."""
+    _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    h = (apply_norm_ref(x, norm) if norm is not None else x).float()
+
+    def project(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(h, w.float(), b.float() if b is not None else None)
+
+    y = activation_ref(project(weight, bias), activation)
+    if gate_weight is not None:
+        y = y * project(gate_weight, gate_bias)
+    if residual is not None:
+        y = residual.float() + residual_scale * y
+    return y.to(out_dtype or x.dtype)

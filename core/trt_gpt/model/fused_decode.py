@@ -1,0 +1,118 @@
+"""Small-batch fast path of the GPT forward: a decoder layer as four fused GEMV kernels plus attention.
+
+At batch 1 a decode step is ~12 kernels a layer, most of them tiny (norms, bias adds, the activation,
+residual adds, RoPE's gathers and concatenations) and each costing a few microseconds even inside a CUDA
+graph, while cuBLAS' GEMVs read the weights at ~55-60% of the memory bandwidth. Here a layer is
+
+    qkv   = [input_layernorm ->] x @ Wqkv^T + b               one kernel (norm recomputed per program)
+    q     = RoPE(q), RoPE(k) -> cache, v -> cache              one kernel (or the plain cache write)
+    attn  = paged decode attention                             the backend's kernels
+    x     = x + m * (attn @ Wo^T + bo)                         one kernel
+    h     = act([post_layernorm ->] x @ Wfc^T + bfc) [* gate]  one kernel
+    x     = x + m * (h @ Wproj^T + bproj)                      one kernel
+
+and the final norm + lm_head is one more. The path is taken only where it computes the same function as
+the module path: the Triton backend, one tensor-parallel rank (a row-parallel bias is added after the
+all-reduce, which a fused epilogue cannot do), at most `max_rows` tokens in the step, and a norm and
+activation that the kernel implements (an activation a plugin overrides keeps the module path).
+TRT_GPT_FUSED_DECODE_ROWS=0 switches it off; a number sets `max_rows`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+
+ENV_VAR = "TRT_GPT_FUSED_DECODE_ROWS"
+# Steps with at most this many tokens take the path. Measured on an H100 (benchmarks/gemv.py): the fused
+# GEMV beats cuBLAS + the separate small kernels at M = 1 only; from M = 2 cuBLAS' GEMMs read the weights
+# faster than the fused kernel's per-row accumulators allow (docs/benchmarks.md).
+DEFAULT_MAX_ROWS = 1
+
+# hidden_act name -> the kernel's activation, for the built-in activation functions only
+KERNEL_ACTIVATIONS = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu", "squared-relu": "squared_relu", "relu2": "squared_relu", "silu": "silu",
+    "swiglu": "silu", "fast-swiglu": "silu", "geglu": "gelu_tanh",
+}
+
+
+def _kernel_activation(cfg: ModelConfig) -> str | None:
+    """The kernel activation for the model's hidden_act, or None when the registered function is not the
+    built-in one of that name (a plugin replaced it) or the kernel lacks it."""
+    from trt_gpt_plugins.activations import ACTIVATIONS
+
+    from .layers import get_activation
+
+    name = cfg.hidden_act
+    if name not in KERNEL_ACTIVATIONS or get_activation(name) is not ACTIVATIONS.get(name):
+        return None
+    return KERNEL_ACTIVATIONS[name]
+
+
+def max_rows_setting() -> int:
+    raw = os.environ.get(ENV_VAR, "").strip()
+    return int(raw) if raw.isdigit() else DEFAULT_MAX_ROWS
+
+
+class FusedDecode:
+    """Runs decoder layers and the head with the fused kernels; built by `create` once weights are loaded."""
+
+    def __init__(self, model: Any, activation: str, max_rows: int):
+        from ..kernels.triton_gemv import MAX_M, NormArgs, fused_linear
+
+        self.fused_linear = fused_linear
+        self.max_rows = min(max_rows, MAX_M)
+        self.activation = activation
+        cfg = model.cfg
+        self.multiplier = cfg.residual_multiplier
+        t = model.transformer
+        self.norms = [(self._norm_args(layer.input_layernorm, NormArgs), self._norm_args(layer.post_layernorm, NormArgs))
+                      for layer in t.layers]
+        self.final_norm = self._norm_args(t.ln_f, NormArgs) if hasattr(t, "ln_f") else None
+
+    @staticmethod
+    def _norm_args(norm: Any, norm_args: Any) -> Any:
+        w = norm.weight
+        if norm.kind == "layernorm1p":
+            w = (w.float() + 1).to(w.dtype)   # stored as gamma - 1
+        kind = "rmsnorm" if norm.kind == "rmsnorm" else "layernorm"
+        return norm_args(kind=kind, weight=w, bias=norm.bias, eps=norm.eps)
+
+    @classmethod
+    def create(cls, model: Any, backend: Any) -> "FusedDecode | None":
+        """The fast path for `model` on `backend`, or None where it would not compute the same function."""
+        max_rows = max_rows_setting()
+        cfg = model.cfg
+        if max_rows <= 0 or getattr(backend, "name", "") != "triton" or cfg.mapping.tp_size != 1:
+            return None
+        activation = _kernel_activation(cfg)
+        if activation is None:
+            return None
+        return cls(model, activation, max_rows)
+
+    def applies(self, rows: int) -> bool:
+        return 0 < rows <= self.max_rows
+
+    def layer(self, idx: int, layer: Any, x: torch.Tensor, positions: torch.Tensor, meta: Any, kv: tuple,
+              rope: Any, backend: Any, window: int | None) -> torch.Tensor:
+        """One decoder layer (`DecoderLayer.forward`'s function) for a step of at most `max_rows` tokens."""
+        lin, m = self.fused_linear, self.multiplier
+        norm_in, norm_post = self.norms[idx]
+        attn, mlp = layer.attention, layer.mlp
+        qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in)
+        q = attn.cache_qkv(qkv, positions, meta, kv, rope, backend)
+        out = backend.attention(q, kv[0], kv[1], meta, attn.scale, window)
+        x = lin(out.reshape(x.shape[0], -1), attn.dense.weight, attn.dense.bias, residual=x, residual_scale=m)
+        gate = mlp.gate if mlp.gated else None
+        h = lin(x, mlp.fc.weight, mlp.fc.bias, norm=norm_post, activation=self.activation,
+                gate_weight=gate.weight if gate is not None else None,
+                gate_bias=gate.bias if gate is not None else None)
+        return lin(h, mlp.proj.weight, mlp.proj.bias, residual=x, residual_scale=m)
+
+    def head(self, lm_head: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """ln_f + lm_head in one kernel, fp32 logits over the padded vocab."""
+        return self.fused_linear(hidden, lm_head.weight, None, norm=self.final_norm, out_dtype=torch.float32)

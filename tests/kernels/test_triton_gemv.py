@@ -1,0 +1,215 @@
+"""The fused decode GEMV (Triton) and its torch reference against an independent float64 composition.
+
+Shapes are tiny because the CPU interpreter runs every program in numpy. Outputs are NaN-filled before
+each kernel call, so a column or row the kernel forgets to write fails loudly. N=37, K=100 are not
+multiples of any block, so both the N and the K tails are exercised.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # before the kernel module defines its @triton.jit functions
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from trt_gpt.kernels import triton_gemv  # noqa: E402
+from trt_gpt.kernels.triton_gemv import (ACTIVATIONS, MAX_M, GemvConfig, NormArgs, fused_linear,  # noqa: E402
+                                         fused_linear_ref, gemv_config)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def oracle(x, w, b=None, *, norm=None, activation=None, gate_weight=None, gate_bias=None,
+           residual=None, residual_scale=1.0) -> torch.Tensor:
+    """The documented math composed in float64 from plain torch ops (no code shared with the module)."""
+    xd = x.double()
+    if norm is not None:
+        if norm.kind == "layernorm":
+            h = F.layer_norm(xd, (x.shape[1],), norm.weight.double(),
+                             None if norm.bias is None else norm.bias.double(), norm.eps)
+        else:
+            h = xd / torch.sqrt((xd * xd).mean(1, keepdim=True) + norm.eps) * norm.weight.double()
+        xd = h.to(x.dtype).double()  # the unfused path stores the norm output in x's dtype
+    y = F.linear(xd, w.double(), None if b is None else b.double())
+    acts = {None: lambda t: t, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+            "relu": F.relu, "squared_relu": lambda t: F.relu(t) ** 2, "silu": F.silu}
+    y = acts[activation](y)
+    if gate_weight is not None:
+        y = y * F.linear(xd, gate_weight.double(), None if gate_bias is None else gate_bias.double())
+    if residual is not None:
+        y = residual.double() + residual_scale * y
+    return y
+
+
+def make(m, n, k, dtype, *, norm=None, norm_bias=True, bias=True, gated=False, residual=False, seed=0,
+         x_offset=0.0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=gen) * scale + shift).to(dtype).to(DEVICE)
+    kw = {}
+    if norm is not None:
+        kw["norm"] = NormArgs(norm, rnd(k, scale=0.5, shift=1.0),
+                              rnd(k, scale=0.5) if norm_bias and norm == "layernorm" else None, 1e-5)
+    if gated:
+        kw["gate_weight"] = rnd(n, k, scale=k ** -0.5)
+        kw["gate_bias"] = rnd(n)
+    if residual:
+        kw["residual"] = rnd(m, n)
+        kw["residual_scale"] = 0.7
+    x = rnd(m, k, shift=x_offset)
+    return x, rnd(n, k, scale=k ** -0.5), (rnd(n) if bias else None), kw
+
+
+def check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert not torch.isnan(out).any(), "kernel left outputs unwritten"
+    rel = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+    assert rel <= TOL[dtype], f"rel err {rel}"
+
+
+def run_both(x, w, b, kw, dtype, out_dtype=None, config=None) -> None:
+    """fused_linear (into a NaN-poisoned buffer) and fused_linear_ref against the float64 oracle."""
+    ref = oracle(x, w, b, **kw)
+    od = out_dtype or x.dtype
+    out = torch.full((x.shape[0], w.shape[0]), float("nan"), device=DEVICE, dtype=od)
+    got = fused_linear(x, w, b, out_dtype=out_dtype, out=out, config=config, **kw)
+    assert got is out and got.dtype == od
+    check(got, ref, dtype)
+    ref_out = fused_linear_ref(x, w, b, out_dtype=out_dtype, **kw)
+    assert ref_out.dtype == od
+    check(ref_out, ref, dtype)
+
+
+HALF = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    INTERPRET, reason="the interpreter is unreliable for bf16 (numpy has no bfloat16)"))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_plain_linear(m, dtype):
+    x, w, b, kw = make(m, 37, 100, dtype)
+    run_both(x, w, b, kw, dtype)
+
+
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+def test_activations_with_layernorm_and_residual(activation):
+    x, w, b, kw = make(3, 37, 100, torch.float32, norm="layernorm", residual=True, seed=1)
+    run_both(x, w, b, dict(kw, activation=activation), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("norm,norm_bias", [("layernorm", True), ("layernorm", False), ("rmsnorm", False)])
+def test_norm_prologue(norm, norm_bias, dtype):
+    x, w, b, kw = make(2, 37, 100, dtype, norm=norm, norm_bias=norm_bias, seed=2)
+    run_both(x, w, b, kw, dtype)
+
+
+def test_layernorm_large_mean_rows():
+    # |mean| >> std: a naive E[x^2] - E[x]^2 in fp32 loses the variance entirely here.
+    x, w, b, kw = make(2, 37, 100, torch.float32, norm="layernorm", seed=3, x_offset=1000.0)
+    run_both(x, w, b, kw, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_mlp(activation, dtype):
+    x, w, b, kw = make(3, 37, 100, dtype, norm="rmsnorm", gated=True, bias=False, seed=4)
+    run_both(x, w, b, dict(kw, activation=activation), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_residual_scale_and_fp32_logits(dtype):
+    x, w, b, kw = make(8, 37, 100, dtype, norm="layernorm", residual=True, seed=5)
+    run_both(x, w, b, dict(kw, activation="gelu"), dtype, out_dtype=torch.float32)
+    x, w, _, kw = make(1, 37, 100, dtype, norm="layernorm", bias=False, seed=6)
+    run_both(x, w, None, kw, dtype, out_dtype=torch.float32)  # the lm_head: ln_f + logits in fp32
+
+
+@pytest.mark.parametrize("m,n,k,cfg", [
+    (3, 37, 100, GemvConfig(block_n=1, block_k=16, num_warps=1, num_stages=1)),   # 7 K steps, ragged tail
+    (1, 37, 100, GemvConfig(block_n=8, block_k=32, num_warps=4, num_stages=2)),
+    (2, 64, 128, GemvConfig(block_n=4, block_k=32, num_warps=4, num_stages=2)),   # aligned: no masks
+])
+def test_explicit_configs(m, n, k, cfg):
+    x, w, b, kw = make(m, n, k, torch.float32, norm="layernorm", gated=True, residual=True, seed=7)
+    run_both(x, w, b, dict(kw, activation="gelu"), torch.float32, config=cfg)
+
+
+def test_aligned_shape_default_config():
+    x, w, b, kw = make(4, 64, 256, torch.float16, norm="rmsnorm", residual=True, seed=8)
+    run_both(x, w, b, kw, torch.float16)
+
+
+def test_strided_x_and_in_place_residual():
+    m, n, k = 3, 37, 100
+    x_big, w, b, kw = make(m, n, k + 28, torch.float32, seed=9)
+    x = x_big[:, :k]                      # row stride 128, unit stride along K
+    w = w[:, :k].contiguous()
+    res = torch.randn(m, n, device=DEVICE)
+    ref = oracle(x, w, b, activation="relu", residual=res, residual_scale=0.5)
+    out = fused_linear(x, w, b, activation="relu", residual=res, residual_scale=0.5, out=res)
+    assert out is res
+    check(out, ref, torch.float32)
+
+
+def test_gemv_config_table_and_heuristic(monkeypatch):
+    for m in (1, 3, 8):
+        for n, k in ((37, 100), (2048, 2048), (49152, 4608)):
+            c = gemv_config(m, n, k, torch.float16)
+            assert c.block_n & (c.block_n - 1) == 0 and c.block_k & (c.block_k - 1) == 0
+            assert c.block_k <= max(32, triton_gemv.next_pow2(k))
+    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(4, 512, 4, 2)
+    tuned = GemvConfig(block_n=8, block_k=256, num_warps=8, num_stages=3)
+    monkeypatch.setitem(triton_gemv.GEMV_CONFIGS, (4, 1000, 512), tuned)
+    assert gemv_config(3, 1000, 512, torch.float16) == tuned   # M=3 uses the M=4 entry
+
+
+@pytest.mark.parametrize("case", ["m_too_big", "m_zero", "wrong_k", "dtype", "activation", "gate_bias",
+                                  "norm_weight", "residual", "out"])
+def test_bad_arguments_raise(case):
+    x, w, b, _ = make(2, 37, 100, torch.float32)
+    kwargs = {}
+    if case == "m_too_big":
+        x = torch.randn(MAX_M + 1, 100, device=DEVICE)
+    elif case == "m_zero":
+        x = x[:0]
+    elif case == "wrong_k":
+        w = torch.randn(37, 99, device=DEVICE)
+    elif case == "dtype":
+        w = w.half()
+    elif case == "activation":
+        kwargs["activation"] = "tanh"
+    elif case == "gate_bias":
+        kwargs["gate_bias"] = b
+    elif case == "norm_weight":
+        kwargs["norm"] = NormArgs("layernorm", torch.ones(99, device=DEVICE), None, 1e-5)
+    elif case == "residual":
+        kwargs["residual"] = torch.zeros(2, 36, device=DEVICE)
+    elif case == "out":
+        kwargs["out"] = torch.empty(2, 37, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match="fused_linear"):
+        fused_linear(x, w, b, **kwargs)
+    if case != "out":
+        with pytest.raises(ValueError, match="fused_linear"):
+            fused_linear_ref(x, w, b, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture():
+    x, w, b, kw = make(1, 300, 256, torch.float16, norm="layernorm", residual=True, seed=10)
+    out = torch.empty(1, 300, device=DEVICE, dtype=torch.float16)
+    fused_linear(x, w, b, out=out, activation="gelu", **kw)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused_linear(x, w, b, out=out, activation="gelu", **kw)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    check(out, oracle(x, w, b, activation="gelu", **kw), torch.float16)

@@ -1,0 +1,106 @@
+"""The small-batch fused path (model/fused_decode.py: fused GEMV kernels + fused RoPE/cache write) computes
+the model's function: HF transformers' logits and greedy tokens for GPT-2 and StarCoder2 checkpoints, and
+the module path (itself HF-verified per variant) for the configurations no tiny HF model here has (gated
+MLP, rmsnorm, layernorm1p, residual multipliers, no biases). Triton kernels run interpreted without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Starcoder2Config, Starcoder2ForCausalLM
+
+from trt_gpt.config import ModelConfig
+from trt_gpt.model import GPTForCausalLM, random_weights
+from trt_gpt.runtime.attn_metadata import AttentionMetadata
+from trt_gpt.testing import assert_parity, engine_from_checkpoint, random_prompts, save_tiny
+
+pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def fused_env(monkeypatch):
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "4")
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "0")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+HF_MODELS = {
+    "gpt2": (GPT2LMHeadModel, GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64,
+                                         initializer_range=0.2, bos_token_id=0, eos_token_id=0)),
+    "starcoder2-gqa": (Starcoder2ForCausalLM, Starcoder2Config(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        vocab_size=97, max_position_embeddings=64, initializer_range=0.2, bos_token_id=0, eos_token_id=0)),
+}
+
+
+@pytest.mark.parametrize("name", list(HF_MODELS))
+def test_fused_path_matches_hf(tmp_path, fused_env, name):
+    from trt_gpt import LLM
+
+    cls, cfg = HF_MODELS[name]
+    hf = save_tiny(cls, cfg, tmp_path / "hf")
+    engine = engine_from_checkpoint(tmp_path / "hf", tmp_path, max_input_len=16, max_seq_len=32, max_batch_size=2)
+    llm = LLM(engine, device=DEVICE)
+    assert llm.engine.model.fused is not None
+    calls = []
+    orig = llm.engine.model.fused.layer
+    llm.engine.model.fused.layer = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    # prompts of at most 4 tokens, one at a time: scoring, prefill and decode all take the fused path
+    for prompt in random_prompts(97, [3, 4], seed=2):
+        assert_parity(hf, engine, [prompt], n_greedy=3, llm=llm, atol=1e-4)
+    assert len(calls) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
+
+
+CONFIGS = {
+    "swiglu rmsnorm no-bias": dict(hidden_act="swiglu", norm_type="rmsnorm", bias=False),
+    "layernorm1p residual-multiplier": dict(norm_type="layernorm1p", residual_multiplier=0.5,
+                                            hidden_act="gelu"),
+    "squared-relu rope": dict(hidden_act="squared-relu", position_embedding_type="rope_gpt_neox",
+                              rotary_pct=0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_path_matches_module_path(fused_env, name):
+    from trt_gpt.kernels.backends import get_attention_backend
+
+    cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32, **CONFIGS[name])
+    with torch.device("meta"):
+        model = GPTForCausalLM(cfg)
+    state = random_weights(cfg, DEVICE, seed=1)
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    for k, v in state.items():   # norms and biases away from their identity values
+        if v.dim() == 1:
+            v.add_(torch.randn(v.shape, generator=g, device=DEVICE) * 0.3)
+    model.load_state_dict(state, assign=True)
+    model.setup_runtime(torch.device(DEVICE), 32, get_attention_backend(DEVICE, torch.float32))
+    assert model.fused is not None
+
+    def run(fused: bool) -> torch.Tensor:
+        saved = model.fused
+        model.fused = saved if fused else None
+        try:
+            kv = [(torch.zeros(4, 2, 8, 16, device=DEVICE), torch.zeros(4, 2, 8, 16, device=DEVICE))
+                  for _ in range(2)]
+            i32 = dict(dtype=torch.int32, device=DEVICE)
+            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 3], **i32), context_lens=torch.tensor([3], **i32),
+                                     block_tables=torch.tensor([[2, 0]], **i32),
+                                     slot_mapping=torch.tensor([16, 17, 18], **i32), max_q_len=3, max_context_len=3,
+                                     q_lens_host=[3], context_lens_host=[3])
+            first = model(torch.tensor([5, 9, 1], device=DEVICE), torch.arange(3, device=DEVICE), meta, kv)
+            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 1], **i32), context_lens=torch.tensor([4], **i32),
+                                     block_tables=torch.tensor([[2, 0]], **i32),
+                                     slot_mapping=torch.tensor([19], **i32), max_q_len=1, max_context_len=4,
+                                     q_lens_host=[1], context_lens_host=[4])
+            second = model(torch.tensor([7], device=DEVICE), torch.tensor([3], device=DEVICE), meta, kv)
+            return torch.cat([first, second])
+        finally:
+            model.fused = saved
+
+    ref, got = run(False), run(True)
+    assert ref.abs().max() > 0.1
+    assert (ref - got).abs().max().item() <= 1e-4

@@ -1,0 +1,98 @@
+"""Overlapped decoding (runtime/lookahead.py) on the static-buffer decode protocol, without a GPU: the
+Triton kernels interpreted and `TRT_GPT_CUDA_GRAPHS=eager` (the protocol of the CUDA graphs, minus the
+capture). Every output must equal HF generate and the synchronous runtime's, whatever finishes,
+arrives, samples or gets preempted in between, and no cache block may leak."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from trt_gpt import SamplingParams
+from trt_gpt.runtime.sequence import Status
+from trt_gpt.testing import random_prompts, run_arrivals
+
+pytest.importorskip("triton")
+
+VOCAB = 211
+
+
+@pytest.fixture
+def overlap_env(monkeypatch):
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "eager")
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "0")   # the fused kernels have tests of their own
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _spy_launches(llm) -> list[int]:
+    sizes: list[int] = []
+    orig = llm.executor.launch_greedy
+
+    def spy(batch, prev_rows):
+        sizes.append(len(batch))
+        return orig(batch, prev_rows)
+    llm.executor.launch_greedy = spy
+    return sizes
+
+
+def _assert_clean(llm) -> None:
+    assert llm.lookahead.pending is None or all(s.status is Status.FINISHED for s in llm.lookahead.pending.seqs)
+    assert not llm.scheduler.has_work
+    assert llm.cache.allocator.num_free == llm.cache.num_blocks
+
+
+def test_overlap_equals_hf_with_stops_arrivals_and_sampling(tiny_gpt2_engine, overlap_env):
+    tiny = tiny_gpt2_engine
+    rng = random.Random(5)
+    prompts = random_prompts(VOCAB, [rng.randint(2, 20) for _ in range(7)], seed=5)
+    hf = [tiny.hf_generate(p, max_new_tokens=14, min_new_tokens=14) for p in prompts]
+    params = [SamplingParams(max_tokens=rng.randint(4, 14)) for _ in prompts]
+    # request 1 stops at an end id its greedy text reaches mid-way: the token computed past it is dropped
+    params[1] = SamplingParams(max_tokens=14, end_id=hf[1][5])
+    # request 2 samples (not eligible): every step holding it runs synchronously
+    params[2] = SamplingParams(max_tokens=10, temperature=0.8, top_k=20, seed=3)
+    arrivals = [0, 0, 3, 3, 4, 9, 12]
+
+    llm = tiny.llm(max_batch_size=4)
+    assert llm.lookahead is not None and llm.executor.graphs is not None
+    launches = _spy_launches(llm)
+    got = run_arrivals(llm, prompts, params, arrivals)
+    _assert_clean(llm)
+    assert len(launches) > 10 and len(set(launches)) > 1, launches   # overlapped, at changing batch sizes
+
+    for i, (g, sp) in enumerate(zip(got, params)):
+        if i == 2:
+            continue
+        ref = hf[i][:sp.max_tokens]
+        if sp.end_id is not None:
+            ref = ref[:ref.index(sp.end_id) + 1]
+        assert g == ref, f"request {i}"
+    sync = tiny.llm(max_batch_size=4)
+    sync.lookahead = None
+    assert run_arrivals(sync, prompts, params, arrivals) == got
+
+
+def test_overlap_with_preemption_and_cancel(tiny_gpt2_engine, overlap_env):
+    tiny = tiny_gpt2_engine
+    prompts = random_prompts(VOCAB, [9, 14, 6, 11, 8, 13], seed=11)
+    params = [SamplingParams(max_tokens=12) for _ in prompts]
+    hf = [tiny.hf_generate(p, max_new_tokens=12, min_new_tokens=12) for p in prompts]
+    llm = tiny.llm(max_tokens_in_paged_kv_cache=64, max_batch_size=4)   # 16 blocks of 4: preempts
+    launches = _spy_launches(llm)
+    got = run_arrivals(llm, prompts, params, [0] * len(prompts))
+    assert llm.scheduler.num_preemptions > 0 and launches
+    assert got == hf
+    _assert_clean(llm)
+
+    seqs = [llm.add_request(p, SamplingParams(max_tokens=12)) for p in prompts[:3]]
+    for _ in range(6):
+        llm.step()
+    assert any(s.inflight for s in seqs)          # cancelled with a token still in flight
+    for s in seqs:
+        llm.cancel(s)
+    llm.step()
+    _assert_clean(llm)
+    assert [o.token_ids for o in llm.generate(prompts[:2], SamplingParams(max_tokens=12))] == hf[:2]
