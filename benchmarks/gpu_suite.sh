@@ -43,6 +43,16 @@ if [[ $PART == ifb ]]; then  # the large-batch runs alone, without HF (quick loo
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench q_sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1
 fi
+if [[ $PART == pdl ]]; then  # batch-1 decode with programmatic dependent launch on and off (no HF)
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
+  for pdl in 1 0; do
+    TRT_GPT_PDL=$pdl bench pdl${pdl}_sc1b_b1 santacoder --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    TRT_GPT_PDL=$pdl bench pdl${pdl}_gpt2m_b1 gpt2m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    TRT_GPT_PDL=$pdl bench pdl${pdl}_sc2_7b_b1 sc2_7b --num_requests 2 --concurrency 1 --input_len 128 --output_len 128
+  done
+fi
 if [[ $PART == profile ]]; then  # where a decode step's time goes: per phase, and the kernels of a batch-1 step
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024

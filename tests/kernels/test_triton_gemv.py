@@ -213,3 +213,22 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     check(out, oracle(x, w, b, activation="gelu", **kw), torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a GPU")
+def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch):
+    """On sm_90+ the kernels launch with PDL (so every GPU test here exercises it); results equal a serial launch."""
+    from trt_gpt.kernels.triton_common import use_pdl
+
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert use_pdl(dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(1, 512, device=dev, generator=g).half()
+    w = torch.randn(777, 512, device=dev, generator=g).half() * 0.05
+    norm = NormArgs("layernorm", torch.ones(512, device=dev, dtype=torch.half), None, 1e-5)
+    chained = fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu"), w, None)
+    monkeypatch.setenv("TRT_GPT_PDL", "0")
+    assert not use_pdl(dev)
+    serial = fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu"), w, None)
+    torch.testing.assert_close(chained, serial, rtol=0, atol=0)

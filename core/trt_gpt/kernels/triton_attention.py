@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..runtime.attn_metadata import AttentionMetadata
-from .triton_common import next_pow2
+from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
 from .triton_decode import choose_num_splits, paged_decode_attention
 from .triton_prefill import paged_prefill_attention
 
@@ -29,7 +29,9 @@ def _write_kv_kernel(K, V, KC, VC, SLOT,
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_cb, stride_ch, stride_ct,
                      KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+                     BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
+    pdl_release(PDL)
     t = tl.program_id(0)
     slot = tl.load(SLOT + t).to(tl.int64)
     # Negative slots mark padding tokens (e.g. a CUDA graph captured for a larger batch): write nothing.
@@ -70,6 +72,7 @@ def write_kv_cache_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tenso
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         KV_HEADS=kv_heads, HEADS_PAD=next_pow2(kv_heads), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[2], num_warps=1 if kv_heads * block_d <= 512 else 4,
+        PDL=use_pdl(k.device), **pdl_launch(k.device),
     )
 
 

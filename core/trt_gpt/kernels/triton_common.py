@@ -7,6 +7,9 @@ feeding 64-wide dot products) resolves the block of every token.
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -14,6 +17,51 @@ import triton.language as tl
 from ..runtime.attn_metadata import AttentionMetadata
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+PDL_ENV = "TRT_GPT_PDL"
+
+
+try:  # grid dependency control (Triton >= 3.4)
+    from triton.language.extra import cuda as _gdc
+    _HAS_GDC = hasattr(_gdc, "gdc_wait") and hasattr(_gdc, "gdc_launch_dependents")
+except ImportError:  # pragma: no cover - older Triton
+    _gdc, _HAS_GDC = None, False
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_supported(device_index: int) -> bool:
+    return _HAS_GDC and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether kernels on `device` launch with programmatic dependent launch (Hopper and later).
+
+    A PDL launch lets a kernel start while the previous one drains: it prefetches what does not depend on
+    its predecessor (weights), then `gdc_wait()` blocks until the predecessor has completed and its writes
+    are visible. Every kernel launched this way must call `gdc_wait()` before reading anything a previous
+    kernel wrote and before writing anything at all. TRT_GPT_PDL=0 turns it off.
+    """
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get(PDL_ENV, "1") == "0":
+        return False
+    return _pdl_supported(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """Extra launch keywords for a kernel whose PDL constexpr is `use_pdl(device)`."""
+    return {"launch_pdl": True} if use_pdl(device) else {}
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    if PDL:
+        _gdc.gdc_wait()
+
+
+@triton.jit
+def pdl_release(PDL: tl.constexpr):
+    """Let the next PDL-launched kernel start (it still waits for this one's completion to read results)."""
+    if PDL:
+        _gdc.gdc_launch_dependents()
 
 
 def next_pow2(x: int) -> int:

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from ..runtime.attn_metadata import AttentionMetadata
-from .triton_common import check_attention_args, dot_precision, kv_tile_offsets, next_pow2
+from .triton_common import (check_attention_args, dot_precision, kv_tile_offsets, next_pow2, pdl_launch,
+                            pdl_release, pdl_wait, use_pdl)
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128
@@ -37,7 +38,10 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    stride_pb, stride_ph, stride_ab, stride_ah, stride_as,
                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                   num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   PDL: tl.constexpr):
+    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
+    pdl_release(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -102,7 +106,10 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
 @triton.jit(do_not_specialize=["stride_pb", "stride_ph", "stride_ab", "stride_ah", "num_splits"])
 def _decode_merge_kernel(PM, PL, PACC, OUT,
                          stride_pb, stride_ph, stride_ab, stride_ah, stride_as, stride_ob, stride_oh,
-                         num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+                         num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                         PDL: tl.constexpr):
+    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
+    pdl_release(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
@@ -194,6 +201,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, num_splits=splits, SPLIT=splits > 1, USE_WINDOW=use_window,
         DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        PDL=use_pdl(q.device), **pdl_launch(q.device),
     )
     if splits > 1:
         _decode_merge_kernel[(batch, heads)](
@@ -201,6 +209,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
             out.stride(0), out.stride(1), splits,
             HEAD_DIM=head_dim, BLOCK_D=block_d, SPLITS_PAD=max(2, next_pow2(splits)),
-            num_warps=4,
+            num_warps=4, PDL=use_pdl(q.device), **pdl_launch(q.device),
         )
     return out

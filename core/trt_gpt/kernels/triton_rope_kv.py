@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import SUPPORTED_DTYPES, next_pow2
+from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
 
 __all__ = ["rope_write_kv_triton", "rope_write_kv_ref"]
 
@@ -36,7 +36,9 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
                     stride_cb, stride_ch, stride_ct,
                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     ROT_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
+    pdl_release(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)   # head index within the fused row
     offs_d = tl.arange(0, BLOCK_D)
@@ -138,6 +140,7 @@ def rope_write_kv_triton(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim:
         BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_SIZE=k_cache.shape[2],
         num_warps=max(1, min(4, block_h * block_d // 256)),
         enable_fp_fusion=False,   # see module docstring: keeps the result bit-identical to torch
+        PDL=use_pdl(qkv.device), **pdl_launch(qkv.device),
     )
     return q
 
