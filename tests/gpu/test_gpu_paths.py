@@ -69,3 +69,28 @@ def test_gpu_overlap_fused_and_prefill_graphs_equal_cpu(engines):
         assert gpu.generate([p], params)[0].token_ids == cpu.generate([p], params)[0].token_ids
     assert gpu.executor.prefill_graphs.replays == 3      # sightings 2-4 of the one prompt shape
     assert all(graph is not None for _, graph, _ in gpu.executor.prefill_graphs.entries.values())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gpu_bf16_engine_tracks_fp32(tmp_path, name):
+    """A bfloat16 engine on the GPU (Triton attention, fused batch-1 decode, graphs) stays within bf16's
+    precision of the fp32 CPU path, for prefill logits and for decode-step logits."""
+    from trt_gpt import LLM, SamplingParams
+
+    cls, cfg = MODELS[name]
+    save_tiny(cls, cfg, tmp_path / "hf")
+    kw = dict(max_input_len=128, max_seq_len=256, max_batch_size=8)
+    fp32 = engine_from_checkpoint(tmp_path / "hf", tmp_path / "fp32", dtype="float32", **kw)
+    bf16 = engine_from_checkpoint(tmp_path / "hf", tmp_path / "bf16", dtype="bfloat16", **kw)
+    cpu, gpu = LLM(fp32, device="cpu"), LLM(bf16, device="cuda")
+    assert gpu.engine.model.fused is not None and gpu.executor.graphs is not None
+    prompts = random_prompts(512, [5, 40, 1, 77], seed=3)
+    for ref, got in zip(cpu.score(prompts), gpu.score(prompts)):
+        assert ((ref - got).norm() / ref.norm()).item() <= 3e-2
+    params = SamplingParams(max_tokens=8, return_logits=True)   # logits out: the synchronous graph path
+    for p in prompts[:2]:
+        ref = cpu.generate([p], params)[0]
+        got = gpu.generate([p], params)[0]
+        n = next((i for i, (a, b) in enumerate(zip(ref.token_ids, got.token_ids)) if a != b), len(ref.token_ids))
+        a, b = ref.generation_logits[:max(n, 1)], got.generation_logits[:max(n, 1)].float()
+        assert ((a - b).norm() / a.norm()).item() <= 3e-2   # compared while both followed the same tokens
