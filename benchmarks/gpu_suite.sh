@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
 # HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
-# PART: check | gemv | profile | ifb | small | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART: check | gemv | tune | profile | ifb | small | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
 mkdir -p "$OUT"
@@ -36,6 +36,17 @@ if [[ $PART == check || $PART == all ]]; then
 fi
 if [[ $PART == gemv ]]; then
   python3 benchmarks/gemv.py --out "$OUT/gemv.json" --budget-s ${GEMV_BUDGET:-180} 2>&1 | tee "$OUT/gemv.log" | tail -70
+fi
+if [[ $PART == tune || $PART == tune2 ]]; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
+  [[ $PART == tune ]] && timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
+  MODELS=${TUNE_MODELS:-santacoder gpt2m}
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  for m in $MODELS; do
+    bench ${PART}_pre_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    python3 benchmarks/tune_decode.py /tmp/eng-$m --out "$OUT/gemv-tuned-$m.json" --budget-s ${TUNE_BUDGET:-150} 2>&1 | grep -v "^W1" | tail -14
+    TRT_GPT_GEMV_CONFIGS="$OUT/gemv-tuned-$m.json" bench ${PART}_post_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+  done
 fi
 if [[ $PART == ifb ]]; then  # the large-batch runs alone, without HF (quick look while tuning)
   engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024

@@ -159,13 +159,52 @@ def test_strided_x_and_in_place_residual():
     check(out, ref, torch.float32)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("impl", ["kernel", "ref"])
+def test_kv_write_epilogue_stores_k_and_v_into_their_slots(impl, cache_dtype):
+    # 3 q heads and 2 kv heads of 10: N = 30 + 20 + 20 = 70, so 8-wide column blocks straddle the q|k and
+    # k|v boundaries. Row 1 is padding (slot -1); unowned cache entries are NaN and must stay so.
+    from trt_gpt.kernels.triton_gemv import KVWrite
+    heads, kv_heads, d, bs = 3, 2, 10, 4
+    x, w, b, kw = make(3, heads * d + 2 * kv_heads * d, 24, torch.float32, norm="layernorm", seed=12)
+    kc = torch.full((5, kv_heads, bs, d), float("nan"), dtype=cache_dtype, device=DEVICE)
+    vc = torch.full_like(kc, float("nan"))
+    slots = torch.tensor([9, -1, 2], device=DEVICE)
+    kvw = KVWrite(kc, vc, slots, q_cols=heads * d, kv_heads=kv_heads, head_dim=d)
+    if impl == "kernel":
+        out = fused_linear(x, w, b, kv_write=kvw, config=GemvConfig(8, 8, 1, 1), **kw)
+    else:
+        out = fused_linear_ref(x, w, b, kv_write=kvw, **kw)
+    check(out, oracle(x, w, b, **kw), torch.float32)
+    expect_k = torch.full_like(kc, float("nan"))
+    expect_v = torch.full_like(vc, float("nan"))
+    for row, slot in ((0, 9), (2, 2)):
+        k_row, v_row = out[row, heads * d:].view(2, kv_heads, d)
+        expect_k[slot // bs, :, slot % bs] = k_row.to(cache_dtype)
+        expect_v[slot // bs, :, slot % bs] = v_row.to(cache_dtype)
+    torch.testing.assert_close(kc, expect_k, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(vc, expect_v, rtol=0, atol=0, equal_nan=True)
+
+
+def test_kv_write_shape_errors():
+    from trt_gpt.kernels.triton_gemv import KVWrite
+    x, w, b, _ = make(1, 70, 24, torch.float32, seed=13)
+    kc = torch.zeros(5, 2, 4, 10, device=DEVICE)
+    with pytest.raises(ValueError, match="N = q_cols"):
+        fused_linear(x, w, b, kv_write=KVWrite(kc, kc.clone(), torch.zeros(1, dtype=torch.long, device=DEVICE),
+                                               q_cols=20, kv_heads=2, head_dim=10))
+    with pytest.raises(ValueError, match="slots"):
+        fused_linear(x, w, b, kv_write=KVWrite(kc, kc.clone(), torch.zeros(2, dtype=torch.long, device=DEVICE),
+                                               q_cols=30, kv_heads=2, head_dim=10))
+
+
 def test_gemv_config_table_and_heuristic(monkeypatch):
     for m in (1, 3, 8):
         for n, k in ((37, 100), (2048, 2048), (49152, 4608)):
             c = gemv_config(m, n, k, torch.float16)
             assert c.block_n & (c.block_n - 1) == 0 and c.block_k & (c.block_k - 1) == 0
             assert c.block_k <= max(32, triton_gemv.next_pow2(k))
-    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(4, 512, 4, 2)
+    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(4, 512, 4, 1)
     tuned = GemvConfig(block_n=8, block_k=256, num_warps=8, num_stages=3)
     monkeypatch.setitem(triton_gemv.GEMV_CONFIGS, (4, 1000, 512), tuned)
     assert gemv_config(3, 1000, 512, torch.float16) == tuned   # M=3 uses the M=4 entry
@@ -232,3 +271,20 @@ def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch):
     assert not use_pdl(dev)
     serial = fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu"), w, None)
     torch.testing.assert_close(chained, serial, rtol=0, atol=0)
+
+
+def test_tuned_table_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "gemv.json"
+    path.write_text('{"1,4096,4096": [16, 256, 8, 1], "3,1000,512": [2, 128, 4, 2]}')
+    monkeypatch.setenv(triton_gemv.CONFIGS_ENV, str(path))
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", dict(triton_gemv.GEMV_CONFIGS))
+    monkeypatch.setattr(triton_gemv, "_loaded_from", [])
+    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(16, 256, 8, 1)
+    assert gemv_config(4, 1000, 512, torch.float16) == GemvConfig(2, 128, 4, 2)   # M=3 keyed as 4
+    for bad, why in (('[1, 2]', "top level"), ('{"1,2,3": [3, 256, 4, 1]}', "powers of two"),
+                     ('{"1,2": [1, 256, 4, 1]}', "expected"), ('not json', "expected")):
+        with pytest.raises(ValueError, match=why):
+            triton_gemv.parse_gemv_configs(bad, "x.json")
+    monkeypatch.setenv(triton_gemv.CONFIGS_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cannot read"):
+        triton_gemv.load_env_configs()

@@ -96,3 +96,25 @@ def test_overlap_with_preemption_and_cancel(tiny_gpt2_engine, overlap_env):
     llm.step()
     _assert_clean(llm)
     assert [o.token_ids for o in llm.generate(prompts[:2], SamplingParams(max_tokens=12))] == hf[:2]
+
+
+def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap_env, monkeypatch):
+    """Small batch sizes have one graph per context cap: generations that grow past the caps move to the
+    graph of the next cap mid-way (a different attention split count) and still equal HF generate."""
+    from trt_gpt.runtime import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "CONTEXT_CAPS", (8, 16))
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "1")   # the batch-1 steps take the fused kernels too
+    tiny = tiny_gpt2_engine
+    prompts = random_prompts(VOCAB, [5, 3], seed=21)
+    hf = [tiny.hf_generate(p, max_new_tokens=18, min_new_tokens=18) for p in prompts]
+    llm = tiny.llm(max_batch_size=2)
+    g = llm.executor.graphs
+    assert g.caps[:2] == [8, 16] and (1, 8) in g.graphs and (2, g.max_seq_len) in g.graphs
+    assert g.key_for(1, 9) == (1, 16) and g.key_for(2, 3) == (2, 8) and g.key_for(1, 10 ** 6) == (1, g.max_seq_len)
+    replayed: list[tuple[int, int]] = []
+    orig = g._replay
+    monkeypatch.setattr(g, "_replay", lambda key, b: replayed.append(key) or orig(key, b))
+    got = run_arrivals(llm, prompts, [SamplingParams(max_tokens=18)] * 2, [0, 6])
+    assert got == hf
+    assert {cap for _, cap in replayed} >= {8, 16, g.max_seq_len}, replayed

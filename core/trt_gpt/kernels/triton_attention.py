@@ -30,10 +30,10 @@ def _write_kv_kernel(K, V, KC, VC, SLOT,
                      stride_cb, stride_ch, stride_ct,
                      KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
-    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
-    pdl_release(PDL)
     t = tl.program_id(0)
-    slot = tl.load(SLOT + t).to(tl.int64)
+    slot = tl.load(SLOT + t).to(tl.int64)   # a host upload: read before gdc_wait (see triton_common)
+    pdl_wait(PDL)     # PDL: k and v are read after this
+    pdl_release(PDL)
     # Negative slots mark padding tokens (e.g. a CUDA graph captured for a larger batch): write nothing.
     if slot >= 0:
         blk = slot // BLOCK_SIZE

@@ -37,9 +37,18 @@ def use_pdl(device: torch.device) -> bool:
     """Whether kernels on `device` launch with programmatic dependent launch (Hopper and later).
 
     A PDL launch lets a kernel start while the previous one drains: it prefetches what does not depend on
-    its predecessor (weights), then `gdc_wait()` blocks until the predecessor has completed and its writes
-    are visible. Every kernel launched this way must call `gdc_wait()` before reading anything a previous
-    kernel wrote and before writing anything at all. TRT_GPT_PDL=0 turns it off.
+    its predecessor, then `gdc_wait()` blocks until the predecessor has completed and its writes are
+    visible. The rules every kernel here follows:
+
+    * nothing is written before `gdc_wait()`;
+    * `gdc_launch_dependents()` (`pdl_release`) only after the kernel's own `gdc_wait()`. So when a kernel
+      starts, its predecessor has passed its wait: every kernel *before* the predecessor has completed,
+      and only the immediately preceding kernel can still be running;
+    * before `gdc_wait()` a kernel reads only what its immediate predecessor cannot be writing: weights,
+      host uploads (positions, slots, block tables, context lengths) and, in decode attention, the cached
+      keys/values of every position but the newest.
+
+    TRT_GPT_PDL=0 turns it off.
     """
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get(PDL_ENV, "1") == "0":
         return False

@@ -28,6 +28,21 @@ MAX_SPLITS = 128
 MIN_TOKENS_PER_SPLIT = 128
 
 
+@triton.jit
+def _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl.constexpr):
+    """One KV tile of online softmax for all query heads of the group; returns the new (m, l, acc)."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+    s = tl.where(kmask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # Guard a row that has seen only masked keys so far: -inf - -inf would be NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
 # Step-varying ints are not specialised on (value 1 / divisible by 16): each new class would be a
 # Triton compile (~1 s) in the middle of serving.
 @triton.jit(do_not_specialize=["num_splits", "stride_pb", "stride_ph", "stride_ab", "stride_ah"])
@@ -40,12 +55,15 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    PDL: tl.constexpr):
-    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
-    pdl_release(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
 
+    # Before gdc_wait only the immediately preceding kernel can still be running (every kernel here
+    # releases its dependents after its own wait: see triton_common), and in a decode step it writes
+    # just the newest token's K/V (position ctx-1) and q. So the context length and block table (host
+    # uploads) and every older cached key/value may be read now: the first tile streams in while the
+    # previous kernel drains.
     ctx = tl.load(CTX + b)
     # The query sits at position ctx-1; with a window w it sees keys ctx-w .. ctx-1.
     lo = 0
@@ -64,31 +82,37 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
     rmask = rows < GROUP
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < HEAD_DIM
+    bt_row = BT + b * stride_bt
+    kpos = t0 * BLOCK_N + tl.arange(0, BLOCK_N)
+    kmask = (kpos < ctx) & (kpos >= lo) & (kpos < t1 * BLOCK_N)   # all False for a split with no tiles
+    offs = kv_tile_offsets(bt_row, t0 * BLOCK_N, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt,
+                           BLOCK_SIZE, BLOCK_N)
+    old = (kmask & (kpos < ctx - 1))[:, None] & dmask[None, :]
+    # ".cg": served from L2, never from a line this SM's L1 may hold from before the data was written
+    k = tl.load(K + offs, mask=old, other=0.0, cache_modifier=".cg")
+    v = tl.load(V + offs, mask=old, other=0.0, cache_modifier=".cg")
+
+    pdl_wait(PDL)     # PDL: the previous kernel's writes (q, the newest K/V) are visible from here
+    pdl_release(PDL)
+    newest = (kmask & (kpos == ctx - 1))[:, None] & dmask[None, :]
+    k = tl.where(newest, tl.load(K + offs, mask=newest, other=0.0), k)
+    v = tl.where(newest, tl.load(V + offs, mask=newest, other=0.0), v)
     q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=rmask[:, None] & dmask[None, :], other=0.0)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-    bt_row = BT + b * stride_bt
-    for t in range(t0, t1):
+    m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)
+    for t in range(t0 + 1, t1):
         kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
         kmask = (kpos < ctx) & (kpos >= lo)
         offs = kv_tile_offsets(bt_row, t * BLOCK_N, kmask, kvh, offs_d, stride_kb, stride_kh, stride_kt,
                                BLOCK_SIZE, BLOCK_N)
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
-        s = tl.where(kmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # Guard a row that has seen only masked keys so far: -inf - -inf would be NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + offs, mask=lmask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)
 
     if not SPLIT:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

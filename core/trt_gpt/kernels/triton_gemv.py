@@ -15,6 +15,8 @@ activations through memory. One kernel family covers every linear layer of a dec
   of its output. The normalised row is rounded to x's dtype before the dot, exactly as the unfused path
   stores it, so fused and unfused decode agree bit-for-bit up to summation order.
 
+* the qkv projection can also store its K and V columns straight into the paged KV cache (`KVWrite`),
+  rounded exactly as the separate cache-write kernel would store them, which removes that kernel;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
   `fused_linear`): its first weight tile streams in while the previous kernel drains, then `gdc_wait()`
   orders every read of the previous kernels' results.
@@ -50,34 +52,92 @@ class NormArgs:
 
 
 @dataclass(frozen=True)
+class KVWrite:
+    """Also scatter the output's K and V columns into the paged caches [blocks, kv_heads, block_size, D].
+
+    The output row is [q (q_cols) | k (kv_heads * head_dim) | v (kv_heads * head_dim)], as the fused qkv
+    projection produces it; row i goes to cache slot `slots[i]` (negative: padding, not written).
+    """
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    slots: torch.Tensor
+    q_cols: int
+    kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
 class GemvConfig:
+    """Tile sizes; num_stages >= 2 also double-buffers the W tiles by hand (the kernel has no tl.dot for
+    Triton's pipeliner to stage), which costs a second tile of registers."""
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
 
 
-# Measured best configs keyed by (next_pow2(M), N, K); paste `benchmarks/gemv.py`'s dict here.
-# Shapes not listed fall back to `_heuristic_config`.
-# From `python3 benchmarks/gemv.py` on an H100 80GB HBM3 (triton 3.6), fp16, M = 1 (the only M the model
-# uses by default); the comment is the fused kernel's time with that layer's epilogue.
+# Best configs keyed by (next_pow2(M), N, K). Shapes not listed fall back to `_heuristic_config`; a GPU-specific
+# table can be merged over this one at run time (TRT_GPT_GEMV_CONFIGS, written by benchmarks/tune_decode.py).
+# GPT-2 medium and SantaCoder-1B: `benchmarks/tune_decode.py`, which times the whole batch-1 decode CUDA graph
+# on an H100 80GB HBM3 (triton 3.6, fp16) and keeps the tile that makes the *step* fastest (kernels overlap
+# under PDL, so this is not the tile that is fastest alone). StarCoder2-7B: `benchmarks/gemv.py`'s sweep of
+# each GEMV alone (the comment is that kernel's time), num_stages 1 (no hand double-buffering, as measured).
 GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
-    (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=2),  # gpt2-medium dense 2.82us
-    (1, 1024, 4096): GemvConfig(block_n=1, block_k=1024, num_warps=8, num_stages=2),  # gpt2-medium proj 4.96us
-    (1, 2048, 2048): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=1),  # santacoder dense 4.71us
-    (1, 2048, 8192): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=2),  # santacoder proj 13.78us
-    (1, 2304, 2048): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # santacoder qkv 6.61us
-    (1, 3072, 1024): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=2),  # gpt2-medium qkv 5.15us
-    (1, 4096, 1024): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # gpt2-medium fc 6.02us
-    (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=2),  # starcoder2-7b dense 16.43us
-    (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=3),  # starcoder2-7b proj 58.17us
-    (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=2),  # starcoder2-7b qkv 22.45us
-    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc 14.77us
+    (1, 1024, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=1),  # gpt2-medium dense
+    (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),  # gpt2-medium proj
+    (1, 2048, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=2),  # santacoder dense
+    (1, 2048, 8192): GemvConfig(block_n=1, block_k=4096, num_warps=8, num_stages=1),  # santacoder proj
+    (1, 2304, 2048): GemvConfig(block_n=8, block_k=2048, num_warps=8, num_stages=1),  # santacoder qkv
+    (1, 3072, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium qkv
+    (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),  # gpt2-medium fc
+    (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b dense 16.43us
+    (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # starcoder2-7b proj 58.17us
+    (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=1),  # starcoder2-7b qkv 22.45us
+    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc
     (1, 18432, 4608): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # starcoder2-7b fc 61.54us
     (1, 49152, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b lm_head 151.67us
-    (1, 49280, 2048): GemvConfig(block_n=16, block_k=1024, num_warps=4, num_stages=3),  # santacoder lm_head 67.95us
-    (1, 50257, 1024): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # gpt2-medium lm_head 37.98us
+    (1, 49280, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # santacoder lm_head
+    (1, 50257, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium lm_head
 }
+
+
+CONFIGS_ENV = "TRT_GPT_GEMV_CONFIGS"
+_loaded_from: list[str] = []
+
+
+def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], GemvConfig]:
+    """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]}."""
+    import json
+
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("the top level must be an object")
+        table = {}
+        for key, val in raw.items():
+            m, n, k = (int(v) for v in key.split(","))
+            bn, bk, warps, stages = (int(v) for v in val)
+            if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
+                raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
+            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages]}}: {e}")
+    return table
+
+
+def load_env_configs() -> None:
+    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) over GEMV_CONFIGS, once."""
+    import os
+
+    path = os.environ.get(CONFIGS_ENV, "").strip()
+    if not path or path in _loaded_from:
+        return
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})")
+    GEMV_CONFIGS.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
+    _loaded_from.append(path)
 
 
 def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
@@ -86,11 +146,13 @@ def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
     # M > 2: shrink the tile to bound the M_PAD * BLOCK_N * BLOCK_K partial sums (about 170 registers at
     # M=8), but keep BLOCK_N * BLOCK_K >= 8 elements per thread (16-byte fp16 loads at 4 warps).
     block_k = 512 if m_pad <= 2 else 1024 // block_n
-    return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=2)
+    # num_stages 1: the hand double-buffered loop lost in every in-graph comparison (tune_decode.py)
+    return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=1)
 
 
 def gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
     """Tile config for an [m, k] x [n, k]^T GEMV; dtype is accepted for future per-dtype tables."""
+    load_env_configs()
     m_pad = next_pow2(max(1, m))
     return GEMV_CONFIGS.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k)
 
@@ -201,13 +263,15 @@ def _input_tile(xb_ptrs, nw_ptrs, nb_ptrs, kk, K, mean, rstd, X_TY: tl.constexpr
 
 
 @triton.jit
-def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB,
+def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
                        M, N, K, stride_xm, stride_wn, stride_gn, stride_rm, stride_om,
-                       eps, residual_scale,
+                       eps, residual_scale, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
                        M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
                        GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                       ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr):
+                       ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
+                       KV_WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr,
+                       PIPELINE: tl.constexpr):
     pid = tl.program_id(0)
     # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
     # beta loads use pointers *broadcast* to the W tile's shape: Triton then gives them the same register
@@ -228,13 +292,30 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB,
 
     # The first weight tile does not depend on the previous kernel: under programmatic dependent launch
     # it streams in while that kernel drains; everything after pdl_wait may read its results.
-    w_first = _load_k(w_ptrs, k3, K, EVEN_K, "evict_first").to(tl.float32)
+    # Kept in the storage dtype until used: half the registers while the program waits.
+    w_first = _load_k(w_ptrs, k3, K, EVEN_K, "evict_first")
     if GATED:
-        g_first = _load_k(g_ptrs, k3, K, EVEN_K, "evict_first").to(tl.float32)
+        g_first = _load_k(g_ptrs, k3, K, EVEN_K, "evict_first")
+    # The biases are weights too, and the cache slots are a host upload (only the immediately preceding
+    # kernel may still be running here, and it never writes them): loading them now takes their latency
+    # off the epilogue.
+    nmask = offs_n < N
+    if HAS_BIAS:
+        bias = tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_GATE_BIAS:
+        gate_bias = tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if KV_WRITE:
+        slot = tl.load(SLOTS + rows, mask=rows < M, other=-1).to(tl.int64)
     pdl_wait(PDL)
     # Every program of this kernel has started once all have passed here: the next kernel may launch and
     # prefetch its own weights into the slots this kernel's tail leaves idle.
     pdl_release(PDL)
+    omask = (rows < M)[:, None] & nmask[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+    if HAS_RESIDUAL:
+        # Issued first so that its latency overlaps the x reads. Read before this program stores the same
+        # elements, so out may alias residual.
+        res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0)
     mean = 0.0
     rstd = 1.0
     if NORM == "layernorm":
@@ -262,37 +343,80 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB,
     xb_ptrs = tl.broadcast_to(x_ptrs, [M_PAD, BLOCK_N, BLOCK_K])
     nw_ptrs = tl.broadcast_to(NW + k3, [1, BLOCK_N, BLOCK_K])
     nb_ptrs = tl.broadcast_to(NB + k3, [1, BLOCK_N, BLOCK_K])
-    h = _input_tile(xb_ptrs, nw_ptrs, nb_ptrs, k3, K, mean, rstd, X.dtype.element_ty, NORM, HAS_NORM_BIAS, EVEN_K)
-    acc = h * w_first
-    if GATED:
-        acc_g = h * g_first
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        kk = k3 + k0
-        w = _load_k(w_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
-        h = _input_tile(xb_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, kk, K, mean, rstd, X.dtype.element_ty, NORM,
-                        HAS_NORM_BIAS, EVEN_K)
-        acc += h * w
+    x_ty = X.dtype.element_ty
+    if PIPELINE:
+        # Software double-buffering: the next W tile's load is issued before this tile's math, so every
+        # program keeps two tiles in flight (Triton's pipeliner only stages loads that feed a tl.dot).
+        w_cur = w_first
+        acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
         if GATED:
-            acc_g += h * _load_k(g_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
+            g_cur = g_first
+            acc_g = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K - BLOCK_K, BLOCK_K):
+            kn = k3 + k0 + BLOCK_K
+            w_nxt = _load_k(w_ptrs + k0 + BLOCK_K, kn, K, EVEN_K, "evict_first")
+            h = _input_tile(xb_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, k3 + k0, K, mean, rstd, x_ty, NORM,
+                            HAS_NORM_BIAS, EVEN_K)
+            acc += h * w_cur.to(tl.float32)
+            w_cur = w_nxt
+            if GATED:
+                g_nxt = _load_k(g_ptrs + k0 + BLOCK_K, kn, K, EVEN_K, "evict_first")
+                acc_g += h * g_cur.to(tl.float32)
+                g_cur = g_nxt
+        k_last = (tl.cdiv(K, BLOCK_K) - 1) * BLOCK_K
+        h = _input_tile(xb_ptrs + k_last, nw_ptrs + k_last, nb_ptrs + k_last, k3 + k_last, K, mean, rstd, x_ty,
+                        NORM, HAS_NORM_BIAS, EVEN_K)
+        acc += h * w_cur.to(tl.float32)
+        if GATED:
+            acc_g += h * g_cur.to(tl.float32)
+    else:
+        h = _input_tile(xb_ptrs, nw_ptrs, nb_ptrs, k3, K, mean, rstd, x_ty, NORM, HAS_NORM_BIAS, EVEN_K)
+        acc = h * w_first.to(tl.float32)
+        if GATED:
+            acc_g = h * g_first.to(tl.float32)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            kk = k3 + k0
+            w = _load_k(w_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
+            h = _input_tile(xb_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, kk, K, mean, rstd, x_ty, NORM,
+                            HAS_NORM_BIAS, EVEN_K)
+            acc += h * w
+            if GATED:
+                acc_g += h * _load_k(g_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
 
     # Epilogue on complete sums, 2-D [M_PAD, BLOCK_N], all in fp32; one cast at the store.
-    nmask = offs_n < N
     y = tl.sum(acc, 2)
     if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        y += bias
     y = _activation(y, ACT)
     if GATED:
         yg = tl.sum(acc_g, 2)
         if HAS_GATE_BIAS:
-            yg += tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            yg += gate_bias
         y = y * yg
-    omask = (rows < M)[:, None] & nmask[None, :]
-    rows64 = rows.to(tl.int64)[:, None]
     if HAS_RESIDUAL:
-        # Read before the store of the same elements by this same program, so out may alias residual.
-        res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0).to(tl.float32)
-        y = res + residual_scale * y
-    tl.store(OUT + rows64 * stride_om + offs_n[None, :], y.to(OUT.dtype.element_ty), mask=omask)
+        y = res.to(tl.float32) + residual_scale * y
+    y = y.to(OUT.dtype.element_ty)
+    tl.store(OUT + rows64 * stride_om + offs_n[None, :], y, mask=omask)
+    if KV_WRITE:
+        _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
+                  HEAD_DIM, CACHE_BLOCK)
+
+
+@triton.jit
+def _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
+              HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr):
+    """The K/V columns of the rounded output tile y [M_PAD, BLOCK_N] into their cache slots (int64 [M_PAD])."""
+    c = offs_n - q_cols                       # column within [k | v]; negative for q columns
+    is_k = (c >= 0) & (c < kv_cols)
+    is_v = (c >= kv_cols) & (offs_n < N)
+    c = tl.where(is_v, c - kv_cols, tl.maximum(c, 0))
+    col_off = (c // HEAD_DIM) * stride_ch + c % HEAD_DIM
+    row_ok = (rows < M) & (slot >= 0)          # negative slots are padding rows: nothing is written
+    slot = tl.maximum(slot, 0)
+    row_off = (slot // CACHE_BLOCK) * stride_cb + (slot % CACHE_BLOCK) * stride_ct
+    dst = row_off[:, None] + col_off[None, :]
+    tl.store(KC + dst, y.to(KC.dtype.element_ty), mask=row_ok[:, None] & is_k[None, :])
+    tl.store(VC + dst, y.to(VC.dtype.element_ty), mask=row_ok[:, None] & is_v[None, :])
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -300,13 +424,14 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None, residual_scale: float = 1.0,
                  out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
-                 config: GemvConfig | None = None) -> torch.Tensor:
+                 config: GemvConfig | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
     """The fused decode GEMV (Triton) for x [M <= 8, K] and weight [N, K]; returns out [M, N].
 
     `out` may be the residual tensor (in-place residual add) but must not overlap x: every program
-    reads all of x.
+    reads all of x. `kv_write` also stores the K/V columns into the paged cache.
     """
     m, n, k = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    _check_kv_write(kv_write, m, n, x.device)
     out_dtype = out_dtype or x.dtype
     if out is None:
         out = torch.empty(m, n, device=x.device, dtype=out_dtype)
@@ -324,23 +449,49 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     pdl = use_pdl(x.device) and n * k <= PDL_MAX_WEIGHT
     dummy = x  # never dereferenced: the matching HAS_* constexpr is False
     residual_t = residual if residual is not None else out
+    kvw = kv_write
+    kc = kvw.k_cache if kvw is not None else dummy
     _fused_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else dummy,
         gate_weight if gate_weight is not None else weight, gate_bias if gate_bias is not None else dummy,
         residual_t, out,
         norm.weight if norm is not None else dummy,
         norm.bias if norm is not None and norm.bias is not None else dummy,
+        kc, kvw.v_cache if kvw is not None else dummy, kvw.slots if kvw is not None else dummy,
         m, n, k, x.stride(0), weight.stride(0),
         gate_weight.stride(0) if gate_weight is not None else 0, residual_t.stride(0), out.stride(0),
         float(norm.eps) if norm is not None else 0.0, float(residual_scale),
+        kvw.q_cols if kvw is not None else 0, kvw.kv_heads * kvw.head_dim if kvw is not None else 0,
+        *((kc.stride(0), kc.stride(1), kc.stride(2)) if kvw is not None else (0, 0, 0)),
         M_PAD=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NORM=norm.kind if norm is not None else "none",
         HAS_NORM_BIAS=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
         GATED=gate_weight is not None, HAS_GATE_BIAS=gate_bias is not None,
         HAS_RESIDUAL=residual is not None, ACT=activation or "none", EVEN_K=k % cfg.block_k == 0,
-        PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
+        PDL=pdl, KV_WRITE=kvw is not None, HEAD_DIM=kvw.head_dim if kvw is not None else 1,
+        CACHE_BLOCK=kc.shape[2] if kvw is not None else 1, PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
     return out
+
+
+def _check_kv_write(kvw: KVWrite | None, m: int, n: int, device: torch.device) -> None:
+    if kvw is None:
+        return
+    kc, vc = kvw.k_cache, kvw.v_cache
+    kv_cols = kvw.kv_heads * kvw.head_dim
+    if n != kvw.q_cols + 2 * kv_cols:
+        raise ValueError(f"fused_linear: kv_write needs N = q_cols + 2 * kv_heads * head_dim = "
+                         f"{kvw.q_cols + 2 * kv_cols}, got N={n}")
+    if (kc.dim() != 4 or kc.shape != vc.shape or kc.stride() != vc.stride() or kc.stride(3) != 1
+            or tuple(kc.shape[1::2]) != (kvw.kv_heads, kvw.head_dim)):
+        raise ValueError(f"fused_linear: kv_write caches must both be [blocks, {kvw.kv_heads}, block_size, "
+                         f"{kvw.head_dim}] with one layout, contiguous in head_dim; got {tuple(kc.shape)}")
+    if kc.shape[2] & (kc.shape[2] - 1):
+        raise ValueError(f"fused_linear: cache block_size must be a power of two, got {kc.shape[2]}")
+    if kvw.slots.shape != (m,) or kvw.slots.device != device or kc.device != device:
+        raise ValueError(f"fused_linear: kv_write.slots must be [{m}] on {device} (one slot per row), "
+                         f"got {tuple(kvw.slots.shape)}")
 
 
 def apply_norm_ref(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
@@ -370,9 +521,10 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      norm: NormArgs | None = None, activation: str | None = None,
                      gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, residual_scale: float = 1.0,
-                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                     out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
     """`fused_linear`'s math in torch (fp32 accumulation and epilogue, one cast at the end)."""
-    _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    _check_kv_write(kv_write, m, n, x.device)
     h = (apply_norm_ref(x, norm) if norm is not None else x).float()
 
     def project(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -383,4 +535,13 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         y = y * project(gate_weight, gate_bias)
     if residual is not None:
         y = residual.float() + residual_scale * y
-    return y.to(out_dtype or x.dtype)
+    y = y.to(out_dtype or x.dtype)
+    if kv_write is not None:
+        from .attention_ref import write_kv_cache
+
+        kvw, d = kv_write, kv_write.head_dim
+        _, k, v = y.split([kvw.q_cols, kvw.kv_heads * d, kvw.kv_heads * d], dim=-1)
+        keep = kvw.slots >= 0   # padding rows write nothing
+        write_kv_cache(k.reshape(m, kvw.kv_heads, d)[keep], v.reshape(m, kvw.kv_heads, d)[keep], kvw.k_cache,
+                       kvw.v_cache, kvw.slots[keep])
+    return y

@@ -37,8 +37,6 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     ROT_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
-    pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
-    pdl_release(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)   # head index within the fused row
     offs_d = tl.arange(0, BLOCK_D)
@@ -48,13 +46,18 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
     d_rot = offs_d < ROT_DIM
     mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    row = QKV + t * stride_xt + offs_h[:, None] * HEAD_DIM
-    x = tl.load(row + offs_d[None, :], mask=mask, other=0.0)
-
+    # Positions and slots are host uploads and cos/sin constants: read before gdc_wait (only the
+    # immediately preceding kernel, the qkv projection, may still be running; see triton_common).
     pos = tl.load(POS + t).to(tl.int64)
+    slot = tl.load(SLOT + t).to(tl.int64)
     # cos/sin are indexed at d itself (not d % HALF), exactly as the torch reference does.
     c = tl.load(COS + pos * stride_cos_p + offs_d, mask=d_rot, other=1.0)
     s = tl.load(SIN + pos * stride_sin_p + offs_d, mask=d_rot, other=0.0)
+    pdl_wait(PDL)     # PDL: the qkv row is read after this
+    pdl_release(PDL)
+
+    row = QKV + t * stride_xt + offs_h[:, None] * HEAD_DIM
+    x = tl.load(row + offs_d[None, :], mask=mask, other=0.0)
     # rotate_half: out[d] = -x[d + HALF] for d < HALF, x[d - HALF] for HALF <= d < ROT_DIM
     first = offs_d < HALF
     partner_d = tl.where(first, offs_d + HALF, offs_d - HALF)
@@ -68,7 +71,6 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
     tl.store(QO + t * stride_qt + offs_h[:, None] * stride_qh + offs_d[None, :], y,
              mask=mask & q_rows[:, None])
 
-    slot = tl.load(SLOT + t).to(tl.int64)
     # Negative slots mark padding tokens (e.g. a CUDA graph captured for a larger batch): no cache write.
     if slot >= 0:
         blk = slot // BLOCK_SIZE

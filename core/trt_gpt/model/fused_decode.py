@@ -4,9 +4,10 @@ At batch 1 a decode step is ~12 kernels a layer, most of them tiny (norms, bias 
 residual adds, RoPE's gathers and concatenations) and each costing a few microseconds even inside a CUDA
 graph, while cuBLAS' GEMVs read the weights at ~55-60% of the memory bandwidth. Here a layer is
 
-    qkv   = [input_layernorm ->] x @ Wqkv^T + b               one kernel (norm recomputed per program)
-    q     = RoPE(q), RoPE(k) -> cache, v -> cache              one kernel (or the plain cache write)
-    attn  = paged decode attention                             the backend's kernels
+    qkv   = [input_layernorm ->] x @ Wqkv^T + b [k, v -> cache] one kernel (norm recomputed per program;
+                                                               without RoPE its epilogue writes the cache)
+    q     = RoPE(q), RoPE(k) -> cache, v -> cache              one kernel, RoPE models only
+    attn  = paged decode attention                             one kernel (splits merge in-kernel)
     x     = x + m * (attn @ Wo^T + bo)                         one kernel
     h     = act([post_layernorm ->] x @ Wfc^T + bfc) [* gate]  one kernel
     x     = x + m * (h @ Wproj^T + bproj)                      one kernel
@@ -62,9 +63,9 @@ class FusedDecode:
     """Runs decoder layers and the head with the fused kernels; built by `create` once weights are loaded."""
 
     def __init__(self, model: Any, activation: str, max_rows: int):
-        from ..kernels.triton_gemv import MAX_M, NormArgs, fused_linear
+        from ..kernels.triton_gemv import MAX_M, KVWrite, NormArgs, fused_linear
 
-        self.fused_linear = fused_linear
+        self.fused_linear, self.kv_write = fused_linear, KVWrite
         self.max_rows = min(max_rows, MAX_M)
         self.activation = activation
         cfg = model.cfg
@@ -92,6 +93,12 @@ class FusedDecode:
         activation = _kernel_activation(cfg)
         if activation is None:
             return None
+        from ..errors import TrtGptError
+        from ..kernels.triton_gemv import load_env_configs
+        try:
+            load_env_configs()   # a GPU-specific tile table (TRT_GPT_GEMV_CONFIGS), checked at engine load
+        except ValueError as e:
+            raise TrtGptError(str(e)) from None
         return cls(model, activation, max_rows)
 
     def applies(self, rows: int) -> bool:
@@ -103,8 +110,15 @@ class FusedDecode:
         lin, m = self.fused_linear, self.multiplier
         norm_in, norm_post = self.norms[idx]
         attn, mlp = layer.attention, layer.mlp
-        qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in)
-        q = attn.cache_qkv(qkv, positions, meta, kv, rope, backend)
+        if rope is None:
+            # the qkv kernel's epilogue stores k and v in the cache: no separate cache-write kernel
+            q_cols = attn.heads * attn.head_size
+            kvw = self.kv_write(kv[0], kv[1], meta.slot_mapping, q_cols, attn.kv_heads, attn.head_size)
+            qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in, kv_write=kvw)
+            q = qkv[:, :q_cols].view(-1, attn.heads, attn.head_size)
+        else:
+            qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in)
+            q = attn.cache_qkv(qkv, positions, meta, kv, rope, backend)
         out = backend.attention(q, kv[0], kv[1], meta, attn.scale, window)
         x = lin(out.reshape(x.shape[0], -1), attn.dense.weight, attn.dense.bias, residual=x, residual_scale=m)
         gate = mlp.gate if mlp.gated else None

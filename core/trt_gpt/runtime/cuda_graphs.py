@@ -4,7 +4,10 @@ dominates small-batch decoding.
 
 A step of `b` sequences replays the graph of the smallest captured size >= b; the padding rows write
 nothing to the cache (slot -1) and their logits are dropped. The split count of the decode attention
-kernel is fixed at capture for the engine's max_seq_len, which is correct for any shorter context.
+kernel is fixed at capture; any split count is correct for any context, but the right one differs: at
+small batch sizes each size is captured for a few context caps (CONTEXT_CAPS, then max_seq_len), and a
+step replays the graph of the smallest cap >= its longest context. A short context then runs unsplit,
+without the partial write and the merge kernel, and a long one still spreads over the GPU.
 Only the Triton attention backend is captured (the torch reference synchronises with the host).
 
 Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror
@@ -27,6 +30,10 @@ DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 32
                  640, 768, 896, 1024)
 
 Fill = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+# Batch sizes up to CAPPED_SIZES get one graph per context cap (at larger sizes one split already fills
+# the GPU for all but the longest contexts, and graphs per cap would only cost capture time).
+CONTEXT_CAPS = (256, 1024)
+CAPPED_SIZES = 16
 
 
 class _HostEvent:
@@ -68,40 +75,52 @@ class DecodeGraphs:
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
         self._iota = list(range(n))
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
+        self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
+        Key = tuple[int, int]   # (batch size, context cap)
+        self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
+        keys = [(size, cap) for size in reversed(self.sizes)   # largest first: later graphs reuse its pool
+                for cap in (self.caps if size <= CAPPED_SIZES else [max_seq_len])]
         if self.eager:
-            self.graphs = {size: (None, None) for size in self.sizes}
+            self.graphs = {key: (None, None) for key in keys}
             return
         self.pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
-            for size in reversed(self.sizes):  # largest first: later graphs reuse its memory pool
-                self.graphs[size] = self._capture(size)
+            for key in keys:
+                self.graphs[key] = self.capture(key)
 
-    def _meta(self, b: int) -> AttentionMetadata:
+    def key_for(self, b: int, max_ctx: int) -> tuple[int, int]:
+        """The (size, cap) graph a step of `b` rows whose longest context is `max_ctx` replays."""
+        size = next(s for s in self.sizes if s >= b)
+        if size > CAPPED_SIZES:
+            return size, self.max_seq_len
+        return size, next((c for c in self.caps if c >= max_ctx), self.max_seq_len)
+
+    def _meta(self, b: int, cap: int) -> AttentionMetadata:
         return AttentionMetadata(cu_q_lens=self.cu[:b + 1], context_lens=self.ctx[:b], block_tables=self.tables[:b],
-                                 slot_mapping=self.slots[:b], max_q_len=1, max_context_len=self.max_seq_len)
+                                 slot_mapping=self.slots[:b], max_q_len=1, max_context_len=cap)
 
-    def _forward(self, b: int) -> torch.Tensor:
-        out = self.model(self.ids[:b], self.pos[:b], self._meta(b), self.kv_layers, window=self.window)
+    def _forward(self, b: int, cap: int) -> torch.Tensor:
+        out = self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window)
         self.tokens_out[:b].copy_(out.argmax(dim=-1))
         return out
 
-    def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def capture(self, key: tuple[int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the graph of `key` (also how benchmarks/tune_decode.py recaptures after a config change)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels outside the capture
             for _ in range(2):
-                self._forward(b)
+                self._forward(*key)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._forward(b)
+            out = self._forward(*key)
         return graph, out
 
-    def _replay(self, size: int, b: int) -> torch.Tensor:
-        graph, out = self.graphs[size]
+    def _replay(self, key: tuple[int, int], b: int) -> torch.Tensor:
+        graph, out = self.graphs[key]
         if graph is None:
-            out = self._forward(size)
+            out = self._forward(*key)
         else:
             graph.replay()
         return out[:b]
@@ -122,7 +141,8 @@ class DecodeGraphs:
         self._uploaded.synchronize()       # the previous upload has read the mirror
         ids, pos, slots, ctx, tables = self.host_views
         fill(ids, pos, slots, ctx, tables)
-        size = next(s for s in self.sizes if s >= b)
+        key = self.key_for(b, int(ctx[:b].max()))
+        size = key[0]
         # Padding rows attend to one cached slot and write nothing; their other inputs may be stale (a
         # stale table row still names valid blocks).
         ctx[b:size] = 1
@@ -133,7 +153,7 @@ class DecodeGraphs:
         self._uploaded.record()
         if src is not None:
             self._gather_inflight(src, b)
-        return self._replay(size, b)
+        return self._replay(key, b)
 
     def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
         """`run_packed`, then the argmax picks copied to a host buffer without waiting.
@@ -161,7 +181,9 @@ class DecodeGraphs:
     def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Logits [b, vocab] of a decode step from device tensors; valid until the next replay."""
         b = ids.shape[0]
-        size = next(s for s in self.sizes if s >= b)
+        host_ctx = meta.context_lens_host
+        key = self.key_for(b, max(host_ctx) if host_ctx else self.max_seq_len)
+        size = key[0]
         self.ids[:b].copy_(ids)
         self.pos[:b].copy_(pos)
         self.ctx[:b].copy_(meta.context_lens)
@@ -170,4 +192,4 @@ class DecodeGraphs:
         if size > b:  # padding rows: attend to one cached slot, write nothing
             self.ctx[b:size].fill_(1)
             self.slots[b:size].fill_(-1)
-        return self._replay(size, b)
+        return self._replay(key, b)

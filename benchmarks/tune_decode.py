@@ -1,0 +1,154 @@
+"""Tune the fused GEMV tiles of a batch-1 decode step *in place*: inside the engine's real CUDA graph (GPU).
+
+`benchmarks/gemv.py` times each GEMV alone, but in a decode step the kernels overlap: with programmatic
+dependent launch a GEMV starts while its predecessor drains and prefetches its first weight tile, so the
+tile that is fastest alone (small tiles, many waves) is not the one that hides the most of its
+neighbours' ramp-up and drain (fewer, larger tiles loaded before `gdc_wait`). This script times the
+whole batch-1 decode graph of an engine (embedding, every layer, lm_head, argmax) and, one GEMV shape at
+a time (coordinate descent), replaces that shape's tile config, recaptures the graph and keeps the
+fastest. It writes the result as a `TRT_GPT_GEMV_CONFIGS` file and prints `GEMV_CONFIGS` lines.
+
+    python3 benchmarks/tune_decode.py ENGINE_DIR --out gemv.json [--budget-s 240] [--rounds 1]
+
+The engine needs random weights only (`trt-gpt config` + `trt-gpt build`). The graph replays one step
+with a 128-token prompt's context, back to back; the median over repeats is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+import triton
+
+from trt_gpt import LLM, SamplingParams
+from trt_gpt.kernels import triton_gemv
+from trt_gpt.kernels.triton_gemv import GemvConfig, gemv_config
+
+
+def candidates(n: int, k: int) -> list[GemvConfig]:
+    """Tiles of 4K-32K elements, K-blocks of 512, 1024 or the whole row, warps giving 16-64 elements a thread.
+
+    Whole-row tiles (block_k >= K) load a program's entire weight slice before `gdc_wait`: under PDL the
+    slice streams in while the previous kernel runs. Grids below 64 programs leave too many SMs idle.
+    """
+    kp = triton_gemv.next_pow2(k)
+    out = []
+    for bk in sorted({512, 1024, min(kp, 4096)}):
+        if bk > kp:
+            continue
+        for tile in (4096, 8192, 16384, 32768):
+            bn = tile // bk
+            if bn < 1 or triton.cdiv(n, bn) < 64:
+                continue
+            for warps in (4, 8, 16):
+                per_thread = tile // (32 * warps)
+                if 16 <= per_thread <= 64:
+                    # stages 2: hand double-buffered K loop (only meaningful with more than one K tile)
+                    out.extend(GemvConfig(bn, bk, warps, st) for st in ((1, 2) if bk < k else (1,)))
+    return out
+
+
+class StepTimer:
+    """Median ms of one replay of the batch-1 decode graph, recaptured after each config change."""
+
+    def __init__(self, llm: LLM, replays: int = 60, repeats: int = 3):
+        self.llm, self.replays, self.repeats = llm, replays, repeats
+        self.g = llm.executor.graphs
+
+    def __call__(self) -> float:
+        g = self.g
+        key = g.key_for(1, int(g.ctx[0]))   # the graph this step replays in serving
+        g.graphs[key] = (None, None)        # free the old graph first
+        torch.cuda.synchronize()
+        g.graphs[key] = g.capture(key)      # warm-up forwards compile the new kernels, then capture
+        graph = g.graphs[key][0]
+        for _ in range(10):
+            graph.replay()
+        times = []
+        for _ in range(self.repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(self.replays):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / self.replays)
+        return statistics.median(times)
+
+
+def model_shapes(llm: LLM) -> dict[str, tuple[int, int]]:
+    model = llm.engine.model
+    layer = model.transformer.layers[0]
+    shapes = {"qkv": layer.attention.qkv.weight.shape, "dense": layer.attention.dense.weight.shape,
+              "fc": layer.mlp.fc.weight.shape, "proj": layer.mlp.proj.weight.shape,
+              "lm_head": model.lm_head.weight.shape}
+    return {name: (int(s[0]), int(s[1])) for name, s in shapes.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("engine_dir")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=240)
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args()
+    deadline = time.time() + args.budget_s
+
+    llm = LLM(args.engine_dir, max_batch_size=1)
+    if llm.executor.graphs is None or llm.executor.graphs.eager or llm.engine.model.fused is None:
+        raise SystemExit("tune_decode: needs a CUDA device, the Triton backend, decode graphs and the fused path")
+    llm.add_request(list(range(1, 129)), SamplingParams(max_tokens=16, min_tokens=16, end_id=None))
+    for _ in range(8):       # prefill, then a few decode steps: the static graph inputs now hold a real step
+        llm.step()
+    timer = StepTimer(llm)
+    shapes = model_shapes(llm)
+    best = {name: gemv_config(1, n, k, torch.float16) for name, (n, k) in shapes.items()}
+    base = timer()
+    print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
+    results: dict[str, list] = {}
+    cur = base
+    share = args.budget_s / (args.rounds * len(shapes))   # every shape gets its slice of the budget
+    for rnd in range(args.rounds):
+        for name, (n, k) in shapes.items():
+            key = (1, n, k)
+            tried = []
+            shape_deadline = min(deadline, time.time() + share)
+            # a fixed shuffle: when the budget cuts the list short, what was tried is still a spread
+            rest = [c for c in candidates(n, k) if c != best[name]]
+            random.Random(n * 131 + k).shuffle(rest)
+            for cfg in [best[name]] + rest:
+                if time.time() > shape_deadline:
+                    break
+                triton_gemv.GEMV_CONFIGS[key] = cfg
+                t = timer()
+                tried.append((t, cfg))
+            if not tried:
+                continue
+            t_best, cfg_best = min(tried, key=lambda tc: tc[0])
+            best[name] = cfg_best
+            triton_gemv.GEMV_CONFIGS[key] = cfg_best
+            cur = t_best
+            results[f"{name} {n}x{k} round {rnd}"] = [(round(t, 4), cfg.__dict__) for t, cfg in sorted(tried, key=lambda x: x[0])[:5]]
+            print(f"{name:8s} N={n:6d} K={k:6d}: best {cfg_best} -> {t_best:.4f} ms/step "
+                  f"({len(tried)} tried)", flush=True)
+    final = timer()
+    print(f"done: {base:.4f} -> {final:.4f} ms/step ({base / final:.3f}x)", flush=True)
+    table = {f"1,{n},{k}": [best[name].block_n, best[name].block_k, best[name].num_warps, best[name].num_stages]
+             for name, (n, k) in shapes.items()}
+    with open(args.out, "w") as f:
+        json.dump(table, f, indent=1)
+    with open(args.out.replace(".json", "") + "-trials.json", "w") as f:
+        json.dump({"start_ms": base, "final_ms": final, "device": torch.cuda.get_device_name(),
+                   "top5": results}, f, indent=1)
+    for name, (n, k) in shapes.items():
+        c = best[name]
+        print(f"    (1, {n}, {k}): GemvConfig(block_n={c.block_n}, block_k={c.block_k}, "
+              f"num_warps={c.num_warps}, num_stages={c.num_stages}),  # {name}")
+
+
+if __name__ == "__main__":
+    main()
