@@ -25,8 +25,8 @@ import torch
 import triton
 
 from trt_gpt import LLM, SamplingParams
-from trt_gpt.kernels import triton_gemv
-from trt_gpt.kernels.triton_gemv import GemvConfig, gemv_config
+from trt_gpt.kernels import gemv_configs
+from trt_gpt.kernels.gemv_configs import GemvConfig, gemv_config
 
 
 def candidates(n: int, k: int) -> list[GemvConfig]:
@@ -35,7 +35,7 @@ def candidates(n: int, k: int) -> list[GemvConfig]:
     Whole-row tiles (block_k >= K) load a program's entire weight slice before `gdc_wait`: under PDL the
     slice streams in while the previous kernel runs. Grids below 64 programs leave too many SMs idle.
     """
-    kp = triton_gemv.next_pow2(k)
+    kp = gemv_configs.next_pow2(k)
     out = []
     for bk in sorted({512, 1024, min(kp, 4096)}):
         if bk > kp:
@@ -110,7 +110,6 @@ def main() -> None:
     base = timer()
     print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
     results: dict[str, list] = {}
-    cur = base
     share = args.budget_s / (args.rounds * len(shapes))   # every shape gets its slice of the budget
     for rnd in range(args.rounds):
         for name, (n, k) in shapes.items():
@@ -123,15 +122,14 @@ def main() -> None:
             for cfg in [best[name]] + rest:
                 if time.time() > shape_deadline:
                     break
-                triton_gemv.GEMV_CONFIGS[key] = cfg
+                gemv_configs.GEMV_CONFIGS[key] = cfg
                 t = timer()
                 tried.append((t, cfg))
             if not tried:
                 continue
             t_best, cfg_best = min(tried, key=lambda tc: tc[0])
             best[name] = cfg_best
-            triton_gemv.GEMV_CONFIGS[key] = cfg_best
-            cur = t_best
+            gemv_configs.GEMV_CONFIGS[key] = cfg_best
             results[f"{name} {n}x{k} round {rnd}"] = [(round(t, 4), cfg.__dict__) for t, cfg in sorted(tried, key=lambda x: x[0])[:5]]
             print(f"{name:8s} N={n:6d} K={k:6d}: best {cfg_best} -> {t_best:.4f} ms/step "
                   f"({len(tried)} tried)", flush=True)

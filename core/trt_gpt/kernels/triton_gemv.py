@@ -21,8 +21,8 @@ activations through memory. One kernel family covers every linear layer of a dec
   `fused_linear`): its first weight tile streams in while the previous kernel drains, then `gdc_wait()`
   orders every read of the previous kernels' results.
 
-`fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_config` picks tile sizes from
-`GEMV_CONFIGS` (filled from `benchmarks/gemv.py`'s GPU sweep) or a heuristic. Everything is CUDA-graph
+`fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_configs.gemv_config` picks the
+tile sizes (a table tuned on an H100, a run-time override, or a heuristic). Everything is CUDA-graph
 capturable: host-side checks read shapes only and the output is the only allocation.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .gemv_configs import GemvConfig, gemv_config
 from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
 
 MAX_M = 8
@@ -64,97 +65,6 @@ class KVWrite:
     q_cols: int
     kv_heads: int
     head_dim: int
-
-
-@dataclass(frozen=True)
-class GemvConfig:
-    """Tile sizes; num_stages >= 2 also double-buffers the W tiles by hand (the kernel has no tl.dot for
-    Triton's pipeliner to stage), which costs a second tile of registers."""
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-
-# Best configs keyed by (next_pow2(M), N, K). Shapes not listed fall back to `_heuristic_config`; a GPU-specific
-# table can be merged over this one at run time (TRT_GPT_GEMV_CONFIGS, written by benchmarks/tune_decode.py).
-# GPT-2 medium and SantaCoder-1B: `benchmarks/tune_decode.py`, which times the whole batch-1 decode CUDA graph
-# on an H100 80GB HBM3 (triton 3.6, fp16) and keeps the tile that makes the *step* fastest (kernels overlap
-# under PDL, so this is not the tile that is fastest alone). StarCoder2-7B: `benchmarks/gemv.py`'s sweep of
-# each GEMV alone (the comment is that kernel's time), num_stages 1 (no hand double-buffering, as measured).
-GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
-    (1, 1024, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=1),  # gpt2-medium dense
-    (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),  # gpt2-medium proj
-    (1, 2048, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=2),  # santacoder dense
-    (1, 2048, 8192): GemvConfig(block_n=1, block_k=4096, num_warps=8, num_stages=1),  # santacoder proj
-    (1, 2304, 2048): GemvConfig(block_n=8, block_k=2048, num_warps=8, num_stages=1),  # santacoder qkv
-    (1, 3072, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium qkv
-    (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),  # gpt2-medium fc
-    (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b dense 16.43us
-    (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # starcoder2-7b proj 58.17us
-    (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=1),  # starcoder2-7b qkv 22.45us
-    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc
-    (1, 18432, 4608): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # starcoder2-7b fc 61.54us
-    (1, 49152, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b lm_head 151.67us
-    (1, 49280, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # santacoder lm_head
-    (1, 50257, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium lm_head
-}
-
-
-CONFIGS_ENV = "TRT_GPT_GEMV_CONFIGS"
-_loaded_from: list[str] = []
-
-
-def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], GemvConfig]:
-    """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]}."""
-    import json
-
-    try:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("the top level must be an object")
-        table = {}
-        for key, val in raw.items():
-            m, n, k = (int(v) for v in key.split(","))
-            bn, bk, warps, stages = (int(v) for v in val)
-            if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
-                raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
-            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages]}}: {e}")
-    return table
-
-
-def load_env_configs() -> None:
-    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) over GEMV_CONFIGS, once."""
-    import os
-
-    path = os.environ.get(CONFIGS_ENV, "").strip()
-    if not path or path in _loaded_from:
-        return
-    try:
-        text = open(path, encoding="utf-8").read()
-    except OSError as e:
-        raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})")
-    GEMV_CONFIGS.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
-    _loaded_from.append(path)
-
-
-def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
-    # Small N has few programs: narrower blocks keep more SMs busy.
-    block_n = 2 if n <= 2048 else 4
-    # M > 2: shrink the tile to bound the M_PAD * BLOCK_N * BLOCK_K partial sums (about 170 registers at
-    # M=8), but keep BLOCK_N * BLOCK_K >= 8 elements per thread (16-byte fp16 loads at 4 warps).
-    block_k = 512 if m_pad <= 2 else 1024 // block_n
-    # num_stages 1: the hand double-buffered loop lost in every in-graph comparison (tune_decode.py)
-    return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=1)
-
-
-def gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
-    """Tile config for an [m, k] x [n, k]^T GEMV; dtype is accepted for future per-dtype tables."""
-    load_env_configs()
-    m_pad = next_pow2(max(1, m))
-    return GEMV_CONFIGS.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k)
 
 
 def _check_vec(t: torch.Tensor | None, length: int, name: str, device: torch.device) -> None:
@@ -263,6 +173,42 @@ def _input_tile(xb_ptrs, nw_ptrs, nb_ptrs, kk, K, mean, rstd, X_TY: tl.constexpr
 
 
 @triton.jit
+def _row_stats(X, x_rows, K, eps, M_PAD: tl.constexpr, NORM: tl.constexpr, STATS_K: tl.constexpr):
+    """(mean, rstd) of each x row for the norm prologue, [M_PAD, 1, 1] each (0 and 1 without a norm).
+
+    The statistics sit between `gdc_wait` and the first multiply, with the weight stream mostly idle, so
+    x is read in as few loads as possible: STATS_K is the whole row when it fits in registers (one L2
+    round trip instead of one per K tile).
+    """
+    mean = 0.0
+    rstd = 1.0
+    ks = tl.arange(0, STATS_K)[None, None, :]
+    xs = x_rows[:, None, None] + ks
+    if NORM == "layernorm":
+        # One pass of sum / sum of squares, shifted by each row's first element: that removes the
+        # cancellation of E[x^2] - E[x]^2 when |mean| >> std, without a second pass over x.
+        shift = tl.load(x_rows).to(tl.float32)[:, None, None]
+        s1 = tl.zeros([M_PAD, 1, STATS_K], tl.float32)
+        s2 = tl.zeros([M_PAD, 1, STATS_K], tl.float32)
+        for k0 in range(0, K, STATS_K):
+            xv = tl.load(xs + k0, mask=ks + k0 < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            d = tl.where(ks + k0 < K, xv - shift, 0.0)
+            s1 += d
+            s2 += d * d
+        mean_d = tl.sum(s1, 2)[:, :, None] / K
+        var = tl.maximum(tl.sum(s2, 2)[:, :, None] / K - mean_d * mean_d, 0.0)
+        mean = shift + mean_d
+        rstd = 1.0 / tl.sqrt(var + eps)
+    elif NORM == "rmsnorm":
+        s2 = tl.zeros([M_PAD, 1, STATS_K], tl.float32)
+        for k0 in range(0, K, STATS_K):
+            xv = tl.load(xs + k0, mask=ks + k0 < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            s2 += xv * xv
+        rstd = 1.0 / tl.sqrt(tl.sum(s2, 2)[:, :, None] / K + eps)
+    return mean, rstd
+
+
+@triton.jit
 def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
                        M, N, K, stride_xm, stride_wn, stride_gn, stride_rm, stride_om,
                        eps, residual_scale, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
@@ -271,7 +217,7 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
                        GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                        ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
                        KV_WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr,
-                       PIPELINE: tl.constexpr):
+                       PIPELINE: tl.constexpr, STATS_K: tl.constexpr):
     pid = tl.program_id(0)
     # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
     # beta loads use pointers *broadcast* to the W tile's shape: Triton then gives them the same register
@@ -316,29 +262,7 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
         # Issued first so that its latency overlaps the x reads. Read before this program stores the same
         # elements, so out may alias residual.
         res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0)
-    mean = 0.0
-    rstd = 1.0
-    if NORM == "layernorm":
-        # One pass of sum / sum of squares, shifted by each row's first element: that removes the
-        # cancellation of E[x^2] - E[x]^2 when |mean| >> std, without a second pass over x.
-        shift = tl.load(x_rows).to(tl.float32)[:, None, None]
-        s1 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
-        s2 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            xv = _load_k(x_ptrs + k0, k3 + k0, K, EVEN_K, "evict_last").to(tl.float32)
-            d = tl.where(k3 + k0 < K, xv - shift, 0.0)
-            s1 += d
-            s2 += d * d
-        mean_d = tl.sum(s1, 2)[:, :, None] / K
-        var = tl.maximum(tl.sum(s2, 2)[:, :, None] / K - mean_d * mean_d, 0.0)
-        mean = shift + mean_d
-        rstd = 1.0 / tl.sqrt(var + eps)
-    elif NORM == "rmsnorm":
-        s2 = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            xv = _load_k(x_ptrs + k0, k3 + k0, K, EVEN_K, "evict_last").to(tl.float32)
-            s2 += xv * xv
-        rstd = 1.0 / tl.sqrt(tl.sum(s2, 2)[:, :, None] / K + eps)
+    mean, rstd = _row_stats(X, x_rows, K, eps, M_PAD, NORM, STATS_K)
 
     xb_ptrs = tl.broadcast_to(x_ptrs, [M_PAD, BLOCK_N, BLOCK_K])
     nw_ptrs = tl.broadcast_to(NW + k3, [1, BLOCK_N, BLOCK_K])
@@ -470,6 +394,9 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         HAS_RESIDUAL=residual is not None, ACT=activation or "none", EVEN_K=k % cfg.block_k == 0,
         PDL=pdl, KV_WRITE=kvw is not None, HEAD_DIM=kvw.head_dim if kvw is not None else 1,
         CACHE_BLOCK=kc.shape[2] if kvw is not None else 1, PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k,
+        # the norm statistics' tile: the whole row up to 4096 fp32 values a program (32 registers a thread
+        # at 4 warps), never narrower than the K tile
+        STATS_K=min(next_pow2(k), max(cfg.block_k, 4096 // next_pow2(m))),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
     return out

@@ -94,7 +94,7 @@ class FusedDecode:
         if activation is None:
             return None
         from ..errors import TrtGptError
-        from ..kernels.triton_gemv import load_env_configs
+        from ..kernels.gemv_configs import load_env_configs
         try:
             load_env_configs()   # a GPU-specific tile table (TRT_GPT_GEMV_CONFIGS), checked at engine load
         except ValueError as e:

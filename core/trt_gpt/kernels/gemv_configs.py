@@ -1,0 +1,102 @@
+"""Tile configurations of the fused decode GEMV (`triton_gemv`): the tuned table, its run-time override
+(TRT_GPT_GEMV_CONFIGS, a JSON file written by benchmarks/tune_decode.py) and the fallback heuristic.
+
+Kept apart from the kernel so that the numbers measured on a GPU, and the code that reads a user's file,
+change without touching kernel code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .triton_common import next_pow2
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Tile sizes; num_stages >= 2 also double-buffers the W tiles by hand (the kernel has no tl.dot for
+    Triton's pipeliner to stage), which costs a second tile of registers."""
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Best configs keyed by (next_pow2(M), N, K). Shapes not listed fall back to `_heuristic_config`; a GPU-specific
+# table can be merged over this one at run time (TRT_GPT_GEMV_CONFIGS, written by benchmarks/tune_decode.py).
+# GPT-2 medium and SantaCoder-1B: `benchmarks/tune_decode.py`, which times the whole batch-1 decode CUDA graph
+# on an H100 80GB HBM3 (triton 3.6, fp16) and keeps the tile that makes the *step* fastest (kernels overlap
+# under PDL, so this is not the tile that is fastest alone). StarCoder2-7B: `benchmarks/gemv.py`'s sweep of
+# each GEMV alone (the comment is that kernel's time), num_stages 1 (no hand double-buffering, as measured).
+GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
+    (1, 1024, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=1),  # gpt2-medium dense
+    (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),  # gpt2-medium proj
+    (1, 2048, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=2),  # santacoder dense
+    (1, 2048, 8192): GemvConfig(block_n=1, block_k=4096, num_warps=8, num_stages=1),  # santacoder proj
+    (1, 2304, 2048): GemvConfig(block_n=8, block_k=2048, num_warps=8, num_stages=1),  # santacoder qkv
+    (1, 3072, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium qkv
+    (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),  # gpt2-medium fc
+    (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b dense 16.43us
+    (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # starcoder2-7b proj 58.17us
+    (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=1),  # starcoder2-7b qkv 22.45us
+    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc
+    (1, 18432, 4608): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # starcoder2-7b fc 61.54us
+    (1, 49152, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b lm_head 151.67us
+    (1, 49280, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # santacoder lm_head
+    (1, 50257, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium lm_head
+}
+
+
+CONFIGS_ENV = "TRT_GPT_GEMV_CONFIGS"
+_loaded_from: list[str] = []
+
+
+def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], GemvConfig]:
+    """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]}."""
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("the top level must be an object")
+        table = {}
+        for key, val in raw.items():
+            m, n, k = (int(v) for v in key.split(","))
+            bn, bk, warps, stages = (int(v) for v in val)
+            if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
+                raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
+            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages]}}: {e}")
+    return table
+
+
+def load_env_configs() -> None:
+    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) over GEMV_CONFIGS, once."""
+    path = os.environ.get(CONFIGS_ENV, "").strip()
+    if not path or path in _loaded_from:
+        return
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})")
+    GEMV_CONFIGS.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
+    _loaded_from.append(path)
+
+
+def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
+    # Small N has few programs: narrower blocks keep more SMs busy.
+    block_n = 2 if n <= 2048 else 4
+    # M > 2: shrink the tile to bound the M_PAD * BLOCK_N * BLOCK_K partial sums (about 170 registers at
+    # M=8), but keep BLOCK_N * BLOCK_K >= 8 elements per thread (16-byte fp16 loads at 4 warps).
+    block_k = 512 if m_pad <= 2 else 1024 // block_n
+    # num_stages 1: the hand double-buffered loop lost in every in-graph comparison (tune_decode.py)
+    return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=1)
+
+
+def gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
+    """Tile config for an [m, k] x [n, k]^T GEMV; dtype is accepted for future per-dtype tables."""
+    load_env_configs()
+    m_pad = next_pow2(max(1, m))
+    return GEMV_CONFIGS.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k)

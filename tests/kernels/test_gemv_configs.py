@@ -1,0 +1,39 @@
+"""The fused GEMV's tile configurations: the tuned table, the heuristic and the run-time override file."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from trt_gpt.kernels import gemv_configs  # noqa: E402
+from trt_gpt.kernels.gemv_configs import GemvConfig, gemv_config  # noqa: E402
+
+
+def test_gemv_config_table_and_heuristic(monkeypatch):
+    for m in (1, 3, 8):
+        for n, k in ((37, 100), (2048, 2048), (49152, 4608)):
+            c = gemv_config(m, n, k, torch.float16)
+            assert c.block_n & (c.block_n - 1) == 0 and c.block_k & (c.block_k - 1) == 0
+            assert c.block_k <= max(32, gemv_configs.next_pow2(k))
+    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(4, 512, 4, 1)
+    tuned = GemvConfig(block_n=8, block_k=256, num_warps=8, num_stages=3)
+    monkeypatch.setitem(gemv_configs.GEMV_CONFIGS, (4, 1000, 512), tuned)
+    assert gemv_config(3, 1000, 512, torch.float16) == tuned   # M=3 uses the M=4 entry
+
+
+def test_tuned_table_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "gemv.json"
+    path.write_text('{"1,4096,4096": [16, 256, 8, 1], "3,1000,512": [2, 128, 4, 2]}')
+    monkeypatch.setenv(gemv_configs.CONFIGS_ENV, str(path))
+    monkeypatch.setattr(gemv_configs, "GEMV_CONFIGS", dict(gemv_configs.GEMV_CONFIGS))
+    monkeypatch.setattr(gemv_configs, "_loaded_from", [])
+    assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(16, 256, 8, 1)
+    assert gemv_config(4, 1000, 512, torch.float16) == GemvConfig(2, 128, 4, 2)   # M=3 keyed as 4
+    for bad, why in (('[1, 2]', "top level"), ('{"1,2,3": [3, 256, 4, 1]}', "powers of two"),
+                     ('{"1,2": [1, 256, 4, 1]}', "expected"), ('not json', "expected")):
+        with pytest.raises(ValueError, match=why):
+            gemv_configs.parse_gemv_configs(bad, "x.json")
+    monkeypatch.setenv(gemv_configs.CONFIGS_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cannot read"):
+        gemv_configs.load_env_configs()
