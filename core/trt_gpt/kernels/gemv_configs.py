@@ -32,17 +32,17 @@ class GemvConfig:
 # under PDL, so this is not the tile that is fastest alone). StarCoder2-7B: `benchmarks/gemv.py`'s sweep of
 # each GEMV alone (the comment is that kernel's time), num_stages 1 (no hand double-buffering, as measured).
 GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
-    (1, 1024, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=1),  # gpt2-medium dense
+    (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1),  # gpt2-medium dense
     (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),  # gpt2-medium proj
-    (1, 2048, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=16, num_stages=2),  # santacoder dense
-    (1, 2048, 8192): GemvConfig(block_n=1, block_k=4096, num_warps=8, num_stages=1),  # santacoder proj
-    (1, 2304, 2048): GemvConfig(block_n=8, block_k=2048, num_warps=8, num_stages=1),  # santacoder qkv
+    (1, 2048, 2048): GemvConfig(block_n=2, block_k=2048, num_warps=4, num_stages=1),  # santacoder dense
+    (1, 2048, 8192): GemvConfig(block_n=4, block_k=4096, num_warps=8, num_stages=1),  # santacoder proj
+    (1, 2304, 2048): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=2),  # santacoder qkv
     (1, 3072, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # gpt2-medium qkv
     (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),  # gpt2-medium fc
     (1, 4608, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b dense 16.43us
     (1, 4608, 18432): GemvConfig(block_n=2, block_k=1024, num_warps=4, num_stages=1),  # starcoder2-7b proj 58.17us
     (1, 5632, 4608): GemvConfig(block_n=16, block_k=512, num_warps=2, num_stages=1),  # starcoder2-7b qkv 22.45us
-    (1, 8192, 2048): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # santacoder fc
+    (1, 8192, 2048): GemvConfig(block_n=8, block_k=512, num_warps=4, num_stages=1),  # santacoder fc
     (1, 18432, 4608): GemvConfig(block_n=8, block_k=256, num_warps=4, num_stages=1),  # starcoder2-7b fc 61.54us
     (1, 49152, 4608): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=1),  # starcoder2-7b lm_head 151.67us
     (1, 49280, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),  # santacoder lm_head
