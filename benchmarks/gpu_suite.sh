@@ -37,8 +37,8 @@ fi
 if [[ $PART == gemv ]]; then
   python3 benchmarks/gemv.py --out "$OUT/gemv.json" --budget-s ${GEMV_BUDGET:-180} 2>&1 | tee "$OUT/gemv.log" | tail -70
 fi
-if [[ $PART == tune || $PART == tune2 ]]; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
-  [[ $PART == tune ]] && timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
+if [[ $PART == tune ]]; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
+  timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
   MODELS=${TUNE_MODELS:-santacoder gpt2m}
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
