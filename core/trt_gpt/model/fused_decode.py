@@ -7,7 +7,7 @@ graph, while cuBLAS' GEMVs read the weights at ~55-60% of the memory bandwidth. 
     qkv   = [input_layernorm ->] x @ Wqkv^T + b [k, v -> cache] one kernel (norm recomputed per program;
                                                                without RoPE its epilogue writes the cache)
     q     = RoPE(q), RoPE(k) -> cache, v -> cache              one kernel, RoPE models only
-    attn  = paged decode attention                             one kernel (splits merge in-kernel)
+    attn  = paged decode attention                             the backend's kernels (split-K + merge)
     x     = x + m * (attn @ Wo^T + bo)                         one kernel
     h     = act([post_layernorm ->] x @ Wfc^T + bfc) [* gate]  one kernel
     x     = x + m * (h @ Wproj^T + bproj)                      one kernel

@@ -6,8 +6,10 @@ A step of `b` sequences replays the graph of the smallest captured size >= b; th
 nothing to the cache (slot -1) and their logits are dropped. The split count of the decode attention
 kernel is fixed at capture; any split count is correct for any context, but the right one differs: at
 small batch sizes each size is captured for a few context caps (CONTEXT_CAPS, then max_seq_len), and a
-step replays the graph of the smallest cap >= its longest context. A short context then runs unsplit,
-without the partial write and the merge kernel, and a long one still spreads over the GPU.
+step replays the graph of the smallest cap >= its longest context. A short context then runs in a few
+splits instead of dozens of empty ones feeding the merge, and a long one still spreads over the GPU
+(H100, batch 1, 128-token context: SantaCoder-1B's step 1.113 -> 1.083 ms; GPT-2 medium, whose 16 KV heads
+already fill more SMs, 0.492 -> 0.495, within noise).
 Only the Triton attention backend is captured (the torch reference synchronises with the host).
 
 Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror
