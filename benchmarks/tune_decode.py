@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -89,6 +90,14 @@ def model_shapes(llm: LLM) -> dict[str, tuple[int, int]]:
     return {name: (int(s[0]), int(s[1])) for name, s in shapes.items()}
 
 
+def write_json(path: str, obj: object) -> None:
+    """Write through a temporary file and rename, so a killed run never leaves a half-written table."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("engine_dir")
@@ -137,11 +146,9 @@ def main() -> None:
     print(f"done: {base:.4f} -> {final:.4f} ms/step ({base / final:.3f}x)", flush=True)
     table = {f"1,{n},{k}": [best[name].block_n, best[name].block_k, best[name].num_warps, best[name].num_stages]
              for name, (n, k) in shapes.items()}
-    with open(args.out, "w") as f:
-        json.dump(table, f, indent=1)
-    with open(args.out.replace(".json", "") + "-trials.json", "w") as f:
-        json.dump({"start_ms": base, "final_ms": final, "device": torch.cuda.get_device_name(),
-                   "top5": results}, f, indent=1)
+    write_json(args.out, table)
+    write_json(args.out.replace(".json", "") + "-trials.json",
+               {"start_ms": base, "final_ms": final, "device": torch.cuda.get_device_name(), "top5": results})
     for name, (n, k) in shapes.items():
         c = best[name]
         print(f"    (1, {n}, {k}): GemvConfig(block_n={c.block_n}, block_k={c.block_k}, "
