@@ -369,6 +369,20 @@ def init_world(device: str | torch.device | None = None, info: RankInfo | None =
     return _WORLD
 
 
+def exit_after_run(code: int) -> NoReturn:
+    """End a multi-rank process without C++ static teardown.
+
+    Under mpirun, native libraries (gloo, MPI, torch) occasionally abort while their static objects are
+    destroyed after the work is done ("terminate called without an active exception"), turning a
+    finished run into a failed one. The atexit handlers (process-group shutdown, MPI_Finalize) still run
+    and the standard streams are flushed; only the static destructors are skipped.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 def _shutdown_world() -> None:
     with contextlib.suppress(Exception):
         if dist.is_initialized():

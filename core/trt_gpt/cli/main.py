@@ -2,7 +2,6 @@
 user errors into one line on stderr with a non-zero exit (never a traceback)."""
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 
@@ -57,20 +56,11 @@ def expand_multi_value(argv: list[str]) -> list[str]:
 
 
 def _exit(code: int) -> None:
-    """Exit; after a multi-rank run, without C++ static teardown.
-
-    Under mpirun, native libraries (gloo, MPI, torch) occasionally abort while their static objects are
-    destroyed after the work is done ("terminate called without an active exception"), turning a
-    finished run into a failed one. The atexit handlers (process-group shutdown, MPI_Finalize) still run;
-    only the static destructors are skipped.
-    """
+    """Exit; after a multi-rank run, without C++ static teardown (`distributed.exit_after_run`)."""
     dist_mod = sys.modules.get("trt_gpt.distributed")
     if dist_mod is None or getattr(dist_mod, "_WORLD", None) is None:
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    os._exit(code)
+    dist_mod.exit_after_run(code)
 
 
 def _run(args: list[str]) -> int:
