@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,24 @@ class Case:
                 "num_beams": self.num_beams}
 
 
+KILLED_RCS = (6, 9, 134, 137)   # SIGABRT / SIGKILL, as mpich's mpirun or a shell reports them
+
+
 def run_cases(np: int, cases: list[Case], workdir: Path, timeout: float = 240) -> dict[str, Any]:
     """All cases in one `mpirun -np N worker.py`; returns rank 0's results (tokens, logits file) by name."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = workdir / "spec.json"
     spec.write_text(json.dumps({"out": str(workdir), "cases": [c.spec() for c in cases]}))
-    proc, secs = launch(np, [sys.executable, str(WORKER), str(spec)], timeout=timeout)
-    if proc.returncode != 0:
+    for attempt in (1, 2):
+        (workdir / "results.json").unlink(missing_ok=True)
+        proc, secs = launch(np, [sys.executable, str(WORKER), str(spec)], timeout=timeout)
+        if proc.returncode == 0:
+            break
+        if attempt == 1 and proc.returncode in KILLED_RCS and "error:" not in proc.stderr:
+            # A rank ended by a signal with no error of ours (seen about once in ten 2-core CI runs, in
+            # native teardown): run the same deterministic cases once more; a second failure is real.
+            warnings.warn(f"mpirun -np {np}: a rank was killed (rc {proc.returncode}); retrying once")
+            continue
         raise AssertionError(f"mpirun -np {np} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
     results = json.loads((workdir / "results.json").read_text())
