@@ -173,7 +173,7 @@ def _input_tile(xb_ptrs, nw_ptrs, nb_ptrs, kk, K, mean, rstd, X_TY: tl.constexpr
 
 
 @triton.jit
-def _row_stats(X, x_rows, K, eps, M_PAD: tl.constexpr, NORM: tl.constexpr, STATS_K: tl.constexpr):
+def _row_stats(x_rows, K, eps, M_PAD: tl.constexpr, NORM: tl.constexpr, STATS_K: tl.constexpr):
     """(mean, rstd) of each x row for the norm prologue, [M_PAD, 1, 1] each (0 and 1 without a norm).
 
     The statistics sit between `gdc_wait` and the first multiply, with the weight stream mostly idle, so
@@ -262,7 +262,7 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
         # Issued first so that its latency overlaps the x reads. Read before this program stores the same
         # elements, so out may alias residual.
         res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0)
-    mean, rstd = _row_stats(X, x_rows, K, eps, M_PAD, NORM, STATS_K)
+    mean, rstd = _row_stats(x_rows, K, eps, M_PAD, NORM, STATS_K)
 
     xb_ptrs = tl.broadcast_to(x_ptrs, [M_PAD, BLOCK_N, BLOCK_K])
     nw_ptrs = tl.broadcast_to(NW + k3, [1, BLOCK_N, BLOCK_K])
