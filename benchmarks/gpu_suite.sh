@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
 # HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
-# PART: check | gemv | tune | profile | ifb | small | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART: check | gemv | tune | step | profile | ifb | small | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
 mkdir -p "$OUT"
@@ -46,6 +46,14 @@ if [[ $PART == tune ]]; then  # batch-1 decode graphs: bench, tune the GEMV tile
     bench ${PART}_pre_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out "$OUT/gemv-tuned-$m.json" --budget-s ${TUNE_BUDGET:-150} 2>&1 | grep -v "^W1" | tail -14
     TRT_GPT_GEMV_CONFIGS="$OUT/gemv-tuned-$m.json" bench ${PART}_post_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+  done
+fi
+if [[ $PART == step ]]; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning)
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  for m in ${TUNE_MODELS:-santacoder gpt2m}; do
+    bench ${PART}_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 2>&1 | grep "^start:"
   done
 fi
 if [[ $PART == ifb ]]; then  # the large-batch runs alone, without HF (quick look while tuning)

@@ -63,9 +63,10 @@ class FusedDecode:
     """Runs decoder layers and the head with the fused kernels; built by `create` once weights are loaded."""
 
     def __init__(self, model: Any, activation: str, max_rows: int):
+        from ..kernels.triton_embed import embed
         from ..kernels.triton_gemv import MAX_M, KVWrite, NormArgs, fused_linear
 
-        self.fused_linear, self.kv_write = fused_linear, KVWrite
+        self.fused_linear, self.kv_write, self.embed_kernel = fused_linear, KVWrite, embed
         self.max_rows = min(max_rows, MAX_M)
         self.activation = activation
         cfg = model.cfg
@@ -126,6 +127,13 @@ class FusedDecode:
                 gate_weight=gate.weight if gate is not None else None,
                 gate_bias=gate.bias if gate is not None else None)
         return lin(h, mlp.proj.weight, mlp.proj.bias, residual=x, residual_scale=m)
+
+    def embed(self, t: Any, ids: torch.Tensor, positions: torch.Tensor, multiplier: float,
+              feed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The token [* multiplier] [+ position] embedding in one kernel (`triton_embed`)."""
+        wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
+        return self.embed_kernel(ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
+                                 multiplier, feed)
 
     def head(self, lm_head: Any, hidden: torch.Tensor) -> torch.Tensor:
         """ln_f + lm_head in one kernel, fp32 logits over the padded vocab."""

@@ -19,6 +19,7 @@ from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
 from ..plugins import named_registry
 from ..runtime.attn_metadata import AttentionMetadata
 from ..weights import padded_vocab_size
+from ..kernels.embed_ref import fed_ids
 from .fused_decode import FusedDecode
 from .layers import ColumnLinear, Norm, RowLinear, VocabEmbedding, get_activation
 from .parallel import TPGroup
@@ -166,17 +167,23 @@ class GPTForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
-                logits_rows: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+                logits_rows: torch.Tensor | None = None, window: int | None = None,
+                feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`feed = (rows, picks)`: a row i with rows[i] > 0 takes its token from picks[rows[i] - 1] (the
+        previous decode step's picks, still on the device) instead of input_ids[i]."""
         cfg = self.cfg
         t = self.transformer
-        if cfg.mapping.is_first_pp_rank:
-            hidden = t.vocab_embedding(input_ids)
-            if cfg.embedding_multiplier != 1.0:
-                hidden = hidden * cfg.embedding_multiplier
-            if hasattr(t, "position_embedding"):
-                hidden = hidden + t.position_embedding(positions)
         window = window if window is not None else cfg.sliding_window
         fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
+        if cfg.mapping.is_first_pp_rank:
+            if fused is not None:
+                hidden = fused.embed(t, input_ids, positions, cfg.embedding_multiplier, feed)
+            else:
+                hidden = t.vocab_embedding(fed_ids(input_ids, feed))
+                if cfg.embedding_multiplier != 1.0:
+                    hidden = hidden * cfg.embedding_multiplier
+                if hasattr(t, "position_embedding"):
+                    hidden = hidden + t.position_embedding(positions)
         for i, (layer, kv) in enumerate(zip(t.layers, kv_caches)):
             if fused is not None:
                 hidden = fused.layer(i, layer, hidden, positions, meta, kv, self.rope, self.backend, window)

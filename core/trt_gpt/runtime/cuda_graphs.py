@@ -13,8 +13,10 @@ already fill more SMs, 0.492 -> 0.495, within noise).
 Only the Triton attention backend is captured (the torch reference synchronises with the host).
 
 Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror
-(one or two uploads a step), and leaves its greedy picks (argmax) in a static buffer that overlapped
-decoding (lookahead.py) feeds to the next step without a round trip through the host.
+(one upload a step), and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
+(lookahead.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
+names, per row, the previous replay's pick that is its input token, and the graph's embedding reads it
+there (no gather kernel between replays).
 
 `eager=True` keeps the static buffers and the whole protocol but runs the forward instead of replaying
 a graph: it is how the protocol is tested on machines without CUDA (Triton kernels interpreted).
@@ -57,17 +59,18 @@ class DecodeGraphs:
         self.sizes = sorted({s for s in sizes if s <= max_batch} | {max_batch})
         n = self.sizes[-1]
         self.n, self.max_blocks, self.max_seq_len = n, max_blocks, max_seq_len
-        # [ids | pos | slots | ctx | tables n*max_blocks], regions of p >= n entries: 16-byte aligned views
+        # [ids | pos | slots | ctx | feed | tables n*max_blocks], regions of p >= n entries: 16-byte aligned
         p = self.p = (n + 3) // 4 * 4
-        self.static = torch.zeros(4 * p + n * max_blocks, dtype=torch.int32, device=device)
-        self.ids, self.pos, self.slots, self.ctx = (self.static[i * p:i * p + n] for i in range(4))
-        self.tables = self.static[4 * p:].view(n, max_blocks)
+        self.static = torch.zeros(5 * p + n * max_blocks, dtype=torch.int32, device=device)
+        self.ids, self.pos, self.slots, self.ctx, self.feed = (self.static[i * p:i * p + n] for i in range(5))
+        self.tables = self.static[5 * p:].view(n, max_blocks)
         self.slots.fill_(-1)
         self.ctx.fill_(1)
         pinned = device.type == "cuda"
         self.host = self.static.cpu().pin_memory() if pinned else self.static.clone()
         h = self.host.numpy()
-        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[4 * p:].reshape(n, max_blocks))
+        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[5 * p:].reshape(n, max_blocks))
+        self.host_feed = h[4 * p:4 * p + n]
         self.cu = torch.arange(n + 1, dtype=torch.int32, device=device)  # decode: one row per sequence
         self.tokens_out = torch.zeros(n, dtype=torch.int32, device=device)
         new_event = torch.cuda.Event if device.type == "cuda" else _HostEvent
@@ -76,7 +79,6 @@ class DecodeGraphs:
                          torch.zeros(n, dtype=torch.int32) for _ in range(2)]
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
-        self._iota = list(range(n))
         self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
         Key = tuple[int, int]   # (batch size, context cap)
         self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
@@ -102,7 +104,8 @@ class DecodeGraphs:
                                  slot_mapping=self.slots[:b], max_q_len=1, max_context_len=cap)
 
     def _forward(self, b: int, cap: int) -> torch.Tensor:
-        out = self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window)
+        out = self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window,
+                         feed=(self.feed[:b], self.tokens_out))
         self.tokens_out[:b].copy_(out.argmax(dim=-1))
         return out
 
@@ -143,18 +146,23 @@ class DecodeGraphs:
         self._uploaded.synchronize()       # the previous upload has read the mirror
         ids, pos, slots, ctx, tables = self.host_views
         fill(ids, pos, slots, ctx, tables)
+        feed = self.host_feed
+        # picks row + 1, 0 = the uploaded id; padding rows and a step without src take their own ids
+        if src:
+            feed[:b] = np.asarray(src, dtype=np.int32) + 1
+        else:
+            feed[:b] = 0
         key = self.key_for(b, int(ctx[:b].max()))
         size = key[0]
         # Padding rows attend to one cached slot and write nothing; their other inputs may be stale (a
         # stale table row still names valid blocks).
         ctx[b:size] = 1
         slots[b:size] = -1
-        p, nb = self.p, self.max_blocks
-        self.static[:4 * p].copy_(self.host[:4 * p], non_blocking=True)
-        self.static[4 * p:4 * p + b * nb].copy_(self.host[4 * p:4 * p + b * nb], non_blocking=True)
+        feed[b:size] = 0
+        # one upload: the five row regions and the first b table rows are contiguous
+        n_up = 5 * self.p + b * self.max_blocks
+        self.static[:n_up].copy_(self.host[:n_up], non_blocking=True)
         self._uploaded.record()
-        if src is not None:
-            self._gather_inflight(src, b)
         return self._replay(key, b)
 
     def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
@@ -170,16 +178,6 @@ class DecodeGraphs:
         ev.record()
         return host, ev
 
-    def _gather_inflight(self, src: list[int], b: int) -> None:
-        """ids[i] = previous picks[src[i]] on the device, for the rows whose token is still in flight."""
-        if src == self._iota[:b]:          # the steady state: the same sequences in the same rows
-            self.ids[:b].copy_(self.tokens_out[:b])
-            return
-        rows = [i for i, j in enumerate(src) if j >= 0]
-        if rows:
-            dev = self.ids.device
-            self.ids[torch.tensor(rows, device=dev)] = self.tokens_out[torch.tensor([src[i] for i in rows], device=dev)]
-
     def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Logits [b, vocab] of a decode step from device tensors; valid until the next replay."""
         b = ids.shape[0]
@@ -187,6 +185,7 @@ class DecodeGraphs:
         key = self.key_for(b, max(host_ctx) if host_ctx else self.max_seq_len)
         size = key[0]
         self.ids[:b].copy_(ids)
+        self.feed.zero_()
         self.pos[:b].copy_(pos)
         self.ctx[:b].copy_(meta.context_lens)
         self.tables[:b].copy_(meta.block_tables)
