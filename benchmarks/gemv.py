@@ -191,7 +191,7 @@ def run_case(model: str, layer: str, m: int, n: int, k: int, args, timer: Timer,
     row["ok"] = row["rel_err"] is not None and row["rel_err"] <= args.tol
 
     row["cublas_us"] = attempt("cublas", lambda i: F.linear(x, layers[i % ncopy]["w"]))
-    default = gemv_config(m, n, k, dtype)
+    default = gemv_config(m, n, k, dtype, torch.cuda.get_device_name())
     row["default_config"] = cfg_str(default)
     row["default_us"] = attempt(cfg_str(default), fused(default))
     timings = {cfg_str(default): row["default_us"]}
@@ -240,7 +240,7 @@ def run_chain(model: str, shapes: dict, tuned: dict, args, timer: Timer) -> dict
 
     def cfg(nm, use_tuned):
         n, k = shapes[nm]
-        return tuned.get((1, n, k)) if use_tuned and (1, n, k) in tuned else gemv_config(1, n, k, dtype)
+        return tuned.get((1, n, k)) if use_tuned and (1, n, k) in tuned else gemv_config(1, n, k, dtype, torch.cuda.get_device_name())
 
     def fused(use_tuned):
         def step(i):

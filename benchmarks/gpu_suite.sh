@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
 # HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
-# PART: check | gemv | tune | step | profile | ifb | small | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
+want() { [[ ",$PART," == *",$1,"* ]]; }   # PART may list several: step,large
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$PWD/core:$PWD/plugins:$PWD/variants/gpt2:$PWD/variants/starcoder:$PWD/variants/santacoder:$PWD/variants/granite:$PWD/variants/starcoder2:$PWD/variants/gpt_next${PYTHONPATH:+:$PYTHONPATH}
@@ -29,40 +30,64 @@ bench() {  # name engine extra-args...
   timeout ${BENCH_TIMEOUT:-240} $T bench --engine_dir /tmp/eng-$eng --output "$OUT/$name.json" "$@" 2>&1 | tail -3
 }
 
-if [[ $PART == check || $PART == all ]]; then
+if want check || want all; then
   python3 -m pytest -q -x tests/gpu tests/kernels 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
   # the runtime suite with the engine on the GPU (HF stays the oracle on CPU): real CUDA graphs + overlap
   TRT_GPT_TEST_DEVICE=cuda python3 -m pytest -q -x tests/runtime 2>&1 | tee "$OUT/pytest-runtime-cuda.log" | tail -5
 fi
-if [[ $PART == gemv ]]; then
+if want kcheck; then  # the decode-attention and embedding kernels only (a quick check after a change)
+  timeout ${KCHECK_TIMEOUT:-120} python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_embed.py \
+    -k "${KCHECK_FILTER:-decode or split or embed}" 2>&1 | tee "$OUT/pytest-kcheck.log" | tail -3
+fi
+if want b1hf; then  # the two batch-1 targets alone, HF eager beside each
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  bench sc1b_b1 santacoder --num_requests 6 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
+  bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
+fi
+if want gemv; then
   python3 benchmarks/gemv.py --out "$OUT/gemv.json" --budget-s ${GEMV_BUDGET:-180} 2>&1 | tee "$OUT/gemv.log" | tail -70
 fi
-if [[ $PART == tune ]]; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
-  timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
+if want tune; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
+  # TUNE_QUICK=1: no kernel tests and no benches around the tune (its "start:" line is the untuned step time)
+  [[ ${TUNE_QUICK:-0} == 1 ]] || timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
   MODELS=${TUNE_MODELS:-santacoder gpt2m}
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   for m in $MODELS; do
-    bench ${PART}_pre_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
-    python3 benchmarks/tune_decode.py /tmp/eng-$m --out "$OUT/gemv-tuned-$m.json" --budget-s ${TUNE_BUDGET:-150} 2>&1 | grep -v "^W1" | tail -14
-    TRT_GPT_GEMV_CONFIGS="$OUT/gemv-tuned-$m.json" bench ${PART}_post_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    [[ ${TUNE_QUICK:-0} == 1 ]] || bench tune_pre_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    python3 benchmarks/tune_decode.py /tmp/eng-$m --out "$OUT/gemv-tuned-$m.json" --budget-s ${TUNE_BUDGET:-150} \
+      ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} 2>&1 | grep -v "^W1" | tail -16
+    [[ ${TUNE_QUICK:-0} == 1 ]] || TRT_GPT_GEMV_CONFIGS="$OUT/gemv-tuned-$m.json" bench tune_post_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
   done
+  # one table for every tuned model (their shapes differ), for TRT_GPT_GEMV_CONFIGS in later parts
+  python3 - "$OUT" $MODELS <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1]); table = {}
+for m in sys.argv[2:]:
+    f = out / f"gemv-tuned-{m}.json"
+    if f.exists():
+        table.update(json.loads(f.read_text()))
+(out / "gemv-tuned.json").write_text(json.dumps(table, indent=1))
+print(f"merged GEMV table: {len(table)} shapes -> {out / 'gemv-tuned.json'}")
+PY
 fi
-if [[ $PART == step ]]; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning)
+if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   for m in ${TUNE_MODELS:-santacoder gpt2m}; do
-    bench ${PART}_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
-    python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 2>&1 | grep "^start:"
+    [[ ${STEP_BENCH:-1} == 1 ]] && bench step_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
+    python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
+      2>&1 | grep -E "^start:|^decode split"
   done
 fi
-if [[ $PART == ifb ]]; then  # the large-batch runs alone, without HF (quick look while tuning)
+if want ifb; then  # the large-batch runs alone, without HF (quick look while tuning)
   engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
   bench q_sc1b_ifb1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench q_sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1
 fi
-if [[ $PART == pdl ]]; then  # batch-1 decode with programmatic dependent launch on and off (no HF)
+if want pdl; then  # batch-1 decode with programmatic dependent launch on and off (no HF)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
@@ -72,21 +97,21 @@ if [[ $PART == pdl ]]; then  # batch-1 decode with programmatic dependent launch
     TRT_GPT_PDL=$pdl bench pdl${pdl}_sc2_7b_b1 sc2_7b --num_requests 2 --concurrency 1 --input_len 128 --output_len 128
   done
 fi
-if [[ $PART == profile ]]; then  # where a decode step's time goes: per phase, and the kernels of a batch-1 step
+if want profile; then  # where a decode step's time goes: per phase, and the kernels of a batch-1 step
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   python3 benchmarks/profile_decode.py /tmp/eng-santacoder 1 --trace 2>&1 | grep -v "^W1" | tee "$OUT/profile.log" | head -24
   python3 benchmarks/profile_decode.py /tmp/eng-gpt2m 1 2>&1 | tail -3
   python3 benchmarks/profile_decode.py /tmp/eng-santacoder 256 2>&1 | tail -3
 fi
-if [[ $PART == small ]]; then
+if want small; then
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   bench sc1b_b1 santacoder --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
-if [[ $PART == final || $PART == all ]]; then  # the 1B-class targets, HF eager beside each (HF's compiled path crashed here)
+if want final || want all; then  # the 1B-class targets, HF eager beside each (HF's compiled path crashed here)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
@@ -94,7 +119,7 @@ if [[ $PART == final || $PART == all ]]; then  # the 1B-class targets, HF eager 
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
   bench sc1b_ifb1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
-if [[ $PART == large || $PART == all ]]; then  # the 7B targets (HF's 7B on this machine did not finish in a call)
+if want large || want all; then  # the 7B targets (HF's 7B on this machine did not finish in a call)
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench sc2_7b_b1 sc2_7b --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
   bench sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1

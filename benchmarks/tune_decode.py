@@ -98,12 +98,32 @@ def write_json(path: str, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def split_sweep(timer: StepTimer, spec: str) -> None:
+    """Step time against the decode attention's split size and KV tile (patched in triton_decode)."""
+    from trt_gpt.kernels import triton_decode as td
+
+    default_tiling = td.split_tiling
+    pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",") if item.strip()]
+    seen: dict[tuple, list[float]] = {p: [] for p in pairs}
+    for _ in range(2):
+        for min_tokens, block_n in pairs:
+            td.split_tiling = lambda batch, kv_heads, _bn, mt=min_tokens, bn=block_n: (bn, mt)
+            seen[(min_tokens, block_n)].append(timer())
+    td.split_tiling = default_tiling
+    for (min_tokens, block_n), times in seen.items():
+        print(f"decode split {min_tokens:4d} tokens, KV tile {block_n:3d}: "
+              + ", ".join(f"{t:.4f}" for t in times) + " ms/step", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("engine_dir")
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=240)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--split-sweep", default="",
+                    help="comma-separated MIN_TOKENS:BLOCK_N pairs of the decode attention (tokens per context "
+                         "split, KV tile): time the step with each, twice interleaved, then restore the default")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
 
@@ -115,7 +135,10 @@ def main() -> None:
         llm.step()
     timer = StepTimer(llm)
     shapes = model_shapes(llm)
-    best = {name: gemv_config(1, n, k, torch.float16) for name, (n, k) in shapes.items()}
+    device = torch.cuda.get_device_name()
+    best = {name: gemv_config(1, n, k, torch.float16, device) for name, (n, k) in shapes.items()}
+    if args.split_sweep:
+        split_sweep(timer, args.split_sweep)
     base = timer()
     print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
     results: dict[str, list] = {}
@@ -131,14 +154,14 @@ def main() -> None:
             for cfg in [best[name]] + rest:
                 if time.time() > shape_deadline:
                     break
-                gemv_configs.GEMV_CONFIGS[key] = cfg
+                gemv_configs.OVERRIDES[key] = cfg
                 t = timer()
                 tried.append((t, cfg))
             if not tried:
                 continue
             t_best, cfg_best = min(tried, key=lambda tc: tc[0])
             best[name] = cfg_best
-            gemv_configs.GEMV_CONFIGS[key] = cfg_best
+            gemv_configs.OVERRIDES[key] = cfg_best
             results[f"{name} {n}x{k} round {rnd}"] = [(round(t, 4), cfg.__dict__) for t, cfg in sorted(tried, key=lambda x: x[0])[:5]]
             print(f"{name:8s} N={n:6d} K={k:6d}: best {cfg_best} -> {t_best:.4f} ms/step "
                   f"({len(tried)} tried)", flush=True)

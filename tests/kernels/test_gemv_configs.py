@@ -26,9 +26,12 @@ def test_tuned_table_from_environment(tmp_path, monkeypatch):
     path = tmp_path / "gemv.json"
     path.write_text('{"1,4096,4096": [16, 256, 8, 1], "3,1000,512": [2, 128, 4, 2]}')
     monkeypatch.setenv(gemv_configs.CONFIGS_ENV, str(path))
-    monkeypatch.setattr(gemv_configs, "GEMV_CONFIGS", dict(gemv_configs.GEMV_CONFIGS))
+    monkeypatch.setattr(gemv_configs, "OVERRIDES", {})
     monkeypatch.setattr(gemv_configs, "_loaded_from", [])
     assert gemv_config(1, 4096, 4096, torch.float16) == GemvConfig(16, 256, 8, 1)
+    # the file wins over the built-in tables, the per-GPU ones included
+    monkeypatch.setitem(gemv_configs.DEVICE_GEMV_CONFIGS, "H200", {(1, 4096, 4096): GemvConfig(2, 512, 4, 1)})
+    assert gemv_config(1, 4096, 4096, torch.float16, "NVIDIA H200") == GemvConfig(16, 256, 8, 1)
     assert gemv_config(4, 1000, 512, torch.float16) == GemvConfig(2, 128, 4, 2)   # M=3 keyed as 4
     for bad, why in (('[1, 2]', "top level"), ('{"1,2,3": [3, 256, 4, 1]}', "powers of two"),
                      ('{"1,2": [1, 256, 4, 1]}', "expected"), ('not json', "expected")):
@@ -37,3 +40,14 @@ def test_tuned_table_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(gemv_configs.CONFIGS_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="cannot read"):
         gemv_configs.load_env_configs()
+
+
+def test_per_gpu_table_comes_before_the_default_one(monkeypatch):
+    monkeypatch.setattr(gemv_configs, "OVERRIDES", {})
+    h100 = gemv_config(1, 3072, 1024, torch.float16)
+    h200 = gemv_configs.DEVICE_GEMV_CONFIGS["H200"][(1, 3072, 1024)]
+    assert h100 != h200
+    assert gemv_config(1, 3072, 1024, torch.float16, "NVIDIA H200") == h200
+    assert gemv_config(1, 3072, 1024, torch.float16, "NVIDIA H100 80GB HBM3") == h100   # no H100 table: default
+    assert gemv_config(1, 4608, 4608, torch.float16, "NVIDIA H200") == gemv_config(1, 4608, 4608, torch.float16)
+    assert gemv_configs.device_table("Some other GPU") == {}

@@ -151,6 +151,21 @@ def test_decode_fp32(heads, kv_heads, num_splits, window):
     assert_close(out, ref_attention(q, kc, vc, meta, 0.25, window), torch.float32)
 
 
+def test_decode_short_splits_of_a_lone_mqa_request(monkeypatch):
+    # The GPU's tiling for few (sequence, kv head) pairs: 64-token KV tiles (wider than the 16-token cache
+    # blocks) and 64-token splits, chosen automatically; the last split is partial.
+    from trt_gpt.kernels import triton_decode
+
+    monkeypatch.setattr(triton_decode, "_decode_config", lambda block_d, device: (128, 4, 1))
+    seen = []
+    real = triton_decode.choose_num_splits
+    monkeypatch.setattr(triton_decode, "choose_num_splits", lambda *a: seen.append(a) or real(*a))
+    q, kc, vc, meta = make_case(8, 1, 32, 16, [150], [1], torch.float32, seed=5)
+    out = paged_decode_attention(q, kc, vc, meta, 0.25, None, out=poisoned(q))
+    assert seen[0][-2:] == (64, 64) and real(*seen[0]) == 3
+    assert_close(out, ref_attention(q, kc, vc, meta, 0.25, None), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_decode_half_many_splits(dtype):
     # 8 splits over <= 2 tiles: most splits are empty and must merge as zero weight.
@@ -170,6 +185,10 @@ def test_choose_num_splits_fills_the_gpu():
     assert choose_num_splits(1, 1, 4096, num_sms=132) > 16        # one request spreads over many SMs
     assert choose_num_splits(64, 4, 4096, num_sms=132) == 1       # a big batch already fills them
     assert choose_num_splits(1, 1, 50, num_sms=132) == 1          # short contexts are not split
+    # a lone MQA request splits every 64 tokens; 16 kv heads at batch 1 keep 128-token splits
+    assert choose_num_splits(1, 1, 256, num_sms=132) == 4
+    assert choose_num_splits(1, 16, 256, num_sms=132) == 2
+    assert choose_num_splits(1, 1, 256, num_sms=132, block_n=128, min_tokens=128) == 2
 
 
 # ---- KV write ------------------------------------------------------------------------------------------

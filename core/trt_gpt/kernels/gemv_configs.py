@@ -1,5 +1,6 @@
-"""Tile configurations of the fused decode GEMV (`triton_gemv`): the tuned table, its run-time override
-(TRT_GPT_GEMV_CONFIGS, a JSON file written by benchmarks/tune_decode.py) and the fallback heuristic.
+"""Tile configurations of the fused decode GEMV (`triton_gemv`): the tuned tables (the H100's, and per-GPU
+ones), their run-time override (TRT_GPT_GEMV_CONFIGS, a JSON file written by benchmarks/tune_decode.py) and
+the fallback heuristic.
 
 Kept apart from the kernel so that the numbers measured on a GPU, and the code that reads a user's file,
 change without touching kernel code.
@@ -50,6 +51,27 @@ GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
 }
 
 
+# Per-GPU tables, keyed by a substring of the CUDA device name, consulted before GEMV_CONFIGS (the H100's).
+# "H200": tune_decode.py on an NVIDIA H200 (triton 3.6, fp16, batch-1 decode graph; 70 s a model, 2026-12-02):
+# step 0.929 -> 0.901 ms (SantaCoder-1B), 0.449 -> 0.444 ms (GPT-2 medium). Raw trials:
+# benchmarks/results/h200/run1_pre_split/. SantaCoder's lm_head was not reached within the budget.
+DEVICE_GEMV_CONFIGS: dict[str, dict[tuple[int, int, int], GemvConfig]] = {
+    "H200": {
+        (1, 2304, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),   # santacoder qkv
+        (1, 2048, 2048): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1),   # santacoder dense
+        (1, 8192, 2048): GemvConfig(block_n=8, block_k=512, num_warps=4, num_stages=1),    # santacoder fc
+        (1, 2048, 8192): GemvConfig(block_n=4, block_k=4096, num_warps=8, num_stages=1),   # santacoder proj
+        (1, 3072, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),   # gpt2-medium qkv
+        (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1),   # gpt2-medium dense
+        (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),   # gpt2-medium fc
+        (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),   # gpt2-medium proj
+        (1, 50257, 1024): GemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=2),  # gpt2-medium lm_head
+    },
+}
+
+# Entries that win over every built-in table: the TRT_GPT_GEMV_CONFIGS file, and the tuner's trials.
+OVERRIDES: dict[tuple[int, int, int], GemvConfig] = {}
+
 CONFIGS_ENV = "TRT_GPT_GEMV_CONFIGS"
 _loaded_from: list[str] = []
 
@@ -73,7 +95,7 @@ def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], Gem
 
 
 def load_env_configs() -> None:
-    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) over GEMV_CONFIGS, once."""
+    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) into OVERRIDES, once."""
     path = os.environ.get(CONFIGS_ENV, "").strip()
     if not path or path in _loaded_from:
         return
@@ -81,7 +103,7 @@ def load_env_configs() -> None:
         text = open(path, encoding="utf-8").read()
     except OSError as e:
         raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})")
-    GEMV_CONFIGS.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
+    OVERRIDES.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
     _loaded_from.append(path)
 
 
@@ -95,8 +117,20 @@ def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
     return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=1)
 
 
-def gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
-    """Tile config for an [m, k] x [n, k]^T GEMV; dtype is accepted for future per-dtype tables."""
+def device_table(device_name: str) -> dict[tuple[int, int, int], GemvConfig]:
+    """The built-in table tuned on the GPU whose name contains one of DEVICE_GEMV_CONFIGS' keys ({} if none)."""
+    for key, table in DEVICE_GEMV_CONFIGS.items():
+        if key in device_name:
+            return table
+    return {}
+
+
+def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str = "") -> GemvConfig:
+    """Tile config for an [m, k] x [n, k]^T GEMV on the GPU named `device_name`: OVERRIDES, then that GPU's
+    table, then GEMV_CONFIGS, then the heuristic. dtype is accepted for future per-dtype tables."""
     load_env_configs()
-    m_pad = next_pow2(max(1, m))
-    return GEMV_CONFIGS.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k)
+    key = (next_pow2(max(1, m)), n, k)
+    for table in (OVERRIDES, device_table(device_name), GEMV_CONFIGS):
+        if key in table:
+            return table[key]
+    return _heuristic_config(*key)

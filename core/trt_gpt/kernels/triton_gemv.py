@@ -22,11 +22,12 @@ activations through memory. One kernel family covers every linear layer of a dec
   orders every read of the previous kernels' results.
 
 `fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_configs.gemv_config` picks the
-tile sizes (a table tuned on an H100, a run-time override, or a heuristic). Everything is CUDA-graph
+tile sizes (tables tuned on an H100 and an H200, a run-time override, or a heuristic). Everything is CUDA-graph
 capturable: host-side checks read shapes only and the output is the only allocation.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -364,7 +365,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                          f"along N, got {tuple(out.shape)} {out.dtype}")
     elif out.data_ptr() == x.data_ptr():
         raise ValueError("fused_linear: out must not alias x (every program reads all of x)")
-    cfg = config or gemv_config(m, n, k, x.dtype)
+    cfg = config or gemv_config(m, n, k, x.dtype, _device_name(x.device))
     if cfg.block_n < 1 or cfg.block_k < 1 or cfg.block_n & (cfg.block_n - 1) or cfg.block_k & (cfg.block_k - 1):
         raise ValueError(f"fused_linear: block_n/block_k must be powers of two, got {cfg}")
     # Overlapping a GEMV's start with its predecessor's tail pays for small weights, where the tail is a
@@ -398,6 +399,11 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
 
 
 def _stats_tile(m: int, k: int, cfg: GemvConfig) -> int:
