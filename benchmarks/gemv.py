@@ -37,7 +37,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from trt_gpt.kernels.triton_gemv import (GemvConfig, NormArgs, fused_linear, fused_linear_ref,  # noqa: E402
+from trt_gpt.kernels.gemv_ref import fused_linear_ref  # noqa: E402
+from trt_gpt.kernels.triton_gemv import (GemvConfig, NormArgs, fused_linear,  # noqa: E402
                                          gemv_config)
 
 # (N, K) of each decode GEMV; "kind" picks the fused epilogue the decode step runs for that layer.

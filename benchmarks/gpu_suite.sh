@@ -37,7 +37,8 @@ if want check || want all; then
 fi
 if want kcheck; then  # the decode-attention and embedding kernels only (a quick check after a change)
   timeout ${KCHECK_TIMEOUT:-120} python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_embed.py \
-    -k "${KCHECK_FILTER:-decode or split or embed}" 2>&1 | tee "$OUT/pytest-kcheck.log" | tail -3
+    tests/kernels/test_triton_argmax.py -k "${KCHECK_FILTER:-decode or split or embed or pick or argmax}" 2>&1 \
+    | tee "$OUT/pytest-kcheck.log" | tail -3
 fi
 if want b1hf; then  # the two batch-1 targets alone, HF eager beside each
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
@@ -72,13 +73,13 @@ for m in sys.argv[2:]:
 print(f"merged GEMV table: {len(table)} shapes -> {out / 'gemv-tuned.json'}")
 PY
 fi
-if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning)
+if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning); SPLIT_SWEEP, ARGMAX_AB=1 add A/B timings
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   for m in ${TUNE_MODELS:-santacoder gpt2m}; do
     [[ ${STEP_BENCH:-1} == 1 ]] && bench step_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
-      2>&1 | grep -E "^start:|^decode split"
+      ${ARGMAX_AB:+--argmax-ab} 2>&1 | grep -E "^start:|^decode split|^picks from|Error|error"
   done
 fi
 if want ifb; then  # the large-batch runs alone, without HF (quick look while tuning)

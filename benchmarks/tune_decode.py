@@ -99,19 +99,40 @@ def write_json(path: str, obj: object) -> None:
 
 
 def split_sweep(timer: StepTimer, spec: str) -> None:
-    """Step time against the decode attention's split size and KV tile (patched in triton_decode)."""
+    """Step time against the decode attention's split size, KV tile and warps (patched in triton_decode);
+    `auto` is the built-in rule."""
     from trt_gpt.kernels import triton_decode as td
 
-    default_tiling = td.split_tiling
-    pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",") if item.strip()]
-    seen: dict[tuple, list[float]] = {p: [] for p in pairs}
+    default_tiling, default_config, one_tile_warps = td.split_tiling, td._decode_config, td.ONE_TILE_WARPS
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    seen: dict[str, list[float]] = {item: [] for item in items}
     for _ in range(2):
-        for min_tokens, block_n in pairs:
-            td.split_tiling = lambda batch, kv_heads, _bn, mt=min_tokens, bn=block_n: (bn, mt)
-            seen[(min_tokens, block_n)].append(timer())
-    td.split_tiling = default_tiling
-    for (min_tokens, block_n), times in seen.items():
-        print(f"decode split {min_tokens:4d} tokens, KV tile {block_n:3d}: "
+        for item in items:
+            if item != "auto":
+                min_tokens, block_n, *warps = (int(v) for v in item.split(":"))
+                td.split_tiling = lambda *a, mt=min_tokens, bn=block_n: (bn, mt)
+                if warps:
+                    td._decode_config = lambda bd, dev, w=warps[0]: (default_config(bd, dev)[0], w,
+                                                                      default_config(bd, dev)[2])
+                    td.ONE_TILE_WARPS = warps[0]
+            seen[item].append(timer())
+            td.split_tiling, td._decode_config, td.ONE_TILE_WARPS = default_tiling, default_config, one_tile_warps
+    for item, times in seen.items():
+        print(f"decode split:tile[:warps] {item:12s}: " + ", ".join(f"{t:.4f}" for t in times) + " ms/step",
+              flush=True)
+
+
+def argmax_ab(timer: StepTimer, llm: LLM) -> None:
+    """Step time with the greedy picks from the lm_head's epilogue, and from torch.argmax, twice interleaved."""
+    fused = llm.engine.model.fused
+    seen: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(2):
+        for on in (True, False):
+            fused.fuse_argmax = on
+            seen[on].append(timer())
+    fused.fuse_argmax = True
+    for on, times in seen.items():
+        print(f"picks from {'the lm_head epilogue' if on else 'torch.argmax       '}: "
               + ", ".join(f"{t:.4f}" for t in times) + " ms/step", flush=True)
 
 
@@ -122,8 +143,10 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=240)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--split-sweep", default="",
-                    help="comma-separated MIN_TOKENS:BLOCK_N pairs of the decode attention (tokens per context "
-                         "split, KV tile): time the step with each, twice interleaved, then restore the default")
+                    help="comma-separated MIN_TOKENS:BLOCK_N[:WARPS] of the decode attention (tokens per context "
+                         "split, KV tile, warps) or 'auto': time the step with each, twice interleaved")
+    ap.add_argument("--argmax-ab", action="store_true",
+                    help="time the step with the greedy picks fused into the lm_head and with torch.argmax")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
 
@@ -139,6 +162,8 @@ def main() -> None:
     best = {name: gemv_config(1, n, k, torch.float16, device) for name, (n, k) in shapes.items()}
     if args.split_sweep:
         split_sweep(timer, args.split_sweep)
+    if args.argmax_ab:
+        argmax_ab(timer, llm)
     base = timer()
     print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
     results: dict[str, list] = {}

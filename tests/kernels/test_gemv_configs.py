@@ -51,3 +51,11 @@ def test_per_gpu_table_comes_before_the_default_one(monkeypatch):
     assert gemv_config(1, 3072, 1024, torch.float16, "NVIDIA H100 80GB HBM3") == h100   # no H100 table: default
     assert gemv_config(1, 4608, 4608, torch.float16, "NVIDIA H200") == gemv_config(1, 4608, 4608, torch.float16)
     assert gemv_configs.device_table("Some other GPU") == {}
+
+
+def test_interpreter_tiles_are_few_but_still_loop():
+    # CPU tensors run interpreted: wide tiles (few programs), yet a vocabulary-sized N keeps several
+    # programs (the argmax partials) and a wide K several K tiles; small shapes take one power-of-two tile.
+    cfg = gemv_configs.interpreter_config(97, 1024)
+    assert (cfg.block_n, cfg.block_k) == (32, 128)          # 4 programs, 8 K tiles
+    assert gemv_configs.interpreter_config(5, 24) == GemvConfig(8, 32, 4, 1)

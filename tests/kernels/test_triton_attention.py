@@ -151,19 +151,23 @@ def test_decode_fp32(heads, kv_heads, num_splits, window):
     assert_close(out, ref_attention(q, kc, vc, meta, 0.25, window), torch.float32)
 
 
-def test_decode_short_splits_of_a_lone_mqa_request(monkeypatch):
-    # The GPU's tiling for few (sequence, kv head) pairs: 64-token KV tiles (wider than the 16-token cache
-    # blocks) and 64-token splits, chosen automatically; the last split is partial.
+# The GPU's automatic tiling (its 128-token tile configured), on tiles wider than the 16-token cache blocks:
+# few (sequence, kv head) pairs, as a lone MQA request, take 64-token tiles and splits (the last one partial);
+# 16 kv heads whose 200-token context fits one 256 x 64 tile take one split of one tile (no merge kernel).
+@pytest.mark.parametrize("heads,kv_heads,head_dim,ctx,tiling,splits", [
+    (8, 1, 32, 150, (64, 64), 3), (16, 16, 64, 200, (256, 256), 1)], ids=["mqa-short-splits", "mha-one-tile"])
+def test_decode_automatic_tiling(monkeypatch, heads, kv_heads, head_dim, ctx, tiling, splits):
     from trt_gpt.kernels import triton_decode
 
     monkeypatch.setattr(triton_decode, "_decode_config", lambda block_d, device: (128, 4, 1))
     seen = []
     real = triton_decode.choose_num_splits
     monkeypatch.setattr(triton_decode, "choose_num_splits", lambda *a: seen.append(a) or real(*a))
-    q, kc, vc, meta = make_case(8, 1, 32, 16, [150], [1], torch.float32, seed=5)
-    out = paged_decode_attention(q, kc, vc, meta, 0.25, None, out=poisoned(q))
-    assert seen[0][-2:] == (64, 64) and real(*seen[0]) == 3
-    assert_close(out, ref_attention(q, kc, vc, meta, 0.25, None), torch.float32)
+    q, kc, vc, meta = make_case(heads, kv_heads, head_dim, 16, [ctx], [1], torch.float32, seed=heads)
+    scale = head_dim ** -0.5
+    out = paged_decode_attention(q, kc, vc, meta, scale, None, out=poisoned(q))
+    assert seen[0][-2:] == tiling and real(*seen[0]) == splits
+    assert_close(out, ref_attention(q, kc, vc, meta, scale, None), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
@@ -188,6 +192,11 @@ def test_choose_num_splits_fills_the_gpu():
     # a lone MQA request splits every 64 tokens; 16 kv heads at batch 1 keep 128-token splits
     assert choose_num_splits(1, 1, 256, num_sms=132) == 4
     assert choose_num_splits(1, 16, 256, num_sms=132) == 2
+    # ...unless the head dim is known and the whole context fits one tile: one split
+    assert choose_num_splits(1, 16, 256, num_sms=132, block_d=64) == 1
+    assert choose_num_splits(1, 16, 512, num_sms=132, block_d=64) == 4        # too long for one tile
+    assert choose_num_splits(1, 16, 256, num_sms=132, block_d=128) == 2       # too wide for one tile
+    assert choose_num_splits(2, 16, 256, num_sms=132, block_d=64) == 2        # 32 pairs: the split rule again
     assert choose_num_splits(1, 1, 256, num_sms=132, block_n=128, min_tokens=128) == 2
 
 

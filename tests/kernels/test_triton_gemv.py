@@ -17,8 +17,8 @@ if not torch.cuda.is_available():  # before the kernel module defines its @trito
 
 pytest.importorskip("triton")
 
-from trt_gpt.kernels.triton_gemv import (ACTIVATIONS, MAX_M, GemvConfig, NormArgs, fused_linear,  # noqa: E402
-                                         fused_linear_ref)
+from trt_gpt.kernels.gemv_ref import fused_linear_ref  # noqa: E402
+from trt_gpt.kernels.triton_gemv import ACTIVATIONS, MAX_M, GemvConfig, NormArgs, fused_linear  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -54,6 +54,30 @@ def test_fused_path_matches_hf(tmp_path, fused_env, name):
     assert len(calls) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
 
 
+def test_fused_head_picks_feed_overlapped_decoding(tmp_path, fused_env, monkeypatch):
+    # The decode graphs' protocol (eager: no capture) with the fused path: the lm_head's epilogue leaves
+    # the greedy picks that the next step embeds on the device. The tokens must still be HF's.
+    from trt_gpt import LLM, SamplingParams
+    from trt_gpt.kernels import triton_argmax
+    from trt_gpt.testing import hf_greedy
+
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "eager")
+    finished = []
+    real = triton_argmax.finish_argmax
+    monkeypatch.setattr(triton_argmax, "finish_argmax", lambda *a: finished.append(1) or real(*a))
+    import trt_gpt.kernels.triton_gemv as gemv
+    monkeypatch.setattr(gemv, "finish_argmax", triton_argmax.finish_argmax)
+    cls, cfg = HF_MODELS["gpt2"]
+    hf = save_tiny(cls, cfg, tmp_path / "hf")
+    engine = engine_from_checkpoint(tmp_path / "hf", tmp_path, max_input_len=16, max_seq_len=32, max_batch_size=2)
+    llm = LLM(engine, device=DEVICE)
+    assert llm.executor.graphs is not None and llm.engine.model.fused is not None
+    prompt = random_prompts(97, [5], seed=4)[0]
+    out = llm.generate([prompt], SamplingParams(max_tokens=6, min_tokens=6, end_id=0))[0]
+    assert out.token_ids == hf_greedy(hf, prompt, 6)
+    assert len(finished) >= 5      # every decode step's picks came from the fused head
+
+
 CONFIGS = {
     "swiglu rmsnorm no-bias": dict(hidden_act="swiglu", norm_type="rmsnorm", bias=False),
     "layernorm1p residual-multiplier": dict(norm_type="layernorm1p", residual_multiplier=0.5,

@@ -117,6 +117,14 @@ def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:
     return GemvConfig(block_n=block_n, block_k=min(block_k, next_pow2(k)), num_warps=4, num_stages=1)
 
 
+def interpreter_config(n: int, k: int) -> GemvConfig:
+    """Tiles for CPU tensors (TRITON_INTERPRET=1): the interpreter runs the programs one after another in
+    Python, so a few wide programs instead of hundreds of narrow ones (the GPU tiles are tested explicitly
+    in tests/kernels/test_triton_gemv.py). Still several programs for a vocabulary-sized N, and several K
+    tiles for a wide K, so both loops run."""
+    return GemvConfig(block_n=min(32, next_pow2(n)), block_k=min(128, next_pow2(k)), num_warps=4, num_stages=1)
+
+
 def device_table(device_name: str) -> dict[tuple[int, int, int], GemvConfig]:
     """The built-in table tuned on the GPU whose name contains one of DEVICE_GEMV_CONFIGS' keys ({} if none)."""
     for key, table in DEVICE_GEMV_CONFIGS.items():

@@ -33,6 +33,20 @@ MIN_TOKENS_PER_SPLIT = 128
 # GPT-2 medium (16 KV heads) unchanged within noise (0.448 vs 0.451), which is why the rule stops at 8.
 FEW_KV_PROGRAMS = 8
 SHORT_SPLIT_TOKENS = 64
+# Where a step's longest context fits one KV tile of at most ONE_TILE_MAX_TOKENS tokens and
+# ONE_TILE_MAX_ELEMENTS elements ([tokens, head_dim]: the size of the 128 x 128 tile that 4 warps already
+# hold at head_dim 128), and there are at most ONE_TILE_MAX_PAIRS (sequence, kv head) pairs, the whole
+# context is one tile of one split: every key and value but the newest token's is loaded before
+# `gdc_wait`, and there is no merge kernel (GPT-2 medium at batch 1 in the 256-token graph: 16 programs of
+# one 256 x 64 tile instead of 32 programs of 128 tokens + a merge). Measured at 16 pairs and 256 tokens
+# only, so larger steps and longer contexts keep the split rule.
+ONE_TILE_MAX_ELEMENTS = 128 * 128
+ONE_TILE_MAX_TOKENS = 256
+ONE_TILE_MAX_PAIRS = 16
+# ...and such a tile takes 8 warps: at 4 a 256 x 64 tile spilled (H200, GPT-2 medium batch-1 step 0.528 ms
+# with 4 warps, 0.425 with 8, against 0.433 for two 128-token splits and their merge; tune_decode.py
+# --split-sweep 128:128,256:256:4,256:256:8).
+ONE_TILE_WARPS = 8
 
 
 @triton.jit
@@ -180,16 +194,28 @@ def _decode_config(block_d: int, device: torch.device) -> tuple[int, int, int]:
     return 128, 4, 2
 
 
-def split_tiling(batch: int, kv_heads: int, block_n: int) -> tuple[int, int]:
-    """(KV tile, fewest tokens per split) for a step of `batch` sequences: 64-token splits and tiles where
-    there are fewer than FEW_KV_PROGRAMS (sequence, kv head) pairs, else `block_n` and MIN_TOKENS_PER_SPLIT."""
-    if batch * kv_heads < FEW_KV_PROGRAMS:
+def split_tiling(batch: int, kv_heads: int, block_n: int, max_context_len: int = 0, block_d: int = 0,
+                 num_sms: int = 132) -> tuple[int, int]:
+    """(KV tile, fewest tokens per split) for a step of `batch` sequences whose longest context is
+    `max_context_len` (0: unknown):
+
+    * fewer than FEW_KV_PROGRAMS (sequence, kv head) pairs: 64-token splits and tiles;
+    * at most ONE_TILE_MAX_PAIRS pairs and a context that fits one tile of ONE_TILE_MAX_TOKENS and
+      ONE_TILE_MAX_ELEMENTS: one split of one tile;
+    * else `block_n` and MIN_TOKENS_PER_SPLIT.
+    """
+    pairs = batch * kv_heads
+    if pairs < FEW_KV_PROGRAMS:
         return min(block_n, SHORT_SPLIT_TOKENS), SHORT_SPLIT_TOKENS
+    whole = next_pow2(max(1, max_context_len))
+    fits_one_tile = block_d and block_n < whole <= ONE_TILE_MAX_TOKENS and whole * block_d <= ONE_TILE_MAX_ELEMENTS
+    if fits_one_tile and pairs <= min(ONE_TILE_MAX_PAIRS, num_sms):
+        return whole, whole
     return block_n, MIN_TOKENS_PER_SPLIT
 
 
 def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: int = 132,
-                      block_n: int = 128, min_tokens: int | None = None) -> int:
+                      block_n: int = 128, min_tokens: int | None = None, block_d: int = 0) -> int:
     """Splits per (sequence, kv head) so that batch*kv_heads*splits programs fill about two waves of SMs.
 
     Two programs per SM rather than one: the programs are small (4 warps) and co-resident ones hide each
@@ -199,7 +225,7 @@ def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: 
     if base >= num_sms:
         return 1  # already a full wave: splitting would only add the partial write and merge
     if min_tokens is None:
-        block_n, min_tokens = split_tiling(batch, kv_heads, block_n)
+        block_n, min_tokens = split_tiling(batch, kv_heads, block_n, max_context_len, block_d, num_sms)
     want = triton.cdiv(2 * num_sms, base)
     useful = triton.cdiv(max(1, max_context_len), max(min_tokens, block_n))
     return int(max(1, min(want, useful, MAX_SPLITS)))
@@ -224,10 +250,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     group = heads // kv_heads
     group_pad = max(16, next_pow2(group))
     block_d = max(16, next_pow2(head_dim))
-    block_n, num_warps, num_stages = _decode_config(block_d, q.device)
-    block_n, min_tokens = split_tiling(batch, kv_heads, block_n)
-    splits = num_splits or choose_num_splits(batch, kv_heads, meta.max_context_len, _num_sms(q.device), block_n,
-                                             min_tokens)
+    base_n, num_warps, num_stages = _decode_config(block_d, q.device)
+    num_sms = _num_sms(q.device)
+    # a fixed split count keeps the configured tile (one tile for the whole context only when auto-split)
+    block_n, min_tokens = split_tiling(batch, kv_heads, base_n, 0 if num_splits else meta.max_context_len,
+                                       block_d, num_sms)
+    if block_n > base_n:   # one tile for the whole context
+        num_warps = ONE_TILE_WARPS
+    splits = num_splits or choose_num_splits(batch, kv_heads, meta.max_context_len, num_sms, block_n, min_tokens)
     use_window = sliding_window is not None and sliding_window > 0
     if splits > 1:
         pm = torch.empty(batch, heads, splits, device=q.device, dtype=torch.float32)

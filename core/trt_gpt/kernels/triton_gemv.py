@@ -17,11 +17,13 @@ activations through memory. One kernel family covers every linear layer of a dec
 
 * the qkv projection can also store its K and V columns straight into the paged KV cache (`KVWrite`),
   rounded exactly as the separate cache-write kernel would store them, which removes that kernel;
+* the lm_head can also leave each row's greedy pick (`ArgmaxOut`, see triton_argmax): its epilogue reduces
+  its own tile, and one small kernel reduces the tiles' partials;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
   `fused_linear`): its first weight tile streams in while the previous kernel drains, then `gdc_wait()`
   orders every read of the previous kernels' results.
 
-`fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_configs.gemv_config` picks the
+`gemv_ref.fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_configs.gemv_config` picks the
 tile sizes (tables tuned on an H100 and an H200, a run-time override, or a heuristic). Everything is CUDA-graph
 capturable: host-side checks read shapes only and the output is the only allocation.
 """
@@ -31,11 +33,11 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .gemv_configs import GemvConfig, gemv_config
+from .gemv_configs import GemvConfig, gemv_config, interpreter_config
+from .triton_argmax import ArgmaxOut, argmax_partials, check_argmax_out, finish_argmax, store_tile_argmax
 from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
 
 MAX_M = 8
@@ -210,15 +212,15 @@ def _row_stats(x_rows, K, eps, M_PAD: tl.constexpr, NORM: tl.constexpr, STATS_K:
 
 
 @triton.jit
-def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
+def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
                        M, N, K, stride_xm, stride_wn, stride_gn, stride_rm, stride_om,
-                       eps, residual_scale, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
+                       eps, residual_scale, q_cols, kv_cols, stride_cb, stride_ch, stride_ct, vocab, stride_p,
                        M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
                        GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                        ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
                        KV_WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr,
-                       PIPELINE: tl.constexpr, STATS_K: tl.constexpr):
+                       PIPELINE: tl.constexpr, STATS_K: tl.constexpr, ARGMAX: tl.constexpr):
     pid = tl.program_id(0)
     # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
     # beta loads use pointers *broadcast* to the W tile's shape: Triton then gives them the same register
@@ -322,6 +324,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
         y = res.to(tl.float32) + residual_scale * y
     y = y.to(OUT.dtype.element_ty)
     tl.store(OUT + rows64 * stride_om + offs_n[None, :], y, mask=omask)
+    if ARGMAX:   # on the stored (rounded) values: the pick is the argmax of the logits the caller sees
+        store_tile_argmax(y.to(tl.float32), rows, offs_n, M, vocab, PV, PI, pid, stride_p)
     if KV_WRITE:
         _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
                   HEAD_DIM, CACHE_BLOCK)
@@ -349,14 +353,17 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None, residual_scale: float = 1.0,
                  out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
-                 config: GemvConfig | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
+                 config: GemvConfig | None = None, kv_write: KVWrite | None = None,
+                 argmax: ArgmaxOut | None = None) -> torch.Tensor:
     """The fused decode GEMV (Triton) for x [M <= 8, K] and weight [N, K]; returns out [M, N].
 
     `out` may be the residual tensor (in-place residual add) but must not overlap x: every program
-    reads all of x. `kv_write` also stores the K/V columns into the paged cache.
+    reads all of x. `kv_write` also stores the K/V columns into the paged cache; `argmax` also writes
+    each row's greedy pick over its first `argmax.vocab` columns.
     """
     m, n, k = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
     _check_kv_write(kv_write, m, n, x.device)
+    check_argmax_out(argmax, m, n, x.device)
     out_dtype = out_dtype or x.dtype
     if out is None:
         out = torch.empty(m, n, device=x.device, dtype=out_dtype)
@@ -365,7 +372,8 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                          f"along N, got {tuple(out.shape)} {out.dtype}")
     elif out.data_ptr() == x.data_ptr():
         raise ValueError("fused_linear: out must not alias x (every program reads all of x)")
-    cfg = config or gemv_config(m, n, k, x.dtype, _device_name(x.device))
+    cfg = config or (gemv_config(m, n, k, x.dtype, _device_name(x.device)) if x.device.type == "cuda"
+                     else interpreter_config(n, k))
     if cfg.block_n < 1 or cfg.block_k < 1 or cfg.block_n & (cfg.block_n - 1) or cfg.block_k & (cfg.block_k - 1):
         raise ValueError(f"fused_linear: block_n/block_k must be powers of two, got {cfg}")
     # Overlapping a GEMV's start with its predecessor's tail pays for small weights, where the tail is a
@@ -376,18 +384,21 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     residual_t = residual if residual is not None else out
     kvw = kv_write
     kc = kvw.k_cache if kvw is not None else dummy
-    _fused_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+    programs = triton.cdiv(n, cfg.block_n)
+    pv, pi = argmax_partials(m, programs, x.device) if argmax is not None else (out, out)
+    _fused_gemv_kernel[(programs,)](
         x, weight, bias if bias is not None else dummy,
         gate_weight if gate_weight is not None else weight, gate_bias if gate_bias is not None else dummy,
         residual_t, out,
         norm.weight if norm is not None else dummy,
         norm.bias if norm is not None and norm.bias is not None else dummy,
-        kc, kvw.v_cache if kvw is not None else dummy, kvw.slots if kvw is not None else dummy,
+        kc, kvw.v_cache if kvw is not None else dummy, kvw.slots if kvw is not None else dummy, pv, pi,
         m, n, k, x.stride(0), weight.stride(0),
         gate_weight.stride(0) if gate_weight is not None else 0, residual_t.stride(0), out.stride(0),
         float(norm.eps) if norm is not None else 0.0, float(residual_scale),
         kvw.q_cols if kvw is not None else 0, kvw.kv_heads * kvw.head_dim if kvw is not None else 0,
         *((kc.stride(0), kc.stride(1), kc.stride(2)) if kvw is not None else (0, 0, 0)),
+        argmax.vocab if argmax is not None else 0, programs,
         M_PAD=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NORM=norm.kind if norm is not None else "none",
         HAS_NORM_BIAS=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
@@ -395,9 +406,11 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         HAS_RESIDUAL=residual is not None, ACT=activation or "none", EVEN_K=k % cfg.block_k == 0,
         PDL=pdl, KV_WRITE=kvw is not None, HEAD_DIM=kvw.head_dim if kvw is not None else 1,
         CACHE_BLOCK=kc.shape[2] if kvw is not None else 1, PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k,
-        STATS_K=_stats_tile(m, k, cfg),
+        STATS_K=_stats_tile(m, k, cfg), ARGMAX=argmax is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
+    if argmax is not None:
+        finish_argmax(pv, pi, argmax.picks)
     return out
 
 
@@ -434,56 +447,3 @@ def _check_kv_write(kvw: KVWrite | None, m: int, n: int, device: torch.device) -
     if kvw.slots.shape != (m,) or kvw.slots.device != device or kc.device != device:
         raise ValueError(f"fused_linear: kv_write.slots must be [{m}] on {device} (one slot per row), "
                          f"got {tuple(kvw.slots.shape)}")
-
-
-def apply_norm_ref(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
-    """The norm prologue in torch: fp32 statistics, output rounded to x's dtype."""
-    xf = x.float()
-    if norm.kind == "layernorm":
-        h = F.layer_norm(xf, (x.shape[-1],), norm.weight.float(),
-                         norm.bias.float() if norm.bias is not None else None, norm.eps)
-    else:
-        h = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()
-    return h.to(x.dtype)
-
-
-def activation_ref(y: torch.Tensor, activation: str | None) -> torch.Tensor:
-    if activation is None:
-        return y
-    if activation in ("gelu", "gelu_tanh"):
-        return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "squared_relu":
-        return F.relu(y).square()
-    return F.silu(y)
-
-
-def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                     norm: NormArgs | None = None, activation: str | None = None,
-                     gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None, residual_scale: float = 1.0,
-                     out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
-    """`fused_linear`'s math in torch (fp32 accumulation and epilogue, one cast at the end)."""
-    m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
-    _check_kv_write(kv_write, m, n, x.device)
-    h = (apply_norm_ref(x, norm) if norm is not None else x).float()
-
-    def project(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(h, w.float(), b.float() if b is not None else None)
-
-    y = activation_ref(project(weight, bias), activation)
-    if gate_weight is not None:
-        y = y * project(gate_weight, gate_bias)
-    if residual is not None:
-        y = residual.float() + residual_scale * y
-    y = y.to(out_dtype or x.dtype)
-    if kv_write is not None:
-        from .attention_ref import write_kv_cache
-
-        kvw, d = kv_write, kv_write.head_dim
-        _, k, v = y.split([kvw.q_cols, kvw.kv_heads * d, kvw.kv_heads * d], dim=-1)
-        keep = kvw.slots >= 0   # padding rows write nothing
-        write_kv_cache(k.reshape(m, kvw.kv_heads, d)[keep], v.reshape(m, kvw.kv_heads, d)[keep], kvw.k_cache,
-                       kvw.v_cache, kvw.slots[keep])
-    return y

@@ -168,9 +168,11 @@ class GPTForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
                 logits_rows: torch.Tensor | None = None, window: int | None = None,
-                feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                feed: tuple[torch.Tensor, torch.Tensor] | None = None,
+                picks: torch.Tensor | None = None) -> torch.Tensor:
         """`feed = (rows, picks)`: a row i with rows[i] > 0 takes its token from picks[rows[i] - 1] (the
-        previous decode step's picks, still on the device) instead of input_ids[i]."""
+        previous decode step's picks, still on the device) instead of input_ids[i]. `picks` (int32, one
+        per logits row; last pipeline stage) receives each row's greedy pick, the argmax of its logits."""
         cfg = self.cfg
         t = self.transformer
         window = window if window is not None else cfg.sliding_window
@@ -193,11 +195,17 @@ class GPTForCausalLM(nn.Module):
             return hidden
         if logits_rows is not None:
             hidden = hidden[logits_rows]
+        # a positive scale keeps the argmax, so the fused head may pick from the unscaled logits
+        fused_picks = picks if fused is not None and fused.fuse_argmax and cfg.logits_scaling > 0 else None
         if fused is not None:
-            logits = fused.head(self.lm_head, hidden)[..., :cfg.vocab_size]
+            logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks)[..., :cfg.vocab_size]
         else:
             logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
-        return logits / cfg.logits_scaling if cfg.logits_scaling != 1.0 else logits
+        if cfg.logits_scaling != 1.0:
+            logits = logits / cfg.logits_scaling
+        if picks is not None and fused_picks is None:
+            picks.copy_(logits.argmax(dim=-1))
+        return logits
 
 
 def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], None]]:

@@ -104,10 +104,8 @@ class DecodeGraphs:
                                  slot_mapping=self.slots[:b], max_q_len=1, max_context_len=cap)
 
     def _forward(self, b: int, cap: int) -> torch.Tensor:
-        out = self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window,
-                         feed=(self.feed[:b], self.tokens_out))
-        self.tokens_out[:b].copy_(out.argmax(dim=-1))
-        return out
+        return self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window,
+                          feed=(self.feed[:b], self.tokens_out), picks=self.tokens_out[:b])
 
     def capture(self, key: tuple[int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the graph of `key` (also how benchmarks/tune_decode.py recaptures after a config change)."""
