@@ -195,8 +195,9 @@ class GPTForCausalLM(nn.Module):
             return hidden
         if logits_rows is not None:
             hidden = hidden[logits_rows]
-        # a positive scale keeps the argmax, so the fused head may pick from the unscaled logits
-        fused_picks = picks if fused is not None and fused.fuse_argmax and cfg.logits_scaling > 0 else None
+        # the fused head picks from the logits it writes: only where no scaling follows (a division could
+        # round two logits into a tie that torch.argmax would break differently)
+        fused_picks = picks if fused is not None and fused.fuse_argmax and cfg.logits_scaling == 1.0 else None
         if fused is not None:
             logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks)[..., :cfg.vocab_size]
         else:
