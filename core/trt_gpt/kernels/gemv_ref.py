@@ -1,4 +1,4 @@
-"""The fused decode GEMV's math in torch (`triton_gemv.fused_linear`'s CPU fallback and test reference):
+"""The fused decode GEMV's math in torch (`triton_gemv.fused_linear`'s reference in tests and benchmarks):
 fp32 accumulation and epilogue, one cast at the end, the same norm rounding as the unfused module path.
 """
 from __future__ import annotations

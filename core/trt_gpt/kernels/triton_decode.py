@@ -194,8 +194,8 @@ def _decode_config(block_d: int, device: torch.device) -> tuple[int, int, int]:
     return 128, 4, 2
 
 
-def split_tiling(batch: int, kv_heads: int, block_n: int, max_context_len: int = 0, block_d: int = 0,
-                 num_sms: int = 132) -> tuple[int, int]:
+def split_tiling(batch: int, kv_heads: int, block_n: int, max_context_len: int = 0,
+                 block_d: int = 0) -> tuple[int, int]:
     """(KV tile, fewest tokens per split) for a step of `batch` sequences whose longest context is
     `max_context_len` (0: unknown):
 
@@ -209,7 +209,7 @@ def split_tiling(batch: int, kv_heads: int, block_n: int, max_context_len: int =
         return min(block_n, SHORT_SPLIT_TOKENS), SHORT_SPLIT_TOKENS
     whole = next_pow2(max(1, max_context_len))
     fits_one_tile = block_d and block_n < whole <= ONE_TILE_MAX_TOKENS and whole * block_d <= ONE_TILE_MAX_ELEMENTS
-    if fits_one_tile and pairs <= min(ONE_TILE_MAX_PAIRS, num_sms):
+    if fits_one_tile and pairs <= ONE_TILE_MAX_PAIRS:
         return whole, whole
     return block_n, MIN_TOKENS_PER_SPLIT
 
@@ -225,7 +225,7 @@ def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: 
     if base >= num_sms:
         return 1  # already a full wave: splitting would only add the partial write and merge
     if min_tokens is None:
-        block_n, min_tokens = split_tiling(batch, kv_heads, block_n, max_context_len, block_d, num_sms)
+        block_n, min_tokens = split_tiling(batch, kv_heads, block_n, max_context_len, block_d)
     want = triton.cdiv(2 * num_sms, base)
     useful = triton.cdiv(max(1, max_context_len), max(min_tokens, block_n))
     return int(max(1, min(want, useful, MAX_SPLITS)))
@@ -253,8 +253,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     base_n, num_warps, num_stages = _decode_config(block_d, q.device)
     num_sms = _num_sms(q.device)
     # a fixed split count keeps the configured tile (one tile for the whole context only when auto-split)
-    block_n, min_tokens = split_tiling(batch, kv_heads, base_n, 0 if num_splits else meta.max_context_len,
-                                       block_d, num_sms)
+    block_n, min_tokens = split_tiling(batch, kv_heads, base_n, 0 if num_splits else meta.max_context_len, block_d)
     if block_n > base_n:   # one tile for the whole context
         num_warps = ONE_TILE_WARPS
     splits = num_splits or choose_num_splits(batch, kv_heads, meta.max_context_len, num_sms, block_n, min_tokens)

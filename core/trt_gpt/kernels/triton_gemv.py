@@ -23,9 +23,10 @@ activations through memory. One kernel family covers every linear layer of a dec
   `fused_linear`): its first weight tile streams in while the previous kernel drains, then `gdc_wait()`
   orders every read of the previous kernels' results.
 
-`gemv_ref.fused_linear_ref` is the same math in torch (the CPU fallback). `gemv_configs.gemv_config` picks the
-tile sizes (tables tuned on an H100 and an H200, a run-time override, or a heuristic). Everything is CUDA-graph
-capturable: host-side checks read shapes only and the output is the only allocation.
+`gemv_ref.fused_linear_ref` is the same math in torch (the reference of tests and benchmarks).
+`gemv_configs.gemv_config` picks the tile sizes (tables tuned on an H100 and an H200, a run-time override,
+or a heuristic). Everything is CUDA-graph capturable: host-side checks read shapes only, and the output
+(with an argmax, also its partials) is the only allocation.
 """
 from __future__ import annotations
 

@@ -13,10 +13,11 @@ graph, while cuBLAS' GEMVs read the weights at ~55-60% of the memory bandwidth. 
     x     = x + m * (h @ Wproj^T + bproj)                      one kernel
 
 and the final norm + lm_head is one more, which can also leave the greedy picks (its epilogue reduces each
-tile, one small kernel the tiles) instead of a reduction kernel over the logits. The path is taken only where it computes the same function as
-the module path: the Triton backend, one tensor-parallel rank (a row-parallel bias is added after the
-all-reduce, which a fused epilogue cannot do), at most `max_rows` tokens in the step, and a norm and
-activation that the kernel implements (an activation a plugin overrides keeps the module path).
+tile, one small kernel the tiles) instead of a reduction kernel over the logits. The path is taken only
+where it computes the same function as the module path: the Triton backend, one tensor-parallel rank (a
+row-parallel bias is added after the all-reduce, which a fused epilogue cannot do), at most `max_rows`
+tokens in the step, and a norm and activation that the kernel implements (an activation a plugin
+overrides keeps the module path).
 TRT_GPT_FUSED_DECODE_ROWS=0 switches it off; a number sets `max_rows`.
 """
 from __future__ import annotations
@@ -67,12 +68,12 @@ class FusedDecode:
     fuse_argmax = True
 
     def __init__(self, model: Any, activation: str, max_rows: int):
+        from ..kernels.triton_argmax import ArgmaxOut
         from ..kernels.triton_embed import embed
         from ..kernels.triton_gemv import MAX_M, KVWrite, NormArgs, fused_linear
 
-        from ..kernels.triton_argmax import ArgmaxOut
-
-        self.fused_linear, self.kv_write, self.embed_kernel, self.argmax_out = fused_linear, KVWrite, embed, ArgmaxOut
+        self.fused_linear, self.kv_write, self.embed_kernel = fused_linear, KVWrite, embed
+        self.argmax_out = ArgmaxOut
         self.max_rows = min(max_rows, MAX_M)
         self.activation = activation
         cfg = model.cfg
@@ -141,7 +142,8 @@ class FusedDecode:
         return self.embed_kernel(ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
                                  multiplier, feed)
 
-    def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None) -> torch.Tensor:
+    def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int,
+             picks: torch.Tensor | None = None) -> torch.Tensor:
         """ln_f + lm_head in one kernel, fp32 logits over the padded vocab; with `picks` (int32 [rows]) also
         each row's argmax over the first `vocab` logits (the epilogue's partials + one small kernel)."""
         am = self.argmax_out(picks, vocab) if picks is not None else None
