@@ -136,6 +136,54 @@ def argmax_ab(timer: StepTimer, llm: LLM) -> None:
               + ", ".join(f"{t:.4f}" for t in times) + " ms/step", flush=True)
 
 
+def gap_probe(timer: StepTimer, llm: LLM) -> None:
+    """Where the time between replays goes, in ms per step: the graph back to back; with the per-step input
+    upload and a picks copy after it (the stream before host picks); with the upload alone (the graph
+    stores its picks in host memory itself, `triton_argmax.HostPicks`); and the real overlapped decoding
+    loop (`LLM.step`, host work included)."""
+    timer()                                   # (re)captures the graph of the current step
+    g = timer.g
+    graph = g.graphs[g.key_for(1, int(g.ctx[0]))][0]
+    n_up = 6 * g.p + g.max_blocks
+    host_tok = g.tok_host[0][:1]
+
+    def timed(body, steps: int = 200) -> float:
+        body()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            body()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / steps
+
+    def upload() -> None:
+        g.static[:n_up].copy_(g.host[:n_up], non_blocking=True)
+        graph.replay()
+
+    def upload_and_copy() -> None:
+        upload()
+        host_tok.copy_(g.tokens_out[:1], non_blocking=True)
+
+    bare, copies, up = timed(graph.replay), timed(upload_and_copy), timed(upload)
+    llm.add_request(list(range(1, 129)), SamplingParams(max_tokens=200, min_tokens=200, end_id=None))
+    while not llm.scheduler.running or llm.scheduler.running[-1].in_prefill:
+        llm.step()
+    for _ in range(10):
+        llm.step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    steps = 150
+    for _ in range(steps):
+        llm.step()
+    torch.cuda.synchronize()
+    loop = (time.perf_counter() - t0) * 1e3 / steps
+    print(f"gap probe: graph back to back {bare:.4f}, upload + picks copy {copies:.4f}, upload only {up:.4f}, "
+          f"overlapped LLM.step loop {loop:.4f} ms/step (host picks {'on' if g.host_picks else 'off'})",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("engine_dir")
@@ -147,6 +195,8 @@ def main() -> None:
                          "split, KV tile, warps) or 'auto': time the step with each, twice interleaved")
     ap.add_argument("--argmax-ab", action="store_true",
                     help="time the step with the greedy picks fused into the lm_head and with torch.argmax")
+    ap.add_argument("--gap-probe", action="store_true",
+                    help="time the graph alone, with its per-step copies, and in the real decoding loop")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
 
@@ -201,6 +251,8 @@ def main() -> None:
         c = best[name]
         print(f"    (1, {n}, {k}): GemvConfig(block_n={c.block_n}, block_k={c.block_k}, "
               f"num_warps={c.num_warps}, num_stages={c.num_stages}),  # {name}")
+    if args.gap_probe:   # last: it runs more requests through the engine
+        gap_probe(timer, llm)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Greedy picks from the lm_head GEMV's epilogue (kernels/triton_argmax.py): each row's pick must be
 `torch.argmax` of the logits the same call returns (lowest index on ties, padding columns excluded), and on
-well-separated logits the argmax of a float64 computation. Triton runs interpreted without a GPU."""
+well-separated logits the argmax of a float64 computation; the copy in host memory (`HostPicks`) must land
+in the buffer the device-side index names and nowhere else. Triton runs interpreted without a GPU."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ if not torch.cuda.is_available():  # before the kernel modules define their @tri
 pytest.importorskip("triton")
 
 from trt_gpt.kernels.gemv_configs import GemvConfig  # noqa: E402
-from trt_gpt.kernels.triton_argmax import ArgmaxOut  # noqa: E402
+from trt_gpt.kernels.triton_argmax import ArgmaxOut, HostPicks, store_host_picks  # noqa: E402
 from trt_gpt.kernels.triton_gemv import NormArgs, fused_linear  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,3 +74,42 @@ def test_argmax_out_is_checked():
         fused_linear(x, w, argmax=ArgmaxOut(torch.zeros(2, dtype=torch.int64, device=DEVICE), 50))
     with pytest.raises(ValueError, match="argmax.vocab"):
         fused_linear(x, w, argmax=ArgmaxOut(torch.zeros(2, **I32), 51))
+
+
+def host_buffers(n: int) -> torch.Tensor:
+    buf = torch.full((2, n), -5, dtype=torch.int32)
+    return buf.pin_memory() if DEVICE.type == "cuda" else buf
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_host_picks_land_in_the_indexed_buffer(index):
+    gen = torch.Generator().manual_seed(21 + index)
+    m, n, k = 3, 200, 32
+    x, w = torch.randn(m, k, generator=gen).to(DEVICE), torch.randn(n, k, generator=gen).to(DEVICE)
+    buffers = host_buffers(5)
+    host = HostPicks(buffers, torch.tensor([index], **I32))
+    picks = torch.full((m,), -7, **I32)
+    out = fused_linear(x, w, out_dtype=torch.float32, argmax=ArgmaxOut(picks, n, host),
+                       config=GemvConfig(16, 32, 4, 1))
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    expect = out.argmax(-1).int().cpu()
+    assert torch.equal(picks.cpu(), expect)
+    assert torch.equal(buffers[index, :m], expect)
+    assert (buffers[index, m:] == -5).all() and (buffers[1 - index] == -5).all()   # nothing else written
+
+
+def test_store_host_picks_alone_and_its_checks():
+    picks = torch.tensor([4, 9, 2], **I32)
+    buffers = host_buffers(4)
+    store_host_picks(picks, HostPicks(buffers, torch.tensor([1], **I32)))
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    assert buffers[1].tolist() == [4, 9, 2, -5] and (buffers[0] == -5).all()
+    with pytest.raises(ValueError, match="buffers must be int32"):
+        store_host_picks(picks, HostPicks(torch.zeros(2, 2, dtype=torch.int32), torch.tensor([0], **I32)))
+    with pytest.raises(ValueError, match="index must be int32"):
+        store_host_picks(picks, HostPicks(buffers, torch.tensor([0], dtype=torch.int64, device=DEVICE)))
+    if DEVICE.type == "cuda":
+        with pytest.raises(ValueError, match="pinned"):
+            store_host_picks(picks, HostPicks(torch.zeros(2, 4, dtype=torch.int32), torch.tensor([0], **I32)))

@@ -75,13 +75,16 @@ def test_overlap_equals_hf_with_stops_arrivals_and_sampling(tiny_gpt2_engine, ov
     assert run_arrivals(sync, prompts, params, arrivals) == got
 
 
-def test_overlap_with_preemption_and_cancel(tiny_gpt2_engine, overlap_env):
+@pytest.mark.parametrize("host_picks", ["1", "0"])   # picks stored in host memory by the graph, or copied
+def test_overlap_with_preemption_and_cancel(tiny_gpt2_engine, overlap_env, monkeypatch, host_picks):
+    monkeypatch.setenv("TRT_GPT_HOST_PICKS", host_picks)
     tiny = tiny_gpt2_engine
     prompts = random_prompts(VOCAB, [9, 14, 6, 11, 8, 13], seed=11)
     params = [SamplingParams(max_tokens=12) for _ in prompts]
     hf = [tiny.hf_generate(p, max_new_tokens=12, min_new_tokens=12) for p in prompts]
     llm = tiny.llm(max_tokens_in_paged_kv_cache=64, max_batch_size=4)   # 16 blocks of 4: preempts
     launches = _spy_launches(llm)
+    assert (llm.executor.graphs.host_picks is not None) == (host_picks == "1")
     got = run_arrivals(llm, prompts, params, [0] * len(prompts))
     assert llm.scheduler.num_preemptions > 0 and launches
     assert got == hf

@@ -411,7 +411,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
     if argmax is not None:
-        finish_argmax(pv, pi, argmax.picks)
+        finish_argmax(pv, pi, argmax.picks, argmax.host)
     return out
 
 

@@ -142,10 +142,11 @@ class FusedDecode:
         return self.embed_kernel(ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
                                  multiplier, feed)
 
-    def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int,
-             picks: torch.Tensor | None = None) -> torch.Tensor:
+    def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None,
+             host_picks: Any | None = None) -> torch.Tensor:
         """ln_f + lm_head in one kernel, fp32 logits over the padded vocab; with `picks` (int32 [rows]) also
-        each row's argmax over the first `vocab` logits (the epilogue's partials + one small kernel)."""
-        am = self.argmax_out(picks, vocab) if picks is not None else None
+        each row's argmax over the first `vocab` logits (the epilogue's partials + one small kernel), which
+        also stores them in host memory where `host_picks` says."""
+        am = self.argmax_out(picks, vocab, host_picks) if picks is not None else None
         return self.fused_linear(hidden, lm_head.weight, None, norm=self.final_norm, out_dtype=torch.float32,
                                  argmax=am)

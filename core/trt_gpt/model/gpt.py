@@ -169,10 +169,11 @@ class GPTForCausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
                 logits_rows: torch.Tensor | None = None, window: int | None = None,
                 feed: tuple[torch.Tensor, torch.Tensor] | None = None,
-                picks: torch.Tensor | None = None) -> torch.Tensor:
+                picks: torch.Tensor | None = None, host_picks: Any | None = None) -> torch.Tensor:
         """`feed = (rows, picks)`: a row i with rows[i] > 0 takes its token from picks[rows[i] - 1] (the
         previous decode step's picks, still on the device) instead of input_ids[i]. `picks` (int32, one
-        per logits row; last pipeline stage) receives each row's greedy pick, the argmax of its logits."""
+        per logits row; last pipeline stage) receives each row's greedy pick, the argmax of its logits, and
+        `host_picks` (a `triton_argmax.HostPicks`, with `picks` only) a copy of them in host memory."""
         cfg = self.cfg
         t = self.transformer
         window = window if window is not None else cfg.sliding_window
@@ -199,13 +200,18 @@ class GPTForCausalLM(nn.Module):
         # round two logits into a tie that torch.argmax would break differently)
         fused_picks = picks if fused is not None and fused.fuse_argmax and cfg.logits_scaling == 1.0 else None
         if fused is not None:
-            logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks)[..., :cfg.vocab_size]
+            logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
+                                host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]
         else:
             logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
         if cfg.logits_scaling != 1.0:
             logits = logits / cfg.logits_scaling
         if picks is not None and fused_picks is None:
             picks.copy_(logits.argmax(dim=-1))
+            if host_picks is not None:
+                from ..kernels.triton_argmax import store_host_picks
+
+                store_host_picks(picks, host_picks)
         return logits
 
 

@@ -16,13 +16,18 @@ Every graph reads one static int32 input buffer, which the executor fills throug
 (one upload a step), and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
 (lookahead.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
 names, per row, the previous replay's pick that is its input token, and the graph's embedding reads it
-there (no gather kernel between replays).
+there (no gather kernel between replays). The graph also stores the picks straight into one of two pinned
+host buffers, the one the upload's `aux[0]` names (`triton_argmax.HostPicks`): the host reads its tokens
+with no device-to-host copy queued between two replays. The two alternate, so a step never overwrites
+picks the host has not read (it reads step n's before it enqueues step n + 2). Where the GPU cannot
+store to pinned memory, or TRT_GPT_HOST_PICKS=0, the picks are copied after each replay instead.
 
 `eager=True` keeps the static buffers and the whole protocol but runs the forward instead of replaying
 a graph: it is how the protocol is tested on machines without CUDA (Triton kernels interpreted).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -59,26 +64,30 @@ class DecodeGraphs:
         self.sizes = sorted({s for s in sizes if s <= max_batch} | {max_batch})
         n = self.sizes[-1]
         self.n, self.max_blocks, self.max_seq_len = n, max_blocks, max_seq_len
-        # [ids | pos | slots | ctx | feed | tables n*max_blocks], regions of p >= n entries: 16-byte aligned
+        # [ids | pos | slots | ctx | feed | aux | tables n*max_blocks], regions of p >= n entries: 16-byte
+        # aligned; aux[0] names the host picks buffer of the step
         p = self.p = (n + 3) // 4 * 4
-        self.static = torch.zeros(5 * p + n * max_blocks, dtype=torch.int32, device=device)
+        self.static = torch.zeros(6 * p + n * max_blocks, dtype=torch.int32, device=device)
         self.ids, self.pos, self.slots, self.ctx, self.feed = (self.static[i * p:i * p + n] for i in range(5))
-        self.tables = self.static[5 * p:].view(n, max_blocks)
+        self.tables = self.static[6 * p:].view(n, max_blocks)
         self.slots.fill_(-1)
         self.ctx.fill_(1)
         pinned = device.type == "cuda"
         self.host = self.static.cpu().pin_memory() if pinned else self.static.clone()
         h = self.host.numpy()
-        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[5 * p:].reshape(n, max_blocks))
+        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[6 * p:].reshape(n, max_blocks))
         self.host_feed = h[4 * p:4 * p + n]
+        self.host_aux = h[5 * p:6 * p]
         self.cu = torch.arange(n + 1, dtype=torch.int32, device=device)  # decode: one row per sequence
         self.tokens_out = torch.zeros(n, dtype=torch.int32, device=device)
         new_event = torch.cuda.Event if device.type == "cuda" else _HostEvent
         self._uploaded = new_event()
-        self.tok_host = [torch.zeros(n, dtype=torch.int32).pin_memory() if pinned else
-                         torch.zeros(n, dtype=torch.int32) for _ in range(2)]
+        self.tok_host = torch.zeros(2, n, dtype=torch.int32)   # the two alternating host picks buffers
+        if pinned:
+            self.tok_host = self.tok_host.pin_memory()
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
+        self.host_picks = self._host_picks(self.static[5 * p:5 * p + 1])
         self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
         Key = tuple[int, int]   # (batch size, context cap)
         self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
@@ -91,6 +100,22 @@ class DecodeGraphs:
         with torch.inference_mode():
             for key in keys:
                 self.graphs[key] = self.capture(key)
+
+    def _host_picks(self, index: torch.Tensor) -> Any:
+        """The graphs' host picks target, or None (a copy after each replay instead): TRT_GPT_HOST_PICKS=0,
+        or a GPU whose kernels cannot store to pinned memory (one probe store, before any capture)."""
+        if os.environ.get("TRT_GPT_HOST_PICKS", "1") == "0":
+            return None
+        from ..kernels.triton_argmax import HostPicks, store_host_picks
+
+        target = HostPicks(self.tok_host, index)
+        if self.tokens_out.device.type == "cuda":
+            try:
+                store_host_picks(self.tokens_out[:1], target)
+                torch.cuda.synchronize()
+            except (RuntimeError, ValueError):
+                return None
+        return target
 
     def key_for(self, b: int, max_ctx: int) -> tuple[int, int]:
         """The (size, cap) graph a step of `b` rows whose longest context is `max_ctx` replays."""
@@ -105,7 +130,8 @@ class DecodeGraphs:
 
     def _forward(self, b: int, cap: int) -> torch.Tensor:
         return self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window,
-                          feed=(self.feed[:b], self.tokens_out), picks=self.tokens_out[:b])
+                          feed=(self.feed[:b], self.tokens_out), picks=self.tokens_out[:b],
+                          host_picks=self.host_picks)
 
     def capture(self, key: tuple[int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the graph of `key` (also how benchmarks/tune_decode.py recaptures after a config change)."""
@@ -135,15 +161,17 @@ class DecodeGraphs:
         """Whether a step of `n_rows` one-token sequences under `window` can replay a graph."""
         return window == self.window and 0 < n_rows <= self.sizes[-1]
 
-    def run_packed(self, fill: Fill, b: int, src: list[int] | None = None) -> torch.Tensor:
+    def run_packed(self, fill: Fill, b: int, src: list[int] | None = None, host_index: int = 0) -> torch.Tensor:
         """Logits [b, vocab] of a decode step whose inputs `fill(ids, pos, slots, ctx, tables)` writes into
         the first `b` rows of the host mirror (numpy views); valid until the next replay.
 
         `src` (filled by `fill`; overlapped decoding) names, per row, the row of the previous replay's
-        argmax picks that is this row's input token, or -1 where the host wrote the token."""
+        argmax picks that is this row's input token, or -1 where the host wrote the token. With `host_picks`,
+        the step's picks also land in host buffer `host_index`."""
         self._uploaded.synchronize()       # the previous upload has read the mirror
         ids, pos, slots, ctx, tables = self.host_views
         fill(ids, pos, slots, ctx, tables)
+        self.host_aux[0] = host_index
         feed = self.host_feed
         # picks row + 1, 0 = the uploaded id; padding rows and a step without src take their own ids
         if src:
@@ -157,21 +185,23 @@ class DecodeGraphs:
         ctx[b:size] = 1
         slots[b:size] = -1
         feed[b:size] = 0
-        # one upload: the five row regions and the first b table rows are contiguous
-        n_up = 5 * self.p + b * self.max_blocks
+        # one upload: the six row regions and the first b table rows are contiguous
+        n_up = 6 * self.p + b * self.max_blocks
         self.static[:n_up].copy_(self.host[:n_up], non_blocking=True)
         self._uploaded.record()
         return self._replay(key, b)
 
     def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
-        """`run_packed`, then the argmax picks copied to a host buffer without waiting.
+        """`run_packed`, its argmax picks landing in a host buffer without waiting (stored there by the
+        graph, or copied after it).
 
-        Returns (host int32 [b], event recorded after the copy). Two host buffers alternate, so the
-        copy of the next step never overwrites picks the caller has not read yet."""
-        self.run_packed(fill, b, src)
+        Returns (host int32 [b], event recorded after the replay or copy). Two host buffers alternate, so
+        the next step never overwrites picks the caller has not read yet."""
         self._tok_i ^= 1
+        self.run_packed(fill, b, src, host_index=self._tok_i)
         host = self.tok_host[self._tok_i][:b]
-        host.copy_(self.tokens_out[:b], non_blocking=True)
+        if self.host_picks is None:
+            host.copy_(self.tokens_out[:b], non_blocking=True)
         ev = self.tok_events[self._tok_i]
         ev.record()
         return host, ev
