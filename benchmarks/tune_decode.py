@@ -60,9 +60,13 @@ class StepTimer:
         self.llm, self.replays, self.repeats = llm, replays, repeats
         self.g = llm.executor.graphs
 
+    def key(self) -> tuple[int, int]:
+        """The graph this step replays in serving."""
+        return self.g.key_for(1, int(self.g.ctx[0]))
+
     def __call__(self) -> float:
         g = self.g
-        key = g.key_for(1, int(g.ctx[0]))   # the graph this step replays in serving
+        key = self.key()
         g.graphs[key] = (None, None)        # free the old graph first
         torch.cuda.synchronize()
         g.graphs[key] = g.capture(key)      # warm-up forwards compile the new kernels, then capture
@@ -143,8 +147,8 @@ def gap_probe(timer: StepTimer, llm: LLM) -> None:
     loop (`LLM.step`, host work included)."""
     timer()                                   # (re)captures the graph of the current step
     g = timer.g
-    graph = g.graphs[g.key_for(1, int(g.ctx[0]))][0]
-    n_up = 6 * g.p + g.max_blocks
+    graph = g.graphs[timer.key()][0]
+    n_up = g.upload_len(1)
     host_tok = g.tok_host[0][:1]
 
     def timed(body, steps: int = 200) -> float:

@@ -185,11 +185,15 @@ class DecodeGraphs:
         ctx[b:size] = 1
         slots[b:size] = -1
         feed[b:size] = 0
-        # one upload: the six row regions and the first b table rows are contiguous
-        n_up = 6 * self.p + b * self.max_blocks
+        n_up = self.upload_len(b)
         self.static[:n_up].copy_(self.host[:n_up], non_blocking=True)
         self._uploaded.record()
         return self._replay(key, b)
+
+    def upload_len(self, b: int) -> int:
+        """Entries of the one upload of a `b`-row step: the six row regions and the first b table rows are
+        contiguous."""
+        return 6 * self.p + b * self.max_blocks
 
     def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
         """`run_packed`, its argmax picks landing in a host buffer without waiting (stored there by the
