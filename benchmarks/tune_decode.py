@@ -16,6 +16,7 @@ with a 128-token prompt's context, back to back; the median over repeats is repo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,7 +32,8 @@ from trt_gpt.kernels.gemv_configs import GemvConfig, gemv_config
 
 
 def candidates(n: int, k: int) -> list[GemvConfig]:
-    """Tiles of 4K-32K elements, K-blocks of 512, 1024 or the whole row, warps giving 16-64 elements a thread.
+    """Tiles of 4K-32K elements, K-blocks of 512, 1024 or the whole row, warps giving 16-64 elements a thread,
+    and where a row takes several K-blocks, a hand double-buffered loop or two K-blocks loaded before the wait.
 
     Whole-row tiles (block_k >= K) load a program's entire weight slice before `gdc_wait`: under PDL the
     slice streams in while the previous kernel runs. Grids below 64 programs leave too many SMs idle.
@@ -48,8 +50,11 @@ def candidates(n: int, k: int) -> list[GemvConfig]:
             for warps in (4, 8, 16):
                 per_thread = tile // (32 * warps)
                 if 16 <= per_thread <= 64:
-                    # stages 2: hand double-buffered K loop (only meaningful with more than one K tile)
-                    out.extend(GemvConfig(bn, bk, warps, st) for st in ((1, 2) if bk < k else (1,)))
+                    # stages 2: hand double-buffered K loop; prefetch 2: two K tiles loaded before the
+                    # wait (both only meaningful with more than one K tile)
+                    out.append(GemvConfig(bn, bk, warps, 1))
+                    if bk < k:
+                        out += [GemvConfig(bn, bk, warps, 2), GemvConfig(bn, bk, warps, 1, prefetch_tiles=2)]
     return out
 
 
@@ -67,10 +72,8 @@ class StepTimer:
     def __call__(self) -> float:
         g = self.g
         key = self.key()
-        g.graphs[key] = (None, None)        # free the old graph first
-        torch.cuda.synchronize()
-        g.graphs[key] = g.capture(key)      # warm-up forwards compile the new kernels, then capture
-        graph = g.graphs[key][0]
+        g.recapture(key)                    # warm-up forwards compile the new kernels, then capture
+        graph = g.graphs[g.entry(key)][0]
         for _ in range(10):
             graph.replay()
         times = []
@@ -126,28 +129,44 @@ def split_sweep(timer: StepTimer, spec: str) -> None:
               flush=True)
 
 
-def argmax_ab(timer: StepTimer, llm: LLM) -> None:
-    """Step time with the greedy picks from the lm_head's epilogue, and from torch.argmax, twice interleaved."""
-    fused = llm.engine.model.fused
-    seen: dict[bool, list[float]] = {True: [], False: []}
+def interleaved(timer: StepTimer, label: str, settings: dict) -> None:
+    """Step time under each setting (name -> a function applying it), twice interleaved; the first applies last."""
+    seen: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(2):
-        for on in (True, False):
-            fused.fuse_argmax = on
-            seen[on].append(timer())
-    fused.fuse_argmax = True
-    for on, times in seen.items():
-        print(f"picks from {'the lm_head epilogue' if on else 'torch.argmax       '}: "
-              + ", ".join(f"{t:.4f}" for t in times) + " ms/step", flush=True)
+        for name, apply in settings.items():
+            apply()
+            seen[name].append(timer())
+    next(iter(settings.values()))()
+    for name, times in seen.items():
+        print(f"{label} {name:20s}: " + ", ".join(f"{t:.4f}" for t in times) + " ms/step", flush=True)
+
+
+def argmax_ab(timer: StepTimer, llm: LLM) -> None:
+    """Step time with the greedy picks from the lm_head's epilogue, and from torch.argmax."""
+    fused = llm.engine.model.fused
+    interleaved(timer, "picks from", {"the lm_head epilogue": lambda: setattr(fused, "fuse_argmax", True),
+                                      "torch.argmax": lambda: setattr(fused, "fuse_argmax", False)})
+
+
+def pdl_ab(timer: StepTimer) -> None:
+    """Step time with each kernel releasing its PDL dependents after its own wait (TRT_GPT_PDL=1), as it
+    starts (early), or as it starts in all kernels but the GEMVs (early-small); the setting the process
+    started with applies afterwards."""
+    start = os.environ.get("TRT_GPT_PDL", "1")
+    order = [start] + [m for m in ("1", "early", "early-small") if m != start]
+    interleaved(timer, "PDL release", {f"TRT_GPT_PDL={m}": (lambda m=m: os.environ.__setitem__("TRT_GPT_PDL", m))
+                                       for m in order})
 
 
 def gap_probe(timer: StepTimer, llm: LLM) -> None:
-    """Where the time between replays goes, in ms per step: the graph back to back; with the per-step input
-    upload and a picks copy after it (the stream before host picks); with the upload alone (the graph
-    stores its picks in host memory itself, `triton_argmax.HostPicks`); and the real overlapped decoding
-    loop (`LLM.step`, host work included)."""
+    """Where the time between replays goes, in ms per step: the graph back to back (a staged graph's input
+    stage kernel included, `triton_stage`); with an input copy before it and a picks copy after it (the
+    stream of the fifth session); with the input copy alone (the sixth session's: picks stored in host
+    memory by the graph, `triton_argmax.HostPicks`); and the real overlapped decoding loop (`LLM.step`,
+    host work included)."""
     timer()                                   # (re)captures the graph of the current step
     g = timer.g
-    graph = g.graphs[timer.key()][0]
+    graph = g.graphs[g.entry(timer.key())][0]
     n_up = g.upload_len(1)
     host_tok = g.tok_host[0][:1]
 
@@ -163,7 +182,7 @@ def gap_probe(timer: StepTimer, llm: LLM) -> None:
         return start.elapsed_time(end) / steps
 
     def upload() -> None:
-        g.static[:n_up].copy_(g.host[:n_up], non_blocking=True)
+        g.static[:n_up].copy_(g.mirrors[0][:n_up], non_blocking=True)
         graph.replay()
 
     def upload_and_copy() -> None:
@@ -171,7 +190,9 @@ def gap_probe(timer: StepTimer, llm: LLM) -> None:
         host_tok.copy_(g.tokens_out[:1], non_blocking=True)
 
     bare, copies, up = timed(graph.replay), timed(upload_and_copy), timed(upload)
-    llm.add_request(list(range(1, 129)), SamplingParams(max_tokens=200, min_tokens=200, end_id=None))
+    # a 32-token prompt: every step of the loop and of gap_trace stays within the 256-token context cap, as in
+    # the 128 + 128-token bench (one decode-attention split)
+    llm.add_request(list(range(1, 33)), SamplingParams(max_tokens=200, min_tokens=200, end_id=None))
     while not llm.scheduler.running or llm.scheduler.running[-1].in_prefill:
         llm.step()
     for _ in range(10):
@@ -184,8 +205,64 @@ def gap_probe(timer: StepTimer, llm: LLM) -> None:
     torch.cuda.synchronize()
     loop = (time.perf_counter() - t0) * 1e3 / steps
     print(f"gap probe: graph back to back {bare:.4f}, upload + picks copy {copies:.4f}, upload only {up:.4f}, "
-          f"overlapped LLM.step loop {loop:.4f} ms/step (host picks {'on' if g.host_picks else 'off'})",
+          f"overlapped LLM.step loop {loop:.4f} ms/step (host picks {'on' if g.host_picks else 'off'}, "
+          f"inputs {'staged by the graph' if g.staged_sizes else 'copied'} at batch 1)",
           flush=True)
+
+
+def gap_trace(llm: LLM, path: str, steps: int = 25) -> None:
+    """The GPU timeline of the overlapped `LLM.step` loop (torch.profiler, written to `path` as a Chrome
+    trace): per step, the graph's own span (embedding kernel start to last kernel end) and what runs
+    between two graphs (copies, stray kernels, idle time). Run after `gap_probe`, which leaves a request
+    decoding."""
+    import json as _json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            llm.step()
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(path)
+    events = [e for e in _json.loads(open(path).read())["traceEvents"]
+              if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    events.sort(key=lambda e: e["ts"])
+    starts = [i for i, e in enumerate(events) if "_embed_kernel" in e["name"]]
+    spans, gaps, between = [], [], {}
+    for a, b in zip(starts, starts[1:]):
+        body = [e for e in events[a:b] if e["cat"] == "kernel"]
+        # the graph's last kernel: the argmax finish (host picks) or whatever kernel ends latest
+        last = max(e["ts"] + e["dur"] for e in body)
+        spans.append(last - events[a]["ts"])
+        gaps.append(events[b]["ts"] - last)
+        for e in events[a:b]:
+            if e["ts"] >= last - 1e-3 and e is not events[a]:
+                between.setdefault(e["name"][:60], []).append(e["dur"])
+    if not spans:
+        print("gap trace: no embedding kernel in the trace (graph kernels not traced?)", flush=True)
+        return
+    med = statistics.median
+    # the step's critical path by kernel: each kernel's end past every earlier kernel's end (PDL overlaps
+    # starts, so durations would double-count), summed per kernel name within a step
+    exposed: dict[str, list[float]] = {}
+    for a, b in zip(starts, starts[1:]):
+        per: dict[str, float] = {}
+        reach = events[a]["ts"]
+        for e in events[a:b]:
+            end = e["ts"] + e["dur"]
+            if e["cat"] == "kernel" and end > reach:
+                args = e.get("args", {})   # GEMVs share a name: grid and registers tell the shapes apart
+                name = f'{e["name"].split("(")[0][:28]} {args.get("grid", "")} r{args.get("registers per thread", "")}'
+                per[name] = per.get(name, 0.0) + end - reach
+                reach = end
+        for name, t in per.items():
+            exposed.setdefault(name, []).append(t)
+    for name, ts in sorted(exposed.items(), key=lambda kv: -med(kv[1])):
+        print(f"gap trace:   critical path {name:52s} {med(ts):7.1f} us a step", flush=True)
+    print(f"gap trace: {len(spans)} steps, graph span {med(spans):.1f} us, last kernel end -> next embedding start "
+          f"{med(gaps):.1f} us (p90 {sorted(gaps)[int(0.9 * len(gaps))]:.1f})", flush=True)
+    for name, durs in sorted(between.items(), key=lambda kv: -len(kv[1])):
+        print(f"gap trace:   between graphs: {name} x{len(durs)} median {med(durs):.1f} us", flush=True)
 
 
 def main() -> None:
@@ -199,6 +276,10 @@ def main() -> None:
                          "split, KV tile, warps) or 'auto': time the step with each, twice interleaved")
     ap.add_argument("--argmax-ab", action="store_true",
                     help="time the step with the greedy picks fused into the lm_head and with torch.argmax")
+    ap.add_argument("--pdl-ab", action="store_true",
+                    help="time the step with PDL dependents released after each kernel's wait and at its start")
+    ap.add_argument("--gap-trace", default="",
+                    help="with --gap-probe: also trace the decoding loop on the GPU into this Chrome trace file")
     ap.add_argument("--gap-probe", action="store_true",
                     help="time the graph alone, with its per-step copies, and in the real decoding loop")
     args = ap.parse_args()
@@ -218,6 +299,8 @@ def main() -> None:
         split_sweep(timer, args.split_sweep)
     if args.argmax_ab:
         argmax_ab(timer, llm)
+    if args.pdl_ab:
+        pdl_ab(timer)
     base = timer()
     print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
     results: dict[str, list] = {}
@@ -228,9 +311,15 @@ def main() -> None:
             tried = []
             shape_deadline = min(deadline, time.time() + share)
             # a fixed shuffle: when the budget cuts the list short, what was tried is still a spread
-            rest = [c for c in candidates(n, k) if c != best[name]]
+            # the current tile with the other PDL release point, and with the other prefetch depth, first:
+            # the cheapest questions to ask
+            cur = best[name]
+            variants = [cur, dataclasses.replace(cur, early_release=not cur.early_release)]
+            if cur.block_k < k:
+                variants.append(dataclasses.replace(cur, num_stages=1, prefetch_tiles=3 - cur.prefetch_tiles))
+            rest = [c for c in candidates(n, k) if c not in variants]
             random.Random(n * 131 + k).shuffle(rest)
-            for cfg in [best[name]] + rest:
+            for cfg in variants + rest:
                 if time.time() > shape_deadline:
                     break
                 gemv_configs.OVERRIDES[key] = cfg
@@ -246,17 +335,20 @@ def main() -> None:
                   f"({len(tried)} tried)", flush=True)
     final = timer()
     print(f"done: {base:.4f} -> {final:.4f} ms/step ({base / final:.3f}x)", flush=True)
-    table = {f"1,{n},{k}": [best[name].block_n, best[name].block_k, best[name].num_warps, best[name].num_stages]
-             for name, (n, k) in shapes.items()}
+    table = {f"1,{n},{k}": best[name].as_list() for name, (n, k) in shapes.items()}
     write_json(args.out, table)
     write_json(args.out.replace(".json", "") + "-trials.json",
                {"start_ms": base, "final_ms": final, "device": torch.cuda.get_device_name(), "top5": results})
     for name, (n, k) in shapes.items():
         c = best[name]
         print(f"    (1, {n}, {k}): GemvConfig(block_n={c.block_n}, block_k={c.block_k}, "
-              f"num_warps={c.num_warps}, num_stages={c.num_stages}),  # {name}")
+              f"num_warps={c.num_warps}, num_stages={c.num_stages}"
+              f"{', early_release=True' if c.early_release else ''}"
+              f"{', prefetch_tiles=2' if c.prefetch_tiles == 2 else ''}),  # {name}")
     if args.gap_probe:   # last: it runs more requests through the engine
         gap_probe(timer, llm)
+        if args.gap_trace:
+            gap_trace(llm, args.gap_trace)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,28 @@ def test_gpu_overlap_fused_and_prefill_graphs_equal_cpu(engines):
     assert all(graph is not None for _, graph, _ in gpu.executor.prefill_graphs.entries.values())
 
 
+@pytest.mark.parametrize("pdl", ["1", "early"])
+def test_gpu_early_release_and_prefetched_tiles_equal_cpu(engines, monkeypatch, pdl):
+    """Every fused GEMV with the tile options the tuned H200 table uses (dependents released as the kernel
+    starts, two K tiles loaded before the wait; K = 128 or 512 takes two tiles or two plus a loop), then
+    every kernel releasing early: batch-1 overlapped decoding through the CUDA graphs, staged inputs
+    included, still yields the CPU path's greedy tokens."""
+    from trt_gpt import LLM, SamplingParams
+    from trt_gpt.kernels import triton_gemv
+    from trt_gpt.kernels.gemv_configs import GemvConfig
+
+    monkeypatch.setenv("TRT_GPT_PDL", pdl)
+    forced = GemvConfig(block_n=4, block_k=64, num_warps=4, num_stages=1, early_release=True, prefetch_tiles=2)
+    monkeypatch.setattr(triton_gemv, "gemv_config", lambda *args: forced)
+    fp32, _ = engines
+    cpu = LLM(fp32, device="cpu")
+    gpu = LLM(fp32, device="cuda")
+    assert gpu.lookahead is not None and gpu.engine.model.fused is not None and gpu.executor.graphs.staged_sizes
+    params = SamplingParams(max_tokens=30)
+    for p in random_prompts(512, [9, 40], seed=3):
+        assert gpu.generate([p], params)[0].token_ids == cpu.generate([p], params)[0].token_ids
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_gpu_bf16_engine_tracks_fp32(tmp_path, name):
     """A bfloat16 engine on the GPU (Triton attention, fused batch-1 decode, graphs) stays within bf16's

@@ -44,11 +44,11 @@ def test_tuned_table_from_environment(tmp_path, monkeypatch):
 
 def test_per_gpu_table_comes_before_the_default_one(monkeypatch):
     monkeypatch.setattr(gemv_configs, "OVERRIDES", {})
-    h100 = gemv_config(1, 3072, 1024, torch.float16)
-    h200 = gemv_configs.DEVICE_GEMV_CONFIGS["H200"][(1, 3072, 1024)]
+    h100 = gemv_config(1, 4096, 1024, torch.float16)
+    h200 = gemv_configs.DEVICE_GEMV_CONFIGS["H200"][(1, 4096, 1024)]
     assert h100 != h200
-    assert gemv_config(1, 3072, 1024, torch.float16, "NVIDIA H200") == h200
-    assert gemv_config(1, 3072, 1024, torch.float16, "NVIDIA H100 80GB HBM3") == h100   # no H100 table: default
+    assert gemv_config(1, 4096, 1024, torch.float16, "NVIDIA H200") == h200
+    assert gemv_config(1, 4096, 1024, torch.float16, "NVIDIA H100 80GB HBM3") == h100   # no H100 table: default
     assert gemv_config(1, 4608, 4608, torch.float16, "NVIDIA H200") == gemv_config(1, 4608, 4608, torch.float16)
     assert gemv_configs.device_table("Some other GPU") == {}
 
@@ -59,3 +59,20 @@ def test_interpreter_tiles_are_few_but_still_loop():
     cfg = gemv_configs.interpreter_config(97, 1024)
     assert (cfg.block_n, cfg.block_k) == (32, 128)          # 4 programs, 8 K tiles
     assert gemv_configs.interpreter_config(5, 24) == GemvConfig(8, 32, 4, 1)
+
+
+def test_early_release_and_prefetch_round_trip_through_the_tuned_file():
+    table = gemv_configs.parse_gemv_configs('{"1,64,128": [4, 128, 4, 1, 1], "1,32,128": [4, 128, 4, 1, 0], '
+                                            '"1,16,128": [4, 64, 4, 1, 0, 2]}', "t.json")
+    assert table[(1, 64, 128)] == GemvConfig(4, 128, 4, 1, early_release=True)
+    assert table[(1, 32, 128)] == GemvConfig(4, 128, 4, 1)
+    assert table[(1, 16, 128)] == GemvConfig(4, 64, 4, 1, prefetch_tiles=2)
+    assert [table[key].as_list() for key in ((1, 64, 128), (1, 32, 128), (1, 16, 128))] == [
+        [4, 128, 4, 1, 1], [4, 128, 4, 1], [4, 64, 4, 1, 0, 2]]
+    assert GemvConfig(4, 64, 4, 1, True, 2).as_list() == [4, 64, 4, 1, 1, 2]
+    for bad, why in (('{"1,2,3": [1, 256, 4, 1, 2]}', "0 or 1"), ('{"1,2,3": [1, 256, 4, 1, 0, 3]}', "1 or 2"),
+                     ('{"1,2,3": [1, 256, 4, 1, 1, 1, 1]}', "four to six")):
+        with pytest.raises(ValueError, match=why):
+            gemv_configs.parse_gemv_configs(bad, "x.json")
+    with pytest.raises(ValueError, match="prefetch_tiles"):
+        GemvConfig(4, 64, 4, 1, prefetch_tiles=3)

@@ -142,6 +142,11 @@ def test_residual_scale_and_fp32_logits(dtype):
     (3, 37, 100, GemvConfig(block_n=1, block_k=16, num_warps=1, num_stages=1)),   # 7 K steps, ragged tail
     (1, 37, 100, GemvConfig(block_n=8, block_k=32, num_warps=4, num_stages=2)),
     (2, 64, 128, GemvConfig(block_n=4, block_k=32, num_warps=4, num_stages=2)),   # aligned: no masks
+    # two K tiles loaded before the wait: exactly two, two plus a loop with a ragged tail, a ragged second
+    (1, 40, 128, GemvConfig(block_n=8, block_k=64, num_warps=4, num_stages=1, prefetch_tiles=2)),
+    (3, 37, 100, GemvConfig(block_n=4, block_k=16, num_warps=2, num_stages=2, prefetch_tiles=2)),
+    (2, 37, 100, GemvConfig(block_n=8, block_k=64, num_warps=4, num_stages=1, prefetch_tiles=2)),
+    (1, 37, 100, GemvConfig(block_n=8, block_k=128, num_warps=4, num_stages=1, prefetch_tiles=2)),  # one tile
 ])
 def test_explicit_configs(m, n, k, cfg):
     x, w, b, kw = make(m, n, k, torch.float32, norm="layernorm", gated=True, residual=True, seed=7)
@@ -249,19 +254,28 @@ def test_cuda_graph_capture():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a GPU")
-def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch):
-    """On sm_90+ the kernels launch with PDL (so every GPU test here exercises it); results equal a serial launch."""
-    from trt_gpt.kernels.triton_common import use_pdl
+@pytest.mark.parametrize("setting,early_tile", [("1", False), ("1", True), ("early", False), ("early-small", False)])
+def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch, setting, early_tile):
+    """On sm_90+ the kernels launch with PDL (so every GPU test here exercises it), with dependents released
+    after each kernel's wait or as it starts (the env setting, or a tile's early_release); results equal a
+    serial launch."""
+    from trt_gpt.kernels.triton_common import PDL_AFTER_WAIT, PDL_AT_START, use_pdl
 
     dev = torch.device("cuda")
+    monkeypatch.setenv("TRT_GPT_PDL", setting)
     if torch.cuda.get_device_capability()[0] >= 9:
-        assert use_pdl(dev)
+        assert use_pdl(dev, gemv=True) == (PDL_AT_START if setting == "early" else PDL_AFTER_WAIT)
+        assert use_pdl(dev, gemv=False) == (PDL_AFTER_WAIT if setting == "1" else PDL_AT_START)
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, 512, device=dev, generator=g).half()
     w = torch.randn(777, 512, device=dev, generator=g).half() * 0.05
     norm = NormArgs("layernorm", torch.ones(512, device=dev, dtype=torch.half), None, 1e-5)
-    chained = fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu"), w, None)
+    cfg = GemvConfig(8, 512, 4, 1, early_release=early_tile)
+
+    def chain():
+        return fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu", config=cfg), w, None, config=cfg)
+
+    chained = chain()
     monkeypatch.setenv("TRT_GPT_PDL", "0")
     assert not use_pdl(dev)
-    serial = fused_linear(fused_linear(x, w[:512], norm=norm, activation="gelu"), w, None)
-    torch.testing.assert_close(chained, serial, rtol=0, atol=0)
+    torch.testing.assert_close(chained, chain(), rtol=0, atol=0)

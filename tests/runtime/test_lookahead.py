@@ -101,11 +101,14 @@ def test_overlap_with_preemption_and_cancel(tiny_gpt2_engine, overlap_env, monke
     assert [o.token_ids for o in llm.generate(prompts[:2], SamplingParams(max_tokens=12))] == hf[:2]
 
 
-def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap_env, monkeypatch):
+@pytest.mark.parametrize("inputs", ["stage", "copy"])   # read by the graph from the mirrors, or copied
+def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap_env, monkeypatch, inputs):
     """Small batch sizes have one graph per context cap: generations that grow past the caps move to the
-    graph of the next cap mid-way (a different attention split count) and still equal HF generate."""
+    graph of the next cap mid-way (a different attention split count) and still equal HF generate. Staged
+    graphs come in pairs, one per input mirror, and steps alternate between them."""
     from trt_gpt.runtime import cuda_graphs
 
+    monkeypatch.setenv("TRT_GPT_GRAPH_INPUTS", inputs)
     monkeypatch.setattr(cuda_graphs, "CONTEXT_CAPS", (8, 16))
     monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "1")   # the batch-1 steps take the fused kernels too
     tiny = tiny_gpt2_engine
@@ -113,11 +116,13 @@ def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap
     hf = [tiny.hf_generate(p, max_new_tokens=18, min_new_tokens=18) for p in prompts]
     llm = tiny.llm(max_batch_size=2)
     g = llm.executor.graphs
-    assert g.caps[:2] == [8, 16] and (1, 8) in g.graphs and (2, g.max_seq_len) in g.graphs
+    assert g.caps[:2] == [8, 16] and (1, 8, 0) in g.graphs and (2, g.max_seq_len, 0) in g.graphs
+    assert ((1, 8, 1) in g.graphs) == (inputs == "stage") and g.staged_sizes == (16 if inputs == "stage" else 0)
     assert g.key_for(1, 9) == (1, 16) and g.key_for(2, 3) == (2, 8) and g.key_for(1, 10 ** 6) == (1, g.max_seq_len)
-    replayed: list[tuple[int, int]] = []
+    replayed: list[tuple[int, int, int]] = []
     orig = g._replay
     monkeypatch.setattr(g, "_replay", lambda key, b: replayed.append(key) or orig(key, b))
     got = run_arrivals(llm, prompts, [SamplingParams(max_tokens=18)] * 2, [0, 6])
     assert got == hf
-    assert {cap for _, cap in replayed} >= {8, 16, g.max_seq_len}, replayed
+    assert {cap for _, cap, _ in replayed} >= {8, 16, g.max_seq_len}, replayed
+    assert {j for *_, j in replayed} == ({0, 1} if inputs == "stage" else {0})

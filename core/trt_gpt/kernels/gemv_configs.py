@@ -19,11 +19,29 @@ from .triton_common import next_pow2
 @dataclass(frozen=True)
 class GemvConfig:
     """Tile sizes; num_stages >= 2 also double-buffers the W tiles by hand (the kernel has no tl.dot for
-    Triton's pipeliner to stage), which costs a second tile of registers."""
+    Triton's pipeliner to stage), which costs a second tile of registers. `early_release`: under PDL the
+    kernel lets the next one launch as it starts rather than after its own wait (see triton_common.use_pdl),
+    so the next kernel's weights may stream in for the whole of this one. `prefetch_tiles` (1 or 2): how
+    many K tiles of W are loaded before the kernel's `gdc_wait` (2 replaces the hand double-buffering).
+    Both are tuned per shape in the decode graph (benchmarks/tune_decode.py)."""
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
+    early_release: bool = False
+    prefetch_tiles: int = 1
+
+    def __post_init__(self):
+        if self.prefetch_tiles not in (1, 2):
+            raise ValueError(f"GemvConfig: prefetch_tiles must be 1 or 2, got {self.prefetch_tiles}")
+
+    def as_list(self) -> list[int]:
+        """The tuned-file form: [block_n, block_k, num_warps, num_stages(, early_release(, prefetch_tiles))],
+        trailing defaults left out."""
+        tail = [int(self.early_release), self.prefetch_tiles]
+        while tail and tail[-1] == [0, 1][len(tail) - 1]:
+            tail.pop()
+        return [self.block_n, self.block_k, self.num_warps, self.num_stages] + tail
 
 
 # Best configs keyed by (next_pow2(M), N, K). Shapes not listed fall back to `_heuristic_config`; a GPU-specific
@@ -55,17 +73,22 @@ GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
 # "H200": tune_decode.py on an NVIDIA H200 (triton 3.6, fp16, batch-1 decode graph; 70 s a model, 2026-12-02):
 # step 0.929 -> 0.901 ms (SantaCoder-1B), 0.449 -> 0.444 ms (GPT-2 medium). Raw trials:
 # benchmarks/results/h200/run1_pre_split/. SantaCoder's lm_head was not reached within the budget.
+# GPT-2 medium re-tuned in the seventh session on the current graph (one-split attention, host picks, staged
+# inputs), with the PDL release point and the prefetch depth as tuned dimensions (150 s, two rounds): step
+# 0.4216 -> 0.3898 ms; raw trials benchmarks/results/h200/run5/tuned3-trials.json.
 DEVICE_GEMV_CONFIGS: dict[str, dict[tuple[int, int, int], GemvConfig]] = {
     "H200": {
         (1, 2304, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),   # santacoder qkv
         (1, 2048, 2048): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1),   # santacoder dense
         (1, 8192, 2048): GemvConfig(block_n=8, block_k=512, num_warps=4, num_stages=1),    # santacoder fc
         (1, 2048, 8192): GemvConfig(block_n=4, block_k=4096, num_warps=8, num_stages=1),   # santacoder proj
-        (1, 3072, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),   # gpt2-medium qkv
-        (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1),   # gpt2-medium dense
-        (1, 4096, 1024): GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=1),   # gpt2-medium fc
-        (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),   # gpt2-medium proj
-        (1, 50257, 1024): GemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=2),  # gpt2-medium lm_head
+        # gpt2-medium: qkv, dense, fc, proj, lm_head
+        (1, 3072, 1024): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1, early_release=True),
+        (1, 1024, 1024): GemvConfig(block_n=4, block_k=1024, num_warps=8, num_stages=1, early_release=True),
+        (1, 4096, 1024): GemvConfig(block_n=8, block_k=512, num_warps=4, num_stages=1, early_release=True,
+                                    prefetch_tiles=2),
+        (1, 1024, 4096): GemvConfig(block_n=2, block_k=4096, num_warps=4, num_stages=1),
+        (1, 50257, 1024): GemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=1, prefetch_tiles=2),
     },
 }
 
@@ -77,7 +100,8 @@ _loaded_from: list[str] = []
 
 
 def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], GemvConfig]:
-    """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]}."""
+    """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]},
+    optionally followed by early_release (0/1) and prefetch_tiles (1/2)."""
     try:
         raw = json.loads(text)
         if not isinstance(raw, dict):
@@ -85,12 +109,17 @@ def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], Gem
         table = {}
         for key, val in raw.items():
             m, n, k = (int(v) for v in key.split(","))
-            bn, bk, warps, stages = (int(v) for v in val)
+            if not isinstance(val, list) or not 4 <= len(val) <= 6:
+                raise ValueError(f"entry {key!r}: four to six integers")
+            bn, bk, warps, stages, early, prefetch = [int(v) for v in val] + [0, 1][len(val) - 4:]
             if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
                 raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
-            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages)
+            if early not in (0, 1) or prefetch not in (1, 2):
+                raise ValueError(f"entry {key!r}: early_release must be 0 or 1 and prefetch_tiles 1 or 2")
+            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages, bool(early), prefetch)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages]}}: {e}")
+        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages, ...]}}: "
+                         f"{e}")
     return table
 
 

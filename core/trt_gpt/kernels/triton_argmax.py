@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
+from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 
 INT32_MAX = tl.constexpr(2 ** 31 - 1)   # a jit global must be a constexpr
 
@@ -66,6 +66,7 @@ def store_tile_argmax(y, rows, offs_n, M, vocab, PV, PI, pid, stride_p):
 @triton.jit
 def _finish_argmax_kernel(PV, PI, PICKS, HOST, HOST_INDEX, P, stride_p, stride_host, BLOCK_P: tl.constexpr,
                           TO_HOST: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     pdl_wait(PDL)     # PDL: the partials are the previous kernel's output
     pdl_release(PDL)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..runtime.attn_metadata import AttentionMetadata
-from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
+from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 from .triton_decode import choose_num_splits, paged_decode_attention
 from .triton_prefill import paged_prefill_attention
 
@@ -30,6 +30,7 @@ def _write_kv_kernel(K, V, KC, VC, SLOT,
                      stride_cb, stride_ch, stride_ct,
                      KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0)
     slot = tl.load(SLOT + t).to(tl.int64)   # a host upload: read before gdc_wait (see triton_common)
     pdl_wait(PDL)     # PDL: k and v are read after this

@@ -33,31 +33,50 @@ def _pdl_supported(device_index: int) -> bool:
     return _HAS_GDC and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
-def use_pdl(device: torch.device) -> bool:
-    """Whether kernels on `device` launch with programmatic dependent launch (Hopper and later).
+PDL_AFTER_WAIT = 1   # use_pdl modes: dependents released after the kernel's own gdc_wait (default)
+PDL_AT_START = 2     # dependents released as the kernel starts (TRT_GPT_PDL=early)
 
-    A PDL launch lets a kernel start while the previous one drains: it prefetches what does not depend on
-    its predecessor, then `gdc_wait()` blocks until the predecessor has completed and its writes are
-    visible. The rules every kernel here follows:
+
+def use_pdl(device: torch.device, gemv: bool = False) -> int:
+    """How kernels on `device` launch: 0 without programmatic dependent launch (PDL), else its mode
+    (Hopper and later; truthy).
+
+    A PDL launch lets a kernel start while earlier ones drain: it prefetches what does not depend on
+    them, then `gdc_wait()` blocks until its predecessors have completed and their writes are visible.
+    The rules every kernel here follows:
 
     * nothing is written before `gdc_wait()`;
-    * `gdc_launch_dependents()` (`pdl_release`) only after the kernel's own `gdc_wait()`. So when a kernel
-      starts, its predecessor has passed its wait: every kernel *before* the predecessor has completed,
-      and only the immediately preceding kernel can still be running;
-    * before `gdc_wait()` a kernel reads only what its immediate predecessor cannot be writing: weights,
-      host uploads (positions, slots, block tables, context lengths) and, in decode attention, the cached
-      keys/values of every position but the newest.
+    * before `gdc_wait()` a kernel reads only what no kernel of the same PDL chain writes: weights, host
+      uploads (positions, slots, block tables, context lengths), and in decode attention the cached
+      keys/values of every position but the newest (a step writes only the newest). A chain ends at any
+      launch without PDL (a torch op, a copy), which starts only after everything before it completed;
+    * `gdc_launch_dependents()` (`pdl_release`) after the kernel's own `gdc_wait()` (mode
+      PDL_AFTER_WAIT): only the immediately preceding kernel can then still be running when a kernel
+      starts. TRT_GPT_PDL=early (PDL_AT_START) releases as each kernel starts instead, so several
+      kernels ahead may prefetch while one runs (safe by the rule above; measured in docs/benchmarks.md);
+      TRT_GPT_PDL=early-small does so in every kernel but the GEMVs (`gemv=True`).
 
-    TRT_GPT_PDL=0 turns it off.
+    TRT_GPT_PDL=0 turns PDL off.
     """
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get(PDL_ENV, "1") == "0":
-        return False
-    return _pdl_supported(device.index if device.index is not None else torch.cuda.current_device())
+    setting = os.environ.get(PDL_ENV, "1")
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or setting == "0":
+        return 0
+    if not _pdl_supported(device.index if device.index is not None else torch.cuda.current_device()):
+        return 0
+    early = setting == "early" or (setting == "early-small" and not gemv)
+    return PDL_AT_START if early else PDL_AFTER_WAIT
 
 
 def pdl_launch(device: torch.device) -> dict:
     """Extra launch keywords for a kernel whose PDL constexpr is `use_pdl(device)`."""
     return {"launch_pdl": True} if use_pdl(device) else {}
+
+
+@triton.jit
+def pdl_start(PDL: tl.constexpr):
+    """First statement of every PDL kernel: in mode PDL_AT_START the next kernel may launch now."""
+    if PDL == 2:
+        _gdc.gdc_launch_dependents()
 
 
 @triton.jit
@@ -69,7 +88,7 @@ def pdl_wait(PDL: tl.constexpr):
 @triton.jit
 def pdl_release(PDL: tl.constexpr):
     """Let the next PDL-launched kernel start (it still waits for this one's completion to read results)."""
-    if PDL:
+    if PDL == 1:
         _gdc.gdc_launch_dependents()
 
 

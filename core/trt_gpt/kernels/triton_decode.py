@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..runtime.attn_metadata import AttentionMetadata
 from .triton_common import (check_attention_args, dot_precision, kv_tile_offsets, next_pow2, pdl_launch,
-                            pdl_release, pdl_wait, use_pdl)
+                            pdl_release, pdl_start, pdl_wait, use_pdl)
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128
@@ -76,15 +76,15 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    PDL: tl.constexpr):
+    pdl_start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
 
-    # Before gdc_wait only the immediately preceding kernel can still be running (every kernel here
-    # releases its dependents after its own wait: see triton_common), and in a decode step it writes
-    # just the newest token's K/V (position ctx-1) and q. So the context length and block table (host
-    # uploads) and every older cached key/value may be read now: the first tile streams in while the
-    # previous kernel drains.
+    # Before gdc_wait earlier kernels of the step may still be running (see triton_common.use_pdl), but
+    # a decode step writes just the newest token's K/V (position ctx-1) and q. So the context length and
+    # block table (host uploads) and every older cached key/value may be read now: the first tile streams
+    # in while the previous kernels drain.
     ctx = tl.load(CTX + b)
     # The query sits at position ctx-1; with a window w it sees keys ctx-w .. ctx-1.
     lo = 0
@@ -153,6 +153,7 @@ def _decode_merge_kernel(PM, PL, PACC, OUT,
                          stride_pb, stride_ph, stride_ab, stride_ah, stride_as, stride_ob, stride_oh,
                          num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr,
                          PDL: tl.constexpr):
+    pdl_start(PDL)
     pdl_wait(PDL)     # PDL: nothing a previous kernel wrote is touched before this
     pdl_release(PDL)
     b = tl.program_id(0)

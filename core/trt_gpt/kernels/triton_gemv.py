@@ -20,8 +20,9 @@ activations through memory. One kernel family covers every linear layer of a dec
 * the lm_head can also leave each row's greedy pick (`ArgmaxOut`, see triton_argmax): its epilogue reduces
   its own tile, and one small kernel reduces the tiles' partials;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
-  `fused_linear`): its first weight tile streams in while the previous kernel drains, then `gdc_wait()`
-  orders every read of the previous kernels' results.
+  `fused_linear`): its first weight tile (or two, `GemvConfig.prefetch_tiles`) streams in while the
+  previous kernels drain, then `gdc_wait()` orders every read of their results. With
+  `GemvConfig.early_release` it lets the next kernel launch as it starts, not after its wait.
 
 `gemv_ref.fused_linear_ref` is the same math in torch (the reference of tests and benchmarks).
 `gemv_configs.gemv_config` picks the tile sizes (tables tuned on an H100 and an H200, a run-time override,
@@ -39,7 +40,8 @@ import triton.language as tl
 
 from .gemv_configs import GemvConfig, gemv_config, interpreter_config
 from .triton_argmax import ArgmaxOut, argmax_partials, check_argmax_out, finish_argmax, store_tile_argmax
-from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
+from .triton_common import (PDL_AT_START, SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait,
+                            use_pdl)
 
 MAX_M = 8
 PDL_MAX_WEIGHT = 1 << 24   # elements (the largest SantaCoder-1B layer); see `fused_linear`
@@ -221,7 +223,9 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
                        GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                        ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
                        KV_WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr,
-                       PIPELINE: tl.constexpr, STATS_K: tl.constexpr, ARGMAX: tl.constexpr):
+                       PIPELINE: tl.constexpr, STATS_K: tl.constexpr, ARGMAX: tl.constexpr,
+                       PREFETCH2: tl.constexpr):
+    pdl_start(PDL)
     pid = tl.program_id(0)
     # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
     # beta loads use pointers *broadcast* to the W tile's shape: Triton then gives them the same register
@@ -240,15 +244,22 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
     g_ptrs = G + n_ld * stride_gn + offs_k[None, None, :]
     k3 = offs_k[None, None, :]
 
-    # The first weight tile does not depend on the previous kernel: under programmatic dependent launch
-    # it streams in while that kernel drains; everything after pdl_wait may read its results.
+    # The first weight tile does not depend on earlier kernels: under programmatic dependent launch it
+    # streams in while they drain; everything after pdl_wait may read their results.
     # Kept in the storage dtype until used: half the registers while the program waits.
     w_first = _load_k(w_ptrs, k3, K, EVEN_K, "evict_first")
     if GATED:
         g_first = _load_k(g_ptrs, k3, K, EVEN_K, "evict_first")
-    # The biases are weights too, and the cache slots are a host upload (only the immediately preceding
-    # kernel may still be running here, and it never writes them): loading them now takes their latency
-    # off the epilogue.
+    if PREFETCH2:
+        # The second K tile before the wait too: the whole [BLOCK_N, 2 * BLOCK_K] slice streams in under
+        # the previous kernels, while the x tiles and the fp32 products after the wait stay one tile wide
+        # (a [BLOCK_N, 2 * BLOCK_K] tile would double those registers too). H200, GPT-2 medium's fc
+        # (K = 2 x 512): part of the 0.4216 -> 0.3898 ms step of docs/benchmarks.md (seventh session).
+        w_second = _load_k(w_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
+        if GATED:
+            g_second = _load_k(g_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
+    # The biases are weights too, and the cache slots are a host upload (no kernel of the PDL chain writes
+    # them, see triton_common.use_pdl): loading them now takes their latency off the epilogue.
     nmask = offs_n < N
     if HAS_BIAS:
         bias = tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
@@ -302,7 +313,15 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
         acc = h * w_first.to(tl.float32)
         if GATED:
             acc_g = h * g_first.to(tl.float32)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
+        k_rest = BLOCK_K
+        if PREFETCH2:
+            h = _input_tile(xb_ptrs + BLOCK_K, nw_ptrs + BLOCK_K, nb_ptrs + BLOCK_K, k3 + BLOCK_K, K, mean, rstd,
+                            x_ty, NORM, HAS_NORM_BIAS, EVEN_K)
+            acc += h * w_second.to(tl.float32)
+            if GATED:
+                acc_g += h * g_second.to(tl.float32)
+            k_rest = 2 * BLOCK_K
+        for k0 in range(k_rest, K, BLOCK_K):
             kk = k3 + k0
             w = _load_k(w_ptrs + k0, kk, K, EVEN_K, "evict_first").to(tl.float32)
             h = _input_tile(xb_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, kk, K, mean, rstd, x_ty, NORM,
@@ -380,12 +399,15 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     # Overlapping a GEMV's start with its predecessor's tail pays for small weights, where the tail is a
     # large part of the kernel (H100, batch 1: SantaCoder-1B decode 1.25 -> 1.12 ms a token, GPT-2 medium
     # 0.70 -> 0.59), but not for StarCoder2-7B's (5.49 -> 5.57 ms): only weights up to PDL_MAX_WEIGHT.
-    pdl = use_pdl(x.device) and n * k <= PDL_MAX_WEIGHT
+    pdl = use_pdl(x.device, gemv=True) if n * k <= PDL_MAX_WEIGHT else 0
+    if pdl and cfg.early_release:
+        pdl = PDL_AT_START
     dummy = x  # never dereferenced: the matching HAS_* constexpr is False
     residual_t = residual if residual is not None else out
     kvw = kv_write
     kc = kvw.k_cache if kvw is not None else dummy
     programs = triton.cdiv(n, cfg.block_n)
+    prefetch2 = cfg.prefetch_tiles >= 2 and k > cfg.block_k   # one K tile holds the whole row otherwise
     pv, pi = argmax_partials(m, programs, x.device) if argmax is not None else (out, out)
     _fused_gemv_kernel[(programs,)](
         x, weight, bias if bias is not None else dummy,
@@ -406,7 +428,8 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         GATED=gate_weight is not None, HAS_GATE_BIAS=gate_bias is not None,
         HAS_RESIDUAL=residual is not None, ACT=activation or "none", EVEN_K=k % cfg.block_k == 0,
         PDL=pdl, KV_WRITE=kvw is not None, HEAD_DIM=kvw.head_dim if kvw is not None else 1,
-        CACHE_BLOCK=kc.shape[2] if kvw is not None else 1, PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k,
+        CACHE_BLOCK=kc.shape[2] if kvw is not None else 1,
+        PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k and not prefetch2, PREFETCH2=prefetch2,
         STATS_K=_stats_tile(m, k, cfg), ARGMAX=argmax is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )

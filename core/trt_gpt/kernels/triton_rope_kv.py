@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_wait, use_pdl
+from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 
 __all__ = ["rope_write_kv_triton", "rope_write_kv_ref"]
 
@@ -37,6 +37,7 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     ROT_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)   # head index within the fused row
     offs_d = tl.arange(0, BLOCK_D)
@@ -46,8 +47,8 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
     d_rot = offs_d < ROT_DIM
     mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    # Positions and slots are host uploads and cos/sin constants: read before gdc_wait (only the
-    # immediately preceding kernel, the qkv projection, may still be running; see triton_common).
+    # Positions and slots are host uploads and cos/sin constants: no kernel of the PDL chain writes them,
+    # so they are read before gdc_wait (see triton_common.use_pdl).
     pos = tl.load(POS + t).to(tl.int64)
     slot = tl.load(SLOT + t).to(tl.int64)
     # cos/sin are indexed at d itself (not d % HALF), exactly as the torch reference does.

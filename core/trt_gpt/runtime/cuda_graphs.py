@@ -12,8 +12,8 @@ splits instead of dozens of empty ones feeding the merge, and a long one still s
 already fill more SMs, 0.492 -> 0.495, within noise).
 Only the Triton attention backend is captured (the torch reference synchronises with the host).
 
-Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror
-(one upload a step), and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
+Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror,
+and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
 (lookahead.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
 names, per row, the previous replay's pick that is its input token, and the graph's embedding reads it
 there (no gather kernel between replays). The graph also stores the picks straight into one of two pinned
@@ -21,6 +21,14 @@ host buffers, the one the upload's `aux[0]` names (`triton_argmax.HostPicks`): t
 with no device-to-host copy queued between two replays. The two alternate, so a step never overwrites
 picks the host has not read (it reads step n's before it enqueues step n + 2). Where the GPU cannot
 store to pinned memory, or TRT_GPT_HOST_PICKS=0, the picks are copied after each replay instead.
+
+Inputs come the same way at batch sizes up to STAGED_SIZES: the graph's first kernel reads them from the
+pinned mirror itself (`triton_stage`), instead of a host-to-device copy queued before each replay (~11 µs
+of GPU time a step on an H200). A captured kernel reads a fixed address, so there are two mirrors and two
+graphs per (size, cap), one on each mirror; steps alternate between them, and a mirror is refilled only
+after the replay that read it has completed (in overlapped decoding, long before: the host reads step n's
+picks before it enqueues step n + 2). Larger steps, TRT_GPT_GRAPH_INPUTS=copy, or a GPU whose kernels
+cannot reach pinned memory (the host-picks probe), keep the copy, from the same alternating mirrors.
 
 `eager=True` keeps the static buffers and the whole protocol but runs the forward instead of replaying
 a graph: it is how the protocol is tested on machines without CUDA (Triton kernels interpreted).
@@ -43,6 +51,9 @@ Fill = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], No
 # the GPU for all but the longest contexts, and graphs per cap would only cost capture time).
 CONTEXT_CAPS = (256, 1024)
 CAPPED_SIZES = 16
+# Batch sizes whose graphs read their inputs from the pinned mirror (`triton_stage`): at larger sizes the
+# copy is a small part of the step and the block tables it moves grow with the batch.
+STAGED_SIZES = 16
 
 
 class _HostEvent:
@@ -73,26 +84,27 @@ class DecodeGraphs:
         self.slots.fill_(-1)
         self.ctx.fill_(1)
         pinned = device.type == "cuda"
-        self.host = self.static.cpu().pin_memory() if pinned else self.static.clone()
-        h = self.host.numpy()
-        self.host_views = (*(h[i * p:i * p + n] for i in range(4)), h[6 * p:].reshape(n, max_blocks))
-        self.host_feed = h[4 * p:4 * p + n]
-        self.host_aux = h[5 * p:6 * p]
+        mirrors = self.static.cpu().repeat(2, 1)       # two host mirrors of the static buffer, alternating
+        self.mirrors = mirrors.pin_memory() if pinned else mirrors
+        self._mirror = 1
+        self._views = [self._make_views(0), self._make_views(1)]
         self.cu = torch.arange(n + 1, dtype=torch.int32, device=device)  # decode: one row per sequence
         self.tokens_out = torch.zeros(n, dtype=torch.int32, device=device)
         new_event = torch.cuda.Event if device.type == "cuda" else _HostEvent
-        self._uploaded = new_event()
+        self._mirror_free = [new_event(), new_event()]   # recorded after the last read of each mirror
         self.tok_host = torch.zeros(2, n, dtype=torch.int32)   # the two alternating host picks buffers
         if pinned:
             self.tok_host = self.tok_host.pin_memory()
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
         self.host_picks = self._host_picks(self.static[5 * p:5 * p + 1])
+        self.staged_sizes = STAGED_SIZES if self._stage_inputs() else 0
         self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
-        Key = tuple[int, int]   # (batch size, context cap)
+        Key = tuple[int, int, int]   # (batch size, context cap, mirror the graph reads; 0 if not staged)
         self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
-        keys = [(size, cap) for size in reversed(self.sizes)   # largest first: later graphs reuse its pool
-                for cap in (self.caps if size <= CAPPED_SIZES else [max_seq_len])]
+        keys = [(size, cap, j) for size in reversed(self.sizes)   # largest first: later graphs reuse its pool
+                for cap in (self.caps if size <= CAPPED_SIZES else [max_seq_len])
+                for j in ((0, 1) if size <= self.staged_sizes else (0,))]
         if self.eager:
             self.graphs = {key: (None, None) for key in keys}
             return
@@ -117,6 +129,33 @@ class DecodeGraphs:
                 return None
         return target
 
+    def _stage_inputs(self) -> bool:
+        """Whether small graphs read their inputs from the pinned mirrors: not with TRT_GPT_GRAPH_INPUTS=copy,
+        nor where the host-picks probe found that kernels cannot reach pinned memory."""
+        if os.environ.get("TRT_GPT_GRAPH_INPUTS", "stage") == "copy":
+            return False
+        return self.host_picks is not None or self.tokens_out.device.type != "cuda"
+
+    def host_views(self, j: int) -> tuple:
+        """numpy views of mirror j: (ids, pos, slots, ctx, tables [n, max_blocks]), feed, aux."""
+        return self._views[j]
+
+    def _make_views(self, j: int) -> tuple:
+        h, p, n = self.mirrors[j].numpy(), self.p, self.n
+        rows = (*(h[i * p:i * p + n] for i in range(4)), h[6 * p:].reshape(n, self.max_blocks))
+        return rows, h[4 * p:4 * p + n], h[5 * p:6 * p]
+
+    def entry(self, key: tuple[int, int], j: int = 0) -> tuple[int, int, int]:
+        """The graph of (size, cap) `key` that reads mirror j (the one graph, where the size is not staged)."""
+        return (*key, j if key[0] <= self.staged_sizes else 0)
+
+    def recapture(self, key: tuple[int, int]) -> None:
+        """Capture every graph of (size, cap) `key` again (benchmarks/tune_decode.py, after a config change)."""
+        for j in ((0, 1) if key[0] <= self.staged_sizes else (0,)):
+            self.graphs[(*key, j)] = (None, None)      # free the old graph first
+            torch.cuda.synchronize()
+            self.graphs[(*key, j)] = self.capture((*key, j))
+
     def key_for(self, b: int, max_ctx: int) -> tuple[int, int]:
         """The (size, cap) graph a step of `b` rows whose longest context is `max_ctx` replays."""
         size = next(s for s in self.sizes if s >= b)
@@ -128,13 +167,17 @@ class DecodeGraphs:
         return AttentionMetadata(cu_q_lens=self.cu[:b + 1], context_lens=self.ctx[:b], block_tables=self.tables[:b],
                                  slot_mapping=self.slots[:b], max_q_len=1, max_context_len=cap)
 
-    def _forward(self, b: int, cap: int) -> torch.Tensor:
+    def _forward(self, b: int, cap: int, j: int) -> torch.Tensor:
+        if b <= self.staged_sizes:
+            from ..kernels.triton_stage import stage_inputs
+
+            stage_inputs(self.mirrors[j][:self.upload_len(b)], self.static)
         return self.model(self.ids[:b], self.pos[:b], self._meta(b, cap), self.kv_layers, window=self.window,
                           feed=(self.feed[:b], self.tokens_out), picks=self.tokens_out[:b],
                           host_picks=self.host_picks)
 
-    def capture(self, key: tuple[int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the graph of `key` (also how benchmarks/tune_decode.py recaptures after a config change)."""
+    def capture(self, key: tuple[int, int, int]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the graph of (size, cap, mirror) `key`."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels outside the capture
@@ -146,7 +189,7 @@ class DecodeGraphs:
             out = self._forward(*key)
         return graph, out
 
-    def _replay(self, key: tuple[int, int], b: int) -> torch.Tensor:
+    def _replay(self, key: tuple[int, int, int], b: int) -> torch.Tensor:
         graph, out = self.graphs[key]
         if graph is None:
             out = self._forward(*key)
@@ -168,11 +211,10 @@ class DecodeGraphs:
         `src` (filled by `fill`; overlapped decoding) names, per row, the row of the previous replay's
         argmax picks that is this row's input token, or -1 where the host wrote the token. With `host_picks`,
         the step's picks also land in host buffer `host_index`."""
-        self._uploaded.synchronize()       # the previous upload has read the mirror
-        ids, pos, slots, ctx, tables = self.host_views
+        j = self._next_mirror()
+        (ids, pos, slots, ctx, tables), feed, aux = self.host_views(j)
         fill(ids, pos, slots, ctx, tables)
-        self.host_aux[0] = host_index
-        feed = self.host_feed
+        aux[0] = host_index
         # picks row + 1, 0 = the uploaded id; padding rows and a step without src take their own ids
         if src:
             feed[:b] = np.asarray(src, dtype=np.int32) + 1
@@ -185,10 +227,25 @@ class DecodeGraphs:
         ctx[b:size] = 1
         slots[b:size] = -1
         feed[b:size] = 0
-        n_up = self.upload_len(b)
-        self.static[:n_up].copy_(self.host[:n_up], non_blocking=True)
-        self._uploaded.record()
-        return self._replay(key, b)
+        return self._launch(key, j, b)
+
+    def _next_mirror(self) -> int:
+        """The mirror the next step fills, once the replay or copy that last read it has completed."""
+        j = self._mirror = self._mirror ^ 1
+        self._mirror_free[j].synchronize()
+        return j
+
+    def _launch(self, key: tuple[int, int], j: int, b: int) -> torch.Tensor:
+        """Replay the (size, cap) graph for a step whose inputs are in mirror j: a staged graph reads them
+        there itself, a larger one gets them through a copy first."""
+        if key[0] > self.staged_sizes:
+            n_up = self.upload_len(b)
+            self.static[:n_up].copy_(self.mirrors[j][:n_up], non_blocking=True)
+            self._mirror_free[j].record()
+            return self._replay(self.entry(key), b)
+        out = self._replay(self.entry(key, j), b)
+        self._mirror_free[j].record()
+        return out
 
     def upload_len(self, b: int) -> int:
         """Entries of the one upload of a `b`-row step: the six row regions and the first b table rows are
@@ -225,4 +282,9 @@ class DecodeGraphs:
         if size > b:  # padding rows: attend to one cached slot, write nothing
             self.ctx[b:size].fill_(1)
             self.slots[b:size].fill_(-1)
-        return self._replay(key, b)
+        if size > self.staged_sizes:
+            return self._replay(self.entry(key), b)
+        j = self._next_mirror()   # a staged graph reads its inputs from a mirror: put them there first
+        n_up = self.upload_len(size)
+        self.mirrors[j][:n_up].copy_(self.static[:n_up])
+        return self._launch(key, j, b)
