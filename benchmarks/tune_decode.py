@@ -212,9 +212,9 @@ def gap_probe(timer: StepTimer, llm: LLM) -> None:
 
 def gap_trace(llm: LLM, path: str, steps: int = 25) -> None:
     """The GPU timeline of the overlapped `LLM.step` loop (torch.profiler, written to `path` as a Chrome
-    trace): per step, the graph's own span (embedding kernel start to last kernel end) and what runs
-    between two graphs (copies, stray kernels, idle time). Run after `gap_probe`, which leaves a request
-    decoding."""
+    trace): per step, the graph's own span (first kernel start, the input stage's where there is one, to
+    last kernel end), what runs between two graphs (copies, stray kernels, idle time) and the critical
+    path by kernel. Run after `gap_probe`, which leaves a request decoding."""
     import json as _json
 
     from torch.profiler import ProfilerActivity, profile
@@ -227,7 +227,9 @@ def gap_trace(llm: LLM, path: str, steps: int = 25) -> None:
     events = [e for e in _json.loads(open(path).read())["traceEvents"]
               if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     events.sort(key=lambda e: e["ts"])
-    starts = [i for i, e in enumerate(events) if "_embed_kernel" in e["name"]]
+    # a step starts at its embedding kernel, or at the input stage kernel just before it (staged graphs)
+    starts = [i - 1 if i and "_stage_kernel" in events[i - 1]["name"] else i
+              for i, e in enumerate(events) if "_embed_kernel" in e["name"]]
     spans, gaps, between = [], [], {}
     for a, b in zip(starts, starts[1:]):
         body = [e for e in events[a:b] if e["cat"] == "kernel"]
@@ -259,7 +261,7 @@ def gap_trace(llm: LLM, path: str, steps: int = 25) -> None:
             exposed.setdefault(name, []).append(t)
     for name, ts in sorted(exposed.items(), key=lambda kv: -med(kv[1])):
         print(f"gap trace:   critical path {name:52s} {med(ts):7.1f} us a step", flush=True)
-    print(f"gap trace: {len(spans)} steps, graph span {med(spans):.1f} us, last kernel end -> next embedding start "
+    print(f"gap trace: {len(spans)} steps, graph span {med(spans):.1f} us, last kernel end -> next graph's first "
           f"{med(gaps):.1f} us (p90 {sorted(gaps)[int(0.9 * len(gaps))]:.1f})", flush=True)
     for name, durs in sorted(between.items(), key=lambda kv: -len(kv[1])):
         print(f"gap trace:   between graphs: {name} x{len(durs)} median {med(durs):.1f} us", flush=True)

@@ -4,7 +4,8 @@ mirror into the graph's static device buffer.
 A decode step used to upload its inputs with a host-to-device copy queued before the graph replay. At
 batch 1 that copy of a few hundred bytes cost ~11 µs of GPU time a step on an H200 (the copy engine's
 own latency plus the hand-offs between it and the graph's kernels), 2.6% of a GPT-2 medium step. Read by
-the graph's first kernel instead, the same bytes cost one PCIe round trip. The graph then reads a *fixed*
+the graph's first kernel instead, the same bytes cost one PCIe round trip: from one step's last kernel to
+the next step's embedding, 11.6-15.6 µs became 5.9 µs (stage kernel included). The graph then reads a *fixed*
 host buffer, so `runtime.cuda_graphs` captures two graphs per shape, each on its own mirror, and
 alternates them: the host fills one mirror while the other graph may still be reading its own.
 
