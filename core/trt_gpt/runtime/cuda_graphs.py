@@ -28,7 +28,7 @@ of GPU time a step on an H200). A captured kernel reads a fixed address, so ther
 graphs per (size, cap), one on each mirror; steps alternate between them, and a mirror is refilled only
 after the replay that read it has completed (in overlapped decoding, long before: the host reads step n's
 picks before it enqueues step n + 2). Larger steps, TRT_GPT_GRAPH_INPUTS=copy, or a GPU whose kernels
-cannot reach pinned memory (the host-picks probe), keep the copy, from the same alternating mirrors.
+cannot reach pinned memory (one probe at load), keep the copy, from the same alternating mirrors.
 
 `eager=True` keeps the static buffers and the whole protocol but runs the forward instead of replaying
 a graph: it is how the protocol is tested on machines without CUDA (Triton kernels interpreted).
@@ -97,8 +97,17 @@ class DecodeGraphs:
             self.tok_host = self.tok_host.pin_memory()
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
-        self.host_picks = self._host_picks(self.static[5 * p:5 * p + 1])
-        self.staged_sizes = STAGED_SIZES if self._stage_inputs() else 0
+        index = self.static[5 * p:5 * p + 1]
+        reachable = self._pinned_reachable(index)
+        # the graphs store their picks in host memory, unless TRT_GPT_HOST_PICKS=0 (a copy after each replay)
+        self.host_picks = None
+        if reachable and os.environ.get("TRT_GPT_HOST_PICKS", "1") != "0":
+            from ..kernels.triton_argmax import HostPicks
+
+            self.host_picks = HostPicks(self.tok_host, index)
+        # small graphs read their inputs from the mirrors, unless TRT_GPT_GRAPH_INPUTS=copy
+        staged = reachable and os.environ.get("TRT_GPT_GRAPH_INPUTS", "stage") != "copy"
+        self.staged_sizes = STAGED_SIZES if staged else 0
         self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
         Key = tuple[int, int, int]   # (batch size, context cap, mirror the graph reads; 0 if not staged)
         self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
@@ -113,28 +122,22 @@ class DecodeGraphs:
             for key in keys:
                 self.graphs[key] = self.capture(key)
 
-    def _host_picks(self, index: torch.Tensor) -> Any:
-        """The graphs' host picks target, or None (a copy after each replay instead): TRT_GPT_HOST_PICKS=0,
-        or a GPU whose kernels cannot store to pinned memory (one probe store, before any capture)."""
-        if os.environ.get("TRT_GPT_HOST_PICKS", "1") == "0":
-            return None
+    def _pinned_reachable(self, index: torch.Tensor) -> bool:
+        """Whether this device's kernels can store to and load from pinned host memory: one probe of each
+        (the host picks' store and the input stage's load), before any capture. Without it the picks and the
+        inputs take copies."""
+        if self.tokens_out.device.type != "cuda":
+            return True
         from ..kernels.triton_argmax import HostPicks, store_host_picks
+        from ..kernels.triton_stage import stage_inputs
 
-        target = HostPicks(self.tok_host, index)
-        if self.tokens_out.device.type == "cuda":
-            try:
-                store_host_picks(self.tokens_out[:1], target)
-                torch.cuda.synchronize()
-            except (RuntimeError, ValueError):
-                return None
-        return target
-
-    def _stage_inputs(self) -> bool:
-        """Whether small graphs read their inputs from the pinned mirrors: not with TRT_GPT_GRAPH_INPUTS=copy,
-        nor where the host-picks probe found that kernels cannot reach pinned memory."""
-        if os.environ.get("TRT_GPT_GRAPH_INPUTS", "stage") == "copy":
+        try:
+            store_host_picks(self.tokens_out[:1], HostPicks(self.tok_host, index))
+            stage_inputs(self.mirrors[0][:1], self.static)   # the mirror is a copy of static: a no-op write
+            torch.cuda.synchronize()
+        except (RuntimeError, ValueError):
             return False
-        return self.host_picks is not None or self.tokens_out.device.type != "cuda"
+        return True
 
     def host_views(self, j: int) -> tuple:
         """numpy views of mirror j: (ids, pos, slots, ctx, tables [n, max_blocks]), feed, aux."""
