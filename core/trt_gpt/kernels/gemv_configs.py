@@ -38,9 +38,10 @@ class GemvConfig:
     def as_list(self) -> list[int]:
         """The tuned-file form: [block_n, block_k, num_warps, num_stages(, early_release(, prefetch_tiles))],
         trailing defaults left out."""
-        tail = [int(self.early_release), self.prefetch_tiles]
-        while tail and tail[-1] == [0, 1][len(tail) - 1]:
-            tail.pop()
+        if self.prefetch_tiles != 1:
+            tail = [int(self.early_release), self.prefetch_tiles]
+        else:
+            tail = [1] if self.early_release else []
         return [self.block_n, self.block_k, self.num_warps, self.num_stages] + tail
 
 

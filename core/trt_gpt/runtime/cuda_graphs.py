@@ -113,7 +113,7 @@ class DecodeGraphs:
         self.graphs: dict[Key, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         keys = [(size, cap, j) for size in reversed(self.sizes)   # largest first: later graphs reuse its pool
                 for cap in (self.caps if size <= CAPPED_SIZES else [max_seq_len])
-                for j in ((0, 1) if size <= self.staged_sizes else (0,))]
+                for j in self._mirrors_read(size)]
         if self.eager:
             self.graphs = {key: (None, None) for key in keys}
             return
@@ -148,13 +148,17 @@ class DecodeGraphs:
         rows = (*(h[i * p:i * p + n] for i in range(4)), h[6 * p:].reshape(n, self.max_blocks))
         return rows, h[4 * p:4 * p + n], h[5 * p:6 * p]
 
+    def _mirrors_read(self, size: int) -> tuple[int, ...]:
+        """The mirrors whose graphs a batch size has: both where the graph stages its inputs, else one."""
+        return (0, 1) if size <= self.staged_sizes else (0,)
+
     def entry(self, key: tuple[int, int], j: int = 0) -> tuple[int, int, int]:
         """The graph of (size, cap) `key` that reads mirror j (the one graph, where the size is not staged)."""
         return (*key, j if key[0] <= self.staged_sizes else 0)
 
     def recapture(self, key: tuple[int, int]) -> None:
         """Capture every graph of (size, cap) `key` again (benchmarks/tune_decode.py, after a config change)."""
-        for j in ((0, 1) if key[0] <= self.staged_sizes else (0,)):
+        for j in self._mirrors_read(key[0]):
             self.graphs[(*key, j)] = (None, None)      # free the old graph first
             torch.cuda.synchronize()
             self.graphs[(*key, j)] = self.capture((*key, j))
