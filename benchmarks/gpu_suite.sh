@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
 # HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
-# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
 want() { [[ ",$PART," == *",$1,"* ]]; }   # PART may list several: step,large
@@ -81,6 +81,14 @@ if want step; then  # batch-1 decode: end-to-end bench and the graph's step time
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
       ${ARGMAX_AB:+--argmax-ab} ${PDL_AB:+--pdl-ab} ${GAP_PROBE:+--gap-probe} \
       ${GAP_TRACE:+--gap-trace /tmp/trace-$m.json} 2>&1 | grep -E "^start:|^decode split|^picks from|^PDL release|^gap|Error|error"
+  done
+fi
+if want timeline; then  # where a batch-1 request's time goes: TTFT, decode steps, GPU idle between them (TIMELINE_MODELS)
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  for m in ${TIMELINE_MODELS:-gpt2m}; do
+    bench tl_${m}_b1 $m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
+    python3 benchmarks/request_timeline.py /tmp/eng-$m --trace "$OUT/timeline-$m.json.gz" 2>&1 | grep -v "^W1" | tee "$OUT/timeline-$m.log"
   done
 fi
 if want ifb; then  # the large-batch runs alone, without HF (quick look while tuning)
