@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
 # HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
-# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | prefill | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
 want() { [[ ",$PART," == *",$1,"* ]]; }   # PART may list several: step,large
@@ -81,6 +81,31 @@ if want step; then  # batch-1 decode: end-to-end bench and the graph's step time
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
       ${ARGMAX_AB:+--argmax-ab} ${PDL_AB:+--pdl-ab} ${GAP_PROBE:+--gap-probe} \
       ${GAP_TRACE:+--gap-trace /tmp/trace-$m.json} 2>&1 | grep -E "^start:|^decode split|^picks from|^PDL release|^gap|Error|error"
+  done
+fi
+if want prefill; then  # the fused prompt GEMM: GPU tests, tiles tuned in the prefill graph, then the b1 bench A/B
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  [[ ${PREFILL_TESTS:-1} == 1 ]] && timeout 300 python3 -m pytest -q -x tests/kernels/test_triton_gemm_small.py \
+    tests/model/test_fused_decode.py tests/gpu 2>&1 | tee "$OUT/pytest-prefill.log" | tail -3
+  for m in ${PREFILL_MODELS:-gpt2m}; do
+    [[ $m == santacoder ]] && engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+    for len in ${PREFILL_LENS:-128}; do
+      python3 benchmarks/tune_prefill.py /tmp/eng-$m --out "$OUT/gemm-tuned-$m-$len.json" --prompt_len $len \
+        --budget-s ${PREFILL_BUDGET:-120} 2>&1 | grep -v "^W1" | tee "$OUT/tune-prefill-$m-$len.log" | grep -v "^  "
+    done
+  done
+  python3 - "$OUT" <<'PY'
+import glob, json, sys
+merged = {}
+for f in sorted(glob.glob(sys.argv[1] + "/gemm-tuned-*.json")):
+    if not f.endswith("-trials.json"):
+        merged.update(json.load(open(f)))
+json.dump(merged, open(sys.argv[1] + "/gemm-tuned.json", "w"), indent=1)
+print("merged GEMM table:", merged)
+PY
+  for r in 1 2; do
+    TRT_GPT_FUSED_PREFILL_TOKENS=0 bench pf_off_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
+    TRT_GPT_GEMM_CONFIGS=$OUT/gemm-tuned.json bench pf_on_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
   done
 fi
 if want timeline; then  # where a batch-1 request's time goes: TTFT, decode steps, GPU idle between them (TIMELINE_MODELS)

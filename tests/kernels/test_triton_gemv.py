@@ -234,7 +234,7 @@ def test_bad_arguments_raise(case):
         kwargs["out"] = torch.empty(2, 37, device=DEVICE, dtype=torch.float16)
     with pytest.raises(ValueError, match="fused_linear"):
         fused_linear(x, w, b, **kwargs)
-    if case != "out":
+    if case not in ("out", "m_too_big"):   # the reference takes any M (it is fused_gemm's too)
         with pytest.raises(ValueError, match="fused_linear"):
             fused_linear_ref(x, w, b, **kwargs)
 

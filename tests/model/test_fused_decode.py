@@ -48,8 +48,9 @@ def test_fused_path_matches_hf(tmp_path, fused_env, name):
     calls = []
     orig = llm.engine.model.fused.layer
     llm.engine.model.fused.layer = lambda *a, **k: calls.append(1) or orig(*a, **k)
-    # prompts of at most 4 tokens, one at a time: scoring, prefill and decode all take the fused path
-    for prompt in random_prompts(97, [3, 4], seed=2):
+    # one at a time: scoring, prefill and decode all take the fused path; prompts of up to 4 tokens run the
+    # GEMV, the 11-token one the tensor-core GEMM (`triton_gemm_small`), its scoring head included
+    for prompt in random_prompts(97, [3, 11], seed=2):
         assert_parity(hf, engine, [prompt], n_greedy=3, llm=llm, atol=1e-4)
     assert len(calls) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
 
@@ -87,8 +88,9 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("prompt_len", [3, 12])     # the GEMV's rows; the GEMM's (and two cache blocks)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_fused_path_matches_module_path(fused_env, name):
+def test_fused_path_matches_module_path(fused_env, name, prompt_len):
     from trt_gpt.kernels.backends import get_attention_backend
 
     cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -111,16 +113,19 @@ def test_fused_path_matches_module_path(fused_env, name):
             kv = [(torch.zeros(4, 2, 8, 16, device=DEVICE), torch.zeros(4, 2, 8, 16, device=DEVICE))
                   for _ in range(2)]
             i32 = dict(dtype=torch.int32, device=DEVICE)
-            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 3], **i32), context_lens=torch.tensor([3], **i32),
+            n = prompt_len
+            slots = [16 + p if p < 8 else p - 8 for p in range(n + 1)]   # block table [2, 0], 8 slots a block
+            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, n], **i32), context_lens=torch.tensor([n], **i32),
                                      block_tables=torch.tensor([[2, 0]], **i32),
-                                     slot_mapping=torch.tensor([16, 17, 18], **i32), max_q_len=3, max_context_len=3,
-                                     q_lens_host=[3], context_lens_host=[3])
-            first = model(torch.tensor([5, 9, 1], device=DEVICE), torch.arange(3, device=DEVICE), meta, kv)
-            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 1], **i32), context_lens=torch.tensor([4], **i32),
+                                     slot_mapping=torch.tensor(slots[:n], **i32), max_q_len=n, max_context_len=n,
+                                     q_lens_host=[n], context_lens_host=[n])
+            ids = torch.tensor([(5 + 7 * i) % 61 for i in range(n)], device=DEVICE)
+            first = model(ids, torch.arange(n, device=DEVICE), meta, kv)
+            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 1], **i32), context_lens=torch.tensor([n + 1], **i32),
                                      block_tables=torch.tensor([[2, 0]], **i32),
-                                     slot_mapping=torch.tensor([19], **i32), max_q_len=1, max_context_len=4,
-                                     q_lens_host=[1], context_lens_host=[4])
-            second = model(torch.tensor([7], device=DEVICE), torch.tensor([3], device=DEVICE), meta, kv)
+                                     slot_mapping=torch.tensor(slots[n:], **i32), max_q_len=1,
+                                     max_context_len=n + 1, q_lens_host=[1], context_lens_host=[n + 1])
+            second = model(torch.tensor([7], device=DEVICE), torch.tensor([n], device=DEVICE), meta, kv)
             return torch.cat([first, second])
         finally:
             model.fused = saved

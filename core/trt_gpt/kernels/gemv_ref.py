@@ -37,8 +37,9 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, residual_scale: float = 1.0,
                      out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
-    """`fused_linear`'s math in torch (fp32 accumulation and epilogue, one cast at the end)."""
-    m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
+    """`fused_linear`'s (and `triton_gemm_small.fused_gemm`'s) math in torch for x [M, K] of any M: fp32
+    accumulation and epilogue, one cast at the end."""
+    m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual, max_m=None)
     _check_kv_write(kv_write, m, n, x.device)
     h = (apply_norm_ref(x, norm) if norm is not None else x).float()
 

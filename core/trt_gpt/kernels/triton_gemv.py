@@ -82,13 +82,14 @@ def _check_vec(t: torch.Tensor | None, length: int, name: str, device: torch.dev
         raise ValueError(f"fused_linear: {name} must be a contiguous tensor on {device}")
 
 
-def _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual) -> tuple[int, int, int]:
-    """Shared validation of the kernel and the reference; returns (M, N, K)."""
+def _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual,
+                max_m: int | None = MAX_M) -> tuple[int, int, int]:
+    """Shared validation of the kernels and the reference (`max_m=None`: any M); returns (M, N, K)."""
     if x.dim() != 2:
         raise ValueError(f"fused_linear: x must be [M, K], got shape {tuple(x.shape)}")
     m, k = x.shape
-    if not 1 <= m <= MAX_M:
-        raise ValueError(f"fused_linear: M={m} rows is outside 1..{MAX_M} (use a GEMM for larger batches)")
+    if m < 1 or (max_m is not None and m > max_m):
+        raise ValueError(f"fused_linear: M={m} rows is outside 1..{max_m} (use a GEMM for larger batches)")
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"fused_linear: x dtype {x.dtype} is not one of {SUPPORTED_DTYPES}")
     if weight.dim() != 2 or weight.shape[1] != k:

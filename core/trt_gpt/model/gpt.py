@@ -177,7 +177,8 @@ class GPTForCausalLM(nn.Module):
         cfg = self.cfg
         t = self.transformer
         window = window if window is not None else cfg.sliding_window
-        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
+        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0], meta.is_decode) \
+            else None
         if cfg.mapping.is_first_pp_rank:
             if fused is not None:
                 hidden = fused.embed(t, input_ids, positions, cfg.embedding_multiplier, feed)
@@ -198,7 +199,8 @@ class GPTForCausalLM(nn.Module):
             hidden = hidden[logits_rows]
         # the fused head picks from the logits it writes: only where no scaling follows (a division could
         # round two logits into a tie that torch.argmax would break differently)
-        fused_picks = picks if fused is not None and fused.fuse_argmax and cfg.logits_scaling == 1.0 else None
+        fused_picks = picks if (fused is not None and fused.fuse_argmax and cfg.logits_scaling == 1.0
+                                and hidden.shape[0] <= fused.gemv_rows) else None
         if fused is not None:
             logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
                                 host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]
