@@ -91,7 +91,8 @@ if want prefill; then  # the fused prompt GEMM: GPU tests, tiles tuned in the pr
     [[ $m == santacoder ]] && engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
     for len in ${PREFILL_LENS:-128}; do
       python3 benchmarks/tune_prefill.py /tmp/eng-$m --out "$OUT/gemm-tuned-$m-$len.json" --prompt_len $len \
-        --budget-s ${PREFILL_BUDGET:-120} 2>&1 | grep -v "^W1" | tee "$OUT/tune-prefill-$m-$len.log" | grep -v "^  "
+        --budget-s ${PREFILL_BUDGET:-120} ${PREFILL_TABLE:+--table $PREFILL_TABLE} ${PREFILL_KERNELS:+--kernels} 2>&1 \
+        | grep -v "^W1" | tee "$OUT/tune-prefill-$m-$len.log" | grep -v "^  "
     done
   done
   python3 - "$OUT" <<'PY'
@@ -103,7 +104,7 @@ for f in sorted(glob.glob(sys.argv[1] + "/gemm-tuned-*.json")):
 json.dump(merged, open(sys.argv[1] + "/gemm-tuned.json", "w"), indent=1)
 print("merged GEMM table:", merged)
 PY
-  for r in 1 2; do
+  for r in $(seq ${PREFILL_AB_ROUNDS:-2}); do
     TRT_GPT_FUSED_PREFILL_TOKENS=0 bench pf_off_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
     TRT_GPT_GEMM_CONFIGS=$OUT/gemm-tuned.json bench pf_on_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
   done

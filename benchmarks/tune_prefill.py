@@ -34,13 +34,37 @@ class PrefillTimer:
         self.llm, self.prompt = llm, prompt
         self.params = SamplingParams(max_tokens=1, end_id=None)
 
-    def __call__(self) -> float:
+    def graph(self) -> torch.cuda.CUDAGraph:
         pg = self.llm.executor.prefill_graphs
         pg.entries.clear()
         pg.seen.clear()
         for _ in range(2):          # eager first, captured on the second sight
             self.llm.generate([self.prompt], self.params)
         (_, graph, _), = pg.entries.values()
+        return graph
+
+    def kernels(self, label: str, replays: int = 5) -> None:
+        """Each kernel of one replay: count and median duration (torch.profiler over `replays` replays)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        graph = self.graph()
+        graph.replay()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(replays):
+                graph.replay()
+            torch.cuda.synchronize()
+        durs: dict[str, list[float]] = {}
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                durs.setdefault(e.name[:60], []).append(e.device_time)
+        total = sum(sum(d) for d in durs.values()) / replays
+        print(f"{label}: kernel time {total:.1f} us a replay (sum of durations; they overlap under PDL)")
+        for name, d in sorted(durs.items(), key=lambda kv: -sum(kv[1])):
+            print(f"{label}:   {len(d) // replays:4d} x {statistics.median(d):6.2f} us  {name}")
+
+    def __call__(self) -> float:
+        graph = self.graph()
         for _ in range(3):
             graph.replay()
         times = []
@@ -62,6 +86,8 @@ def main() -> None:
     ap.add_argument("--prompt_len", type=int, default=128)
     ap.add_argument("--budget-s", type=float, default=150)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--table", default="", help="start from this TRT_GPT_GEMM_CONFIGS file")
+    ap.add_argument("--kernels", action="store_true", help="print each kernel of the graph, fused path off and on")
     args = ap.parse_args()
     llm = LLM(args.engine_dir)
     model = llm.engine.model
@@ -86,11 +112,13 @@ def main() -> None:
     model.fused.prefill_tokens = 0            # the module path: cuBLAS GEMMs and the separate small kernels
     off = timer()
     model.fused.prefill_tokens = max(m, 1)
+    start_table = json.load(open(args.table)) if args.table else {}
     for name, key in keys.items():
+        k = f"{key[0]},{key[1]},{key[2]}"
         c = tg.gemm_config(m, key[1], key[2], torch.device("cuda"))
-        table[f"{key[0]},{key[1]},{key[2]}"] = [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages]
+        table[k] = start_table.get(k, [c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages])
     best = start = measure(table)
-    print(f"prefill {m} tokens: fused path off {off:.4f} ms, heuristic tiles {start:.4f} ms", flush=True)
+    print(f"prefill {m} tokens: fused path off {off:.4f} ms, starting tiles {start:.4f} ms", flush=True)
     trials = []
     deadline = time.monotonic() + args.budget_s
     for rnd in range(args.rounds):
@@ -115,9 +143,13 @@ def main() -> None:
                     if t < best * 0.995:
                         best, table[k] = t, cand
                         print(f"  round {rnd} {name} {cand}: {t:.4f} ms (kept)", flush=True)
-    measure(table)
-    final = timer()
-    print(f"prefill {m} tokens: fused path off {off:.4f} ms, heuristic {start:.4f}, tuned {final:.4f} ms "
+    final = measure(table)
+    if args.kernels:
+        model.fused.prefill_tokens = 0
+        timer.kernels("module path")
+        model.fused.prefill_tokens = max(m, 1)
+        timer.kernels("fused path")
+    print(f"prefill {m} tokens: fused path off {off:.4f} ms, start {start:.4f}, tuned {final:.4f} ms "
           f"({len(trials)} trials)", flush=True)
     with open(args.out, "w") as f:
         json.dump(table, f, indent=1)

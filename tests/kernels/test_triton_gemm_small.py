@@ -14,7 +14,7 @@ if not torch.cuda.is_available():  # before the kernel module defines its @trito
 
 pytest.importorskip("triton")
 
-from test_triton_gemv import DEVICE, HALF, check, make, oracle  # noqa: E402
+from gemv_cases import DEVICE, HALF, check, make, oracle  # noqa: E402
 
 from trt_gpt.kernels.gemv_ref import fused_linear_ref  # noqa: E402
 from trt_gpt.kernels.triton_gemm_small import CONFIG_ENV, GemmConfig, fused_gemm, gemm_config  # noqa: E402
