@@ -22,6 +22,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def fused_env(monkeypatch):
     monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
     monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "4")
+    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", "16")   # prompt steps of 5-16 tokens: the prompt GEMM
     monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "0")
     if DEVICE == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -36,23 +37,34 @@ HF_MODELS = {
 }
 
 
+@pytest.mark.parametrize("prefill_tokens", ["16", "0"])
 @pytest.mark.parametrize("name", list(HF_MODELS))
-def test_fused_path_matches_hf(tmp_path, fused_env, name):
+def test_fused_path_matches_hf(tmp_path, fused_env, monkeypatch, name, prefill_tokens):
     from trt_gpt import LLM
 
+    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", prefill_tokens)
     cls, cfg = HF_MODELS[name]
     hf = save_tiny(cls, cfg, tmp_path / "hf")
     engine = engine_from_checkpoint(tmp_path / "hf", tmp_path, max_input_len=16, max_seq_len=32, max_batch_size=2)
     llm = LLM(engine, device=DEVICE)
-    assert llm.engine.model.fused is not None
-    calls = []
-    orig = llm.engine.model.fused.layer
-    llm.engine.model.fused.layer = lambda *a, **k: calls.append(1) or orig(*a, **k)
-    # one at a time: scoring, prefill and decode all take the fused path; prompts of up to 4 tokens run the
-    # GEMV, the 11-token one the tensor-core GEMM (`triton_gemm_small`), its scoring head included
+    fused = llm.engine.model.fused
+    assert fused is not None
+    layers, heads = [], []
+    orig_layer, orig_head = fused.layer, fused.head
+    fused.layer = lambda *a, **k: layers.append(1) or orig_layer(*a, **k)
+    fused.head = lambda lm, hidden, *a, **k: heads.append(hidden.shape[0]) or orig_head(lm, hidden, *a, **k)
+    # One at a time: scoring, prefill, then two decode steps. The 3-token prompt is within the decode GEMV's
+    # 4 rows, so all of it takes the fused layers. The 11-token prompt's steps take them only with
+    # TRT_GPT_FUSED_PREFILL_TOKENS=16 (the tensor-core GEMM, `triton_gemm_small`, scoring head included);
+    # with 0 its prefill runs the module path's layers and then the fused head on its one last-token row.
     for prompt in random_prompts(97, [3, 11], seed=2):
         assert_parity(hf, engine, [prompt], n_greedy=3, llm=llm, atol=1e-4)
-    assert len(calls) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
+    if prefill_tokens == "16":
+        assert len(layers) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
+        assert heads == [3, 1, 1, 1, 11, 1, 1, 1]
+    else:
+        assert len(layers) == 2 * (1 + 1 + 2) + 2 * 2
+        assert heads == [3, 1, 1, 1, 1, 1, 1]
 
 
 def test_fused_head_picks_feed_overlapped_decoding(tmp_path, fused_env, monkeypatch):

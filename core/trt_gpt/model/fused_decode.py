@@ -20,11 +20,12 @@ tokens in the step, and a norm and activation that the kernel implements (an act
 overrides keeps the module path).
 TRT_GPT_FUSED_DECODE_ROWS=0 switches it off for decode steps; a number sets `max_rows`.
 
-Prompt steps (any step that is not all decode) of up to `prefill_tokens` tokens take the same layer with
-the GEMV's tensor-core sibling (`triton_gemm_small.fused_gemm`) wherever a step has more rows than the GEMV
-takes: five kernels a layer instead of ~14. H200, GPT-2 medium, one 128-token prompt: see
-docs/benchmarks.md (eighth session). TRT_GPT_FUSED_PREFILL_TOKENS=0 switches that off; a number sets the
-limit (longer prompts keep cuBLAS, whose large-M GEMMs are faster than these tiles).
+With TRT_GPT_FUSED_PREFILL_TOKENS=N, prompt steps (any step that is not all decode) of up to N tokens
+take the same layer too, with the GEMV's tensor-core sibling (`triton_gemm_small.fused_gemm`) wherever a
+step has more rows than the GEMV takes: five kernels a layer instead of ~13. Off by default, because it
+lost where it was measured: H200, GPT-2 medium, one 128-token prompt, 1.34 ms for the prefill graph with
+cuBLAS and the separate kernels against 1.42-1.45 ms with tuned tiles (docs/benchmarks.md, eighth
+session). The head of a decode-sized prompt step (its last-token rows) takes the fused GEMV either way.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ PREFILL_ENV_VAR = "TRT_GPT_FUSED_PREFILL_TOKENS"
 # GEMV beats cuBLAS + the separate small kernels at M = 1 only; from M = 2 cuBLAS' GEMMs read the weights
 # faster than the fused kernel's per-row accumulators allow (docs/benchmarks.md).
 DEFAULT_MAX_ROWS = 1
-DEFAULT_PREFILL_TOKENS = 512
+DEFAULT_PREFILL_TOKENS = 0
 
 # hidden_act name -> the kernel's activation, for the built-in activation functions only
 KERNEL_ACTIVATIONS = {
@@ -131,7 +132,7 @@ class FusedDecode:
 
     def applies(self, rows: int, decode: bool = True) -> bool:
         """Whether a step of `rows` tokens takes this path (`decode`: every sequence has one token)."""
-        return 0 < rows <= (self.max_rows if decode else self.prefill_tokens)
+        return 0 < rows <= (self.max_rows if decode else max(self.max_rows, self.prefill_tokens))
 
     def _linear(self, rows: int):
         """The GEMV up to the rows it takes, its tensor-core sibling above (same function, same keywords)."""

@@ -197,13 +197,17 @@ class GPTForCausalLM(nn.Module):
             return hidden
         if logits_rows is not None:
             hidden = hidden[logits_rows]
+        # The fused head also serves the last-token rows of a prompt step that took the module path (one
+        # GEMV instead of ln_f + cuBLAS' GEMV + an fp32 copy)
+        head = fused if fused is not None or self.fused is None or not self.fused.applies(hidden.shape[0]) \
+            else self.fused
         # the fused head picks from the logits it writes: only where no scaling follows (a division could
         # round two logits into a tie that torch.argmax would break differently)
-        fused_picks = picks if (fused is not None and fused.fuse_argmax and cfg.logits_scaling == 1.0
-                                and hidden.shape[0] <= fused.gemv_rows) else None
-        if fused is not None:
-            logits = fused.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
-                                host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]
+        fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0
+                                and hidden.shape[0] <= head.gemv_rows) else None
+        if head is not None:
+            logits = head.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
+                               host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]
         else:
             logits = self.tp.all_gather(self.lm_head(t.ln_f(hidden)), dim=-1)[..., :cfg.vocab_size].float()
         if cfg.logits_scaling != 1.0:

@@ -71,6 +71,10 @@ class RowLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            # Nothing to reduce: the bias goes into the GEMM's epilogue. A separate broadcast add was a
+            # kernel of its own (H200, GPT-2 medium 128-token prefill: 48 x 2.8 us of a 1.34 ms graph).
+            return F.linear(x, self.weight, self.bias)
         y = self.tp.all_reduce(F.linear(x, self.weight))
         return y + self.bias if self.bias is not None else y
 
