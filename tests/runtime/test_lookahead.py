@@ -126,3 +126,28 @@ def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap
     assert got == hf
     assert {cap for _, cap, _ in replayed} >= {8, 16, g.max_seq_len}, replayed
     assert {j for *_, j in replayed} == ({0, 1} if inputs == "stage" else {0})
+
+
+def test_held_prompt_steps_feed_the_first_decode_step(tiny_gpt2_engine, overlap_env):
+    """A prompt step that ends every prompt in it is held (`Lookahead.hold`): its argmax picks stay on the
+    device as the next decode step's input and reach the host one step later. Outputs still equal HF's,
+    one-token requests included (their only token is the held pick), and a sampling request's prompt is not
+    held."""
+    tiny = tiny_gpt2_engine
+    prompts = random_prompts(VOCAB, [7, 12, 5, 9], seed=31)
+    hf = [tiny.hf_generate(p, max_new_tokens=8, min_new_tokens=8) for p in prompts]
+    llm = tiny.llm(max_batch_size=4)
+    la = llm.lookahead
+    held: list[int] = []
+    orig = la.hold
+    la.hold = lambda batch, logits: held.append(len(batch)) or orig(batch, logits)
+    for p, ref in zip(prompts, hf):            # one at a time, as `trt-gpt bench --concurrency 1` serves them
+        assert llm.generate([p], SamplingParams(max_tokens=8))[0].token_ids == ref
+    assert held == [1, 1, 1, 1]
+    assert [o.token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=1))] == [r[:1] for r in hf]
+    assert held[4:] == [4]                      # the four prompts in one step, each finished by its pick
+    _assert_clean(llm)
+    sampled = SamplingParams(max_tokens=3, temperature=0.7, top_k=20, seed=1)
+    assert len(llm.generate([prompts[0]], sampled)[0].token_ids) == 3
+    assert len(held) == 5
+    _assert_clean(llm)

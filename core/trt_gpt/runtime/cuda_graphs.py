@@ -274,6 +274,18 @@ class DecodeGraphs:
         ev.record()
         return host, ev
 
+    def stash_picks(self, picks: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Picks of a step run outside the graphs (a prompt's last chunk, `Lookahead.hold`), put where the
+        next graph's input feed reads them; returns (host int32 [b], event), as `run_greedy` does."""
+        b = picks.shape[0]
+        self.tokens_out[:b].copy_(picks)
+        self._tok_i ^= 1
+        host = self.tok_host[self._tok_i][:b]
+        host.copy_(self.tokens_out[:b], non_blocking=True)
+        ev = self.tok_events[self._tok_i]
+        ev.record()
+        return host, ev
+
     def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Logits [b, vocab] of a decode step from device tensors; valid until the next replay."""
         b = ids.shape[0]

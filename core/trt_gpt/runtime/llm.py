@@ -171,7 +171,11 @@ class LLM:
             if self.scheduler.has_work:
                 raise TrtGptError("scheduler made no progress: the KV cache is too small for any waiting request")
             return []
+        hold = la is not None and la.holds(batch)   # read before the step advances num_computed
         logits = self.executor.step(batch)
+        if hold:
+            la.hold(batch, logits)
+            return done
         return done + self._advance(batch, logits)
 
     def _resolve(self, step: PendingStep) -> list[Sequence]:

@@ -7,6 +7,11 @@ token is the argmax that the decode CUDA graph computes anyway, so it can stay o
 step's graph takes its input token there (`DecodeGraphs.run_packed`), the host learns the tokens one
 step later, and the stop checks run while the GPU computes the following step.
 
+A prompt step whose every sequence finishes its prompt there (no token sampled yet) and would decode
+with the graphs afterwards is held the same way (`holds`, `hold`): its picks, the argmax of its logits,
+go where the next decode graph reads its input tokens, so the first decode step is enqueued right behind
+the prefill instead of after the first token's round trip to the host.
+
 The price is one step computed past a finish: a sequence that stops (end id, stop word) at step n has
 already been enqueued for step n+1; that token is dropped. A step that is not eligible (a prompt
 chunk, sampling, beams, logits requested) first waits for the tokens in flight and then runs
@@ -66,6 +71,26 @@ class Lookahead:
             s.inflight += 1
         self.pending = PendingStep(seqs, host, ready, {id(s): i for i, s in enumerate(seqs)})
         return prev
+
+    def holds(self, batch: list[tuple[Sequence, int]]) -> bool:
+        """Whether `batch` (before it runs) is a prompt step that `hold` may keep pending: every sequence's
+        prompt ends in this step with nothing sampled yet, and its decode steps would take the graphs."""
+        if not batch:
+            return False
+        g = self.executor.graphs
+        w = g.window
+        return g.fits(len(batch), batch[0][0].window) and all(
+            s.lookahead_ok and s.window == w and not s.output_ids and s.num_computed + n == len(s.prompt_ids)
+            for s, n in batch)
+
+    def hold(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> None:
+        """Keep a step that `holds` pending: its greedy picks (argmax of `logits` [len(batch), vocab], as
+        the sampler takes them) stay on the GPU for the next decode step and reach the host later."""
+        host, ready = self.executor.graphs.stash_picks(logits.argmax(dim=-1))
+        seqs = [s for s, _ in batch]
+        for s in seqs:
+            s.inflight += 1
+        self.pending = PendingStep(seqs, host, ready, {id(s): i for i, s in enumerate(seqs)})
 
     def take(self) -> PendingStep | None:
         prev, self.pending = self.pending, None
