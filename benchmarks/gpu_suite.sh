@@ -31,12 +31,12 @@ bench() {  # name engine extra-args...
 }
 
 if want check || want all; then
-  python3 -m pytest -q -x tests/gpu tests/kernels 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
+  python3 -m pytest -x tests/gpu tests/kernels 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
   # the runtime suite with the engine on the GPU (HF stays the oracle on CPU): real CUDA graphs + overlap
-  TRT_GPT_TEST_DEVICE=cuda python3 -m pytest -q -x tests/runtime 2>&1 | tee "$OUT/pytest-runtime-cuda.log" | tail -5
+  TRT_GPT_TEST_DEVICE=cuda python3 -m pytest -x tests/runtime 2>&1 | tee "$OUT/pytest-runtime-cuda.log" | tail -5
 fi
 if want kcheck; then  # the decode-attention and embedding kernels only (a quick check after a change)
-  timeout ${KCHECK_TIMEOUT:-120} python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_embed.py \
+  timeout ${KCHECK_TIMEOUT:-120} python3 -m pytest -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_embed.py \
     tests/kernels/test_triton_argmax.py -k "${KCHECK_FILTER:-decode or split or embed or pick or argmax}" 2>&1 \
     | tee "$OUT/pytest-kcheck.log" | tail -3
 fi
@@ -51,7 +51,7 @@ if want gemv; then
 fi
 if want tune; then  # batch-1 decode graphs: bench, tune the GEMV tiles in place, bench again
   # TUNE_QUICK=1: no kernel tests and no benches around the tune (its "start:" line is the untuned step time)
-  [[ ${TUNE_QUICK:-0} == 1 ]] || timeout 200 python3 -m pytest -q -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
+  [[ ${TUNE_QUICK:-0} == 1 ]] || timeout 200 python3 -m pytest -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_gemv.py 2>&1 | tail -3
   MODELS=${TUNE_MODELS:-santacoder gpt2m}
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
@@ -85,7 +85,7 @@ if want step; then  # batch-1 decode: end-to-end bench and the graph's step time
 fi
 if want prefill; then  # the fused prompt GEMM: GPU tests, tiles tuned in the prefill graph, then the b1 bench A/B
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
-  [[ ${PREFILL_TESTS:-1} == 1 ]] && timeout 300 python3 -m pytest -q -x tests/kernels/test_triton_gemm_small.py \
+  [[ ${PREFILL_TESTS:-1} == 1 ]] && timeout 300 python3 -m pytest -x tests/kernels/test_triton_gemm_small.py \
     tests/model/test_fused_decode.py tests/gpu 2>&1 | tee "$OUT/pytest-prefill.log" | tail -3
   for m in ${PREFILL_MODELS:-gpt2m}; do
     [[ $m == santacoder ]] && engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
