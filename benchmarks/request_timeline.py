@@ -84,7 +84,7 @@ def gpu_timeline(path: str) -> None:
     starts = [i for i, s in enumerate(is_start) if s]
     for a, b in zip(starts, starts[1:]):
         seg = events[a:b]
-        if len(seg) > 400:   # a decode step of GPT-2 medium is ~ 100 kernels; longer: a prefill inside
+        if len(seg) > 250:   # a decode step of GPT-2 medium is ~130 kernels; longer: a prefill inside
             names = [e["name"] for e in seg]
             # the decode graph's last kernel: the argmax finish
             ends = [i for i, n in enumerate(names[:300]) if "_finish_argmax" in n]
@@ -131,8 +131,9 @@ def main() -> None:
         if graph is not None:
             print(f"prefill graph {key}: {replay_ms(graph):.4f} ms back to back")
     g = llm.executor.graphs
-    for key, (graph, _) in list(g.graphs.items())[:2]:
-        print(f"decode graph {key}: {replay_ms(graph, 200):.4f} ms back to back")
+    for key, (graph, _) in sorted(g.graphs.items()):
+        if key[0] == 1 and graph is not None and key[1] <= 2 * (args.input_len + args.output_len):
+            print(f"decode graph {key} (batch, context cap, mirror): {replay_ms(graph, 200):.4f} ms back to back")
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
 
