@@ -106,7 +106,7 @@ print("merged GEMM table:", merged)
 PY
   for r in $(seq ${PREFILL_AB_ROUNDS:-2}); do
     TRT_GPT_FUSED_PREFILL_TOKENS=0 bench pf_off_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
-    TRT_GPT_GEMM_CONFIGS=$OUT/gemm-tuned.json bench pf_on_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
+    TRT_GPT_FUSED_PREFILL_TOKENS=512 TRT_GPT_GEMM_CONFIGS=$OUT/gemm-tuned.json bench pf_on_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
   done
 fi
 if want timeline; then  # where a batch-1 request's time goes: TTFT, decode steps, GPU idle between them (TIMELINE_MODELS)
