@@ -145,3 +145,22 @@ def test_fused_path_matches_module_path(fused_env, name, prompt_len):
     ref, got = run(False), run(True)
     assert ref.abs().max() > 0.1
     assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_bad_prompt_gemm_table_is_an_engine_load_error(tmp_path, fused_env, monkeypatch):
+    from trt_gpt.errors import TrtGptError
+    from trt_gpt.kernels.backends import get_attention_backend
+    from trt_gpt.model.fused_decode import FusedDecode
+
+    bad = tmp_path / "gemm.json"
+    bad.write_text('{"128,3072": [1]}')
+    monkeypatch.setenv("TRT_GPT_GEMM_CONFIGS", str(bad))
+    cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=40, max_position_embeddings=32)
+    with torch.device("meta"):
+        model = GPTForCausalLM(cfg)
+    backend = get_attention_backend(DEVICE, torch.float32)
+    with pytest.raises(TrtGptError, match="TRT_GPT_GEMM_CONFIGS=.*gemm.json"):
+        FusedDecode.create(model, backend)
+    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", "0")   # the table is only read when the path is on
+    assert FusedDecode.create(model, backend) is not None

@@ -18,6 +18,10 @@ elementwise). This kernel is the decode GEMV's function over [BLOCK_M, BLOCK_N] 
   before `gdc_wait`, like the GEMV (rules in `triton_common.use_pdl`).
 
 `gemv_ref.fused_linear_ref` is the reference (it takes any M). Tile sizes: `gemm_config`.
+
+Measured on an H200 it lost to cuBLAS plus the separate kernels (GPT-2 medium's 128-token prefill graph:
+1.42-1.45 ms with tiles tuned in the graph against 1.33-1.34 ms; docs/benchmarks.md, eighth session), so
+the fused path takes it only where TRT_GPT_FUSED_PREFILL_TOKENS asks for it (model/fused_decode.py).
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def gemm_config(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     """
     if device.type != "cuda":
         return GemmConfig(16, 16, 16, 1, 1)   # interpreter: small tiles so tests span several of each
-    table = _env_table()
+    table = env_table()
     hit = table.get((next_pow2(m), n, k))
     if hit is not None:
         return hit
@@ -68,7 +72,8 @@ def gemm_config(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
 _TABLE: dict | None = None
 
 
-def _env_table() -> dict[tuple[int, int, int], GemmConfig]:
+def env_table() -> dict[tuple[int, int, int], GemmConfig]:
+    """The TRT_GPT_GEMM_CONFIGS file's table (parsed once per path); ValueError naming the file if it is bad."""
     global _TABLE
     path = os.environ.get(CONFIG_ENV, "")
     if _TABLE is None or _TABLE.get("__path__") != path:
@@ -253,4 +258,4 @@ def fused_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out
 
 
-__all__ = ["GemmConfig", "gemm_config", "fused_gemm", "KVWrite", "NormArgs"]
+__all__ = ["GemmConfig", "gemm_config", "env_table", "fused_gemm", "KVWrite", "NormArgs"]

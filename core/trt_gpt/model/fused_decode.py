@@ -124,8 +124,11 @@ class FusedDecode:
             return None
         from ..errors import TrtGptError
         from ..kernels.gemv_configs import load_env_configs
+        from ..kernels.triton_gemm_small import env_table
         try:
             load_env_configs()   # a GPU-specific tile table (TRT_GPT_GEMV_CONFIGS), checked at engine load
+            if prefill_tokens > 0:
+                env_table()      # and the prompt GEMM's (TRT_GPT_GEMM_CONFIGS)
         except ValueError as e:
             raise TrtGptError(str(e)) from None
         return cls(model, activation, max_rows, prefill_tokens)

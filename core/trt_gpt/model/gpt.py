@@ -197,10 +197,11 @@ class GPTForCausalLM(nn.Module):
             return hidden
         if logits_rows is not None:
             hidden = hidden[logits_rows]
-        # The fused head also serves the last-token rows of a prompt step that took the module path (one
-        # GEMV instead of ln_f + cuBLAS' GEMV + an fp32 copy)
-        head = fused if fused is not None or self.fused is None or not self.fused.applies(hidden.shape[0]) \
-            else self.fused
+        head = fused
+        if head is None and self.fused is not None and self.fused.applies(hidden.shape[0]):
+            # the last-token rows of a prompt step that took the module path: one GEMV instead of ln_f,
+            # cuBLAS' GEMV and an fp32 copy
+            head = self.fused
         # the fused head picks from the logits it writes: only where no scaling follows (a division could
         # round two logits into a tie that torch.argmax would break differently)
         fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0
