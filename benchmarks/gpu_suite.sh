@@ -73,14 +73,14 @@ for m in sys.argv[2:]:
 print(f"merged GEMV table: {len(table)} shapes -> {out / 'gemv-tuned.json'}")
 PY
 fi
-if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning); SPLIT_SWEEP, ARGMAX_AB=1, PDL_AB=1, GAP_PROBE=1 (GAP_TRACE=1) add A/B timings
+if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning); SPLIT_SWEEP, ARGMAX_AB=1, PDL_AB=1, MHA_AB=1, GAP_PROBE=1 (GAP_TRACE=1) add A/B timings
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   for m in ${TUNE_MODELS:-santacoder gpt2m}; do
     [[ ${STEP_BENCH:-1} == 1 ]] && bench step_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
-      ${ARGMAX_AB:+--argmax-ab} ${PDL_AB:+--pdl-ab} ${GAP_PROBE:+--gap-probe} \
-      ${GAP_TRACE:+--gap-trace /tmp/trace-$m.json} 2>&1 | grep -E "^start:|^decode split|^picks from|^PDL release|^gap|Error|error"
+      ${ARGMAX_AB:+--argmax-ab} ${PDL_AB:+--pdl-ab} ${MHA_AB:+--mha-ab} ${GAP_PROBE:+--gap-probe} \
+      ${GAP_TRACE:+--gap-trace /tmp/trace-$m.json} 2>&1 | grep -E "^start:|^decode split|^picks from|^PDL release|^MHA|^gap|Error|error"
   done
 fi
 if want prefill; then  # the fused prompt GEMM: GPU tests, tiles tuned in the prefill graph, then the b1 bench A/B

@@ -148,6 +148,15 @@ def argmax_ab(timer: StepTimer, llm: LLM) -> None:
                                       "torch.argmax": lambda: setattr(fused, "fuse_argmax", False)})
 
 
+def mha_ab(timer: StepTimer) -> None:
+    """Step time with multi-head decode attention in registers (triton_decode.MHA_WITHOUT_DOT, the
+    default) and through the grouped path's 16-row padded tensor-core dots."""
+    from trt_gpt.kernels import triton_decode as td
+
+    interleaved(timer, "MHA attention", {"multiply-and-sum": lambda: setattr(td, "MHA_WITHOUT_DOT", True),
+                                         "padded dots": lambda: setattr(td, "MHA_WITHOUT_DOT", False)})
+
+
 def pdl_ab(timer: StepTimer) -> None:
     """Step time with each kernel releasing its PDL dependents after its own wait (TRT_GPT_PDL=1), as it
     starts (early), or as it starts in all kernels but the GEMVs (early-small); the setting the process
@@ -278,6 +287,8 @@ def main() -> None:
                          "split, KV tile, warps) or 'auto': time the step with each, twice interleaved")
     ap.add_argument("--argmax-ab", action="store_true",
                     help="time the step with the greedy picks fused into the lm_head and with torch.argmax")
+    ap.add_argument("--mha-ab", action="store_true",
+                    help="time MHA decode attention in registers against the padded tensor-core dots")
     ap.add_argument("--pdl-ab", action="store_true",
                     help="time the step with PDL dependents released after each kernel's wait and at its start")
     ap.add_argument("--gap-trace", default="",
@@ -303,6 +314,8 @@ def main() -> None:
         argmax_ab(timer, llm)
     if args.pdl_ab:
         pdl_ab(timer)
+    if args.mha_ab:
+        mha_ab(timer)
     base = timer()
     print(f"start: {base:.4f} ms/step  shapes {shapes}", flush=True)
     results: dict[str, list] = {}

@@ -170,6 +170,20 @@ def test_decode_automatic_tiling(monkeypatch, heads, kv_heads, head_dim, ctx, ti
     assert_close(out, ref_attention(q, kc, vc, meta, scale, None), torch.float32)
 
 
+@pytest.mark.parametrize("without_dot", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
+def test_decode_mha_with_and_without_tensor_core_dots(monkeypatch, dtype, without_dot):
+    # One query head per KV head: multiply-and-sum in registers (the default), or the 16-row padded dots of
+    # the grouped path; both against the reference, over split and unsplit, windowed and full contexts.
+    from trt_gpt.kernels import triton_decode
+
+    monkeypatch.setattr(triton_decode, "MHA_WITHOUT_DOT", without_dot)
+    q, kc, vc, meta = make_case(4, 4, 32, 16, DECODE_CTX, [1] * 4, dtype, seed=17)
+    for splits, window in ((1, None), (3, 20), (None, None)):
+        out = paged_decode_attention(q, kc, vc, meta, 32 ** -0.5, window, num_splits=splits, out=poisoned(q))
+        assert_close(out, ref_attention(q, kc, vc, meta, 32 ** -0.5, window), dtype)
+
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_decode_half_many_splits(dtype):
     # 8 splits over <= 2 tiles: most splits are empty and must merge as zero weight.

@@ -47,12 +47,23 @@ ONE_TILE_MAX_PAIRS = 16
 # with 4 warps, 0.425 with 8, against 0.433 for two 128-token splits and their merge; tune_decode.py
 # --split-sweep 128:128,256:256:4,256:256:8).
 ONE_TILE_WARPS = 8
+# Multi-head attention (one query head per KV head) scores and sums a tile with multiply-and-sum in
+# registers instead of tensor-core dots over a group padded to 16 rows (15 of them padding): the dots
+# move the K and V tiles through shared memory into the MMA operand layout after `gdc_wait`.
+MHA_WITHOUT_DOT = True
 
 
 @triton.jit
-def _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl.constexpr):
-    """One KV tile of online softmax for all query heads of the group; returns the new (m, l, acc)."""
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+def _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl.constexpr,
+                 GROUP_PAD: tl.constexpr):
+    """One KV tile of online softmax for all query heads of the group; returns the new (m, l, acc).
+
+    A group of one head (GROUP_PAD 1, see MHA_WITHOUT_DOT) multiplies and sums in registers; larger groups
+    use tensor-core dots over the group padded to 16 rows."""
+    if GROUP_PAD >= 16:
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+    else:
+        s = tl.sum(k.to(tl.float32) * q.to(tl.float32), 1)[None, :] * sm_scale_log2
     s = tl.where(kmask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Guard a row that has seen only masked keys so far: -inf - -inf would be NaN.
@@ -60,7 +71,13 @@ def _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    if GROUP_PAD >= 16:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    else:
+        # p rounded to v's dtype as the dot path feeds it, so both paths compute one function
+        p_col = tl.sum(p.to(v.dtype).to(tl.float32), 0)   # [1, BLOCK_N] -> [BLOCK_N]: the one row
+        pv = tl.sum(p_col[:, None] * v.to(tl.float32), 0)
+        acc = acc * alpha[:, None] + pv[None, :]
     return m_new, l_i, acc
 
 
@@ -124,7 +141,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)
+    m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION, GROUP_PAD)
     for t in range(t0 + 1, t1):
         kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
         kmask = (kpos < ctx) & (kpos >= lo)
@@ -133,7 +150,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
         v = tl.load(V + offs, mask=lmask, other=0.0)
-        m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)
+        m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION, GROUP_PAD)
 
     if not SPLIT:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -249,7 +266,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if batch == 0:
         return out
     group = heads // kv_heads
-    group_pad = max(16, next_pow2(group))
+    group_pad = 1 if group == 1 and MHA_WITHOUT_DOT else max(16, next_pow2(group))
     block_d = max(16, next_pow2(head_dim))
     base_n, num_warps, num_stages = _decode_config(block_d, q.device)
     num_sms = _num_sms(q.device)
