@@ -5,6 +5,7 @@ Decode is bound by reading the KV cache, so the kernel is shaped around reading 
 * one program per (sequence, kv head, context split) loads a KV tile once and scores it against *all*
   query heads of that kv head's group at once: the group is the M dimension of one `tl.dot` (padded to
   16 rows, the smallest dot tile), so GQA/MQA models read H/KVH times less than a per-head grid would;
+  a group of one head (MHA) multiplies and sums in registers instead (`MHA_WITHOUT_DOT`);
 * a single request has only KVH programs' worth of work, far too few for 132 SMs, so long contexts are
   split across programs ("split-K"); each writes a partial (running max, running sum, unnormalised
   output) and a small second kernel merges them with the usual log-sum-exp rescaling;
@@ -49,7 +50,9 @@ ONE_TILE_MAX_PAIRS = 16
 ONE_TILE_WARPS = 8
 # Multi-head attention (one query head per KV head) scores and sums a tile with multiply-and-sum in
 # registers instead of tensor-core dots over a group padded to 16 rows (15 of them padding): the dots
-# move the K and V tiles through shared memory into the MMA operand layout after `gdc_wait`.
+# move the K and V tiles through shared memory into the MMA operand layout after `gdc_wait`. H200,
+# GPT-2 medium's batch-1 decode graph (one 256 x 64 tile a head): 0.3935 -> 0.3718 ms a step
+# (tune_decode.py --mha-ab; docs/benchmarks.md, eighth session).
 MHA_WITHOUT_DOT = True
 
 
