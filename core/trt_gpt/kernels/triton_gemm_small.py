@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import dot_precision, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
-from .triton_gemv import KVWrite, NormArgs, _activation, _check_args, _check_kv_write, _store_kv
+from .triton_gemv import KVWrite, NormArgs, _check_args, _check_kv_write, _epilogue, _epilogue_inputs, _store_kv
 
 CONFIG_ENV = "TRT_GPT_GEMM_CONFIGS"
 
@@ -170,17 +170,12 @@ def _fused_gemm_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
     w_first = _load_tile(w_ptrs, kmask, EVEN_K)
     if GATED:
         g_first = _load_tile(g_ptrs, kmask, EVEN_K)
-    nmask = offs_n < N
-    if HAS_BIAS:
-        bias = tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_GATE_BIAS:
-        gate_bias = tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if KV_WRITE:
-        slot = tl.load(SLOTS + rows, mask=rows < M, other=-1).to(tl.int64)
+    bias, gate_bias, slot = _epilogue_inputs(B, GB, SLOTS, offs_n, rows, M, N, HAS_BIAS, HAS_GATE_BIAS, KV_WRITE)
     pdl_wait(PDL)
     pdl_release(PDL)
-    omask = (rows < M)[:, None] & nmask[None, :]
+    omask = (rows < M)[:, None] & (offs_n < N)[None, :]
     rows64 = rows.to(tl.int64)[:, None]
+    res = 0.0
     if HAS_RESIDUAL:
         res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0)
     mean, rstd = _row_stats_2d(x_rows, x_ptrs, offs_k, K, eps, BLOCK_M, BLOCK_K, NORM)
@@ -196,18 +191,11 @@ def _fused_gemm_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS,
         if GATED:
             acc_g = tl.dot(h, _load_tile(g_ptrs + k0, kk, EVEN_K), acc_g, input_precision=DOT_PRECISION)
 
-    # The GEMV's epilogue on [BLOCK_M, BLOCK_N]: fp32 throughout, one cast at the store.
-    y = acc
-    if HAS_BIAS:
-        y += bias
-    y = _activation(y, ACT)
+    yg = acc
     if GATED:
-        if HAS_GATE_BIAS:
-            acc_g += gate_bias
-        y = y * acc_g
-    if HAS_RESIDUAL:
-        y = res.to(tl.float32) + residual_scale * y
-    y = y.to(OUT.dtype.element_ty)
+        yg = acc_g
+    y = _epilogue(acc, yg, bias, gate_bias, res, residual_scale, ACT, HAS_BIAS, GATED, HAS_GATE_BIAS,
+                  HAS_RESIDUAL).to(OUT.dtype.element_ty)
     tl.store(OUT + rows64 * stride_om + offs_n[None, :], y, mask=omask)
     if KV_WRITE:
         _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,

@@ -148,6 +148,42 @@ def _activation(y, ACT: tl.constexpr):
 
 
 @triton.jit
+def _epilogue_inputs(B, GB, SLOTS, offs_n, rows, M, N, HAS_BIAS: tl.constexpr, HAS_GATE_BIAS: tl.constexpr,
+                     KV_WRITE: tl.constexpr):
+    """(bias, gate bias, cache slot per row), each 0 where the kernel has none. The biases are weights and
+    the slots a host upload (no kernel of the PDL chain writes them, see triton_common.use_pdl): the fused
+    kernels load them before `gdc_wait`, which takes their latency off the epilogue."""
+    nmask = offs_n < N
+    bias = 0.0
+    gate_bias = 0.0
+    slot = 0
+    if HAS_BIAS:
+        bias = tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_GATE_BIAS:
+        gate_bias = tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if KV_WRITE:
+        slot = tl.load(SLOTS + rows, mask=rows < M, other=-1).to(tl.int64)
+    return bias, gate_bias, slot
+
+
+@triton.jit
+def _epilogue(y, yg, bias, gate_bias, res, residual_scale, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+              GATED: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """The fused kernels' epilogue on complete fp32 sums [rows, BLOCK_N] (yg: the gate's), all in fp32:
+    [+ bias] -> [act] -> [* (yg [+ gate bias])] -> [residual + residual_scale * y]. The caller casts once."""
+    if HAS_BIAS:
+        y += bias
+    y = _activation(y, ACT)
+    if GATED:
+        if HAS_GATE_BIAS:
+            yg += gate_bias
+        y = y * yg
+    if HAS_RESIDUAL:
+        y = res.to(tl.float32) + residual_scale * y
+    return y
+
+
+@triton.jit
 def _load_k(ptrs, kk, K, EVEN_K: tl.constexpr, POLICY: tl.constexpr):
     """Load along K, masking the tail only when K is not a multiple of BLOCK_K (masks cost vectorisation).
 
@@ -259,21 +295,14 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
         w_second = _load_k(w_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
         if GATED:
             g_second = _load_k(g_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
-    # The biases are weights too, and the cache slots are a host upload (no kernel of the PDL chain writes
-    # them, see triton_common.use_pdl): loading them now takes their latency off the epilogue.
-    nmask = offs_n < N
-    if HAS_BIAS:
-        bias = tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_GATE_BIAS:
-        gate_bias = tl.load(GB + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if KV_WRITE:
-        slot = tl.load(SLOTS + rows, mask=rows < M, other=-1).to(tl.int64)
+    bias, gate_bias, slot = _epilogue_inputs(B, GB, SLOTS, offs_n, rows, M, N, HAS_BIAS, HAS_GATE_BIAS, KV_WRITE)
     pdl_wait(PDL)
     # Every program of this kernel has started once all have passed here: the next kernel may launch and
     # prefetch its own weights into the slots this kernel's tail leaves idle.
     pdl_release(PDL)
-    omask = (rows < M)[:, None] & nmask[None, :]
+    omask = (rows < M)[:, None] & (offs_n < N)[None, :]
     rows64 = rows.to(tl.int64)[:, None]
+    res = 0.0
     if HAS_RESIDUAL:
         # Issued first so that its latency overlaps the x reads. Read before this program stores the same
         # elements, so out may alias residual.
@@ -333,17 +362,11 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
 
     # Epilogue on complete sums, 2-D [M_PAD, BLOCK_N], all in fp32; one cast at the store.
     y = tl.sum(acc, 2)
-    if HAS_BIAS:
-        y += bias
-    y = _activation(y, ACT)
+    yg = y
     if GATED:
         yg = tl.sum(acc_g, 2)
-        if HAS_GATE_BIAS:
-            yg += gate_bias
-        y = y * yg
-    if HAS_RESIDUAL:
-        y = res.to(tl.float32) + residual_scale * y
-    y = y.to(OUT.dtype.element_ty)
+    y = _epilogue(y, yg, bias, gate_bias, res, residual_scale, ACT, HAS_BIAS, GATED, HAS_GATE_BIAS,
+                  HAS_RESIDUAL).to(OUT.dtype.element_ty)
     tl.store(OUT + rows64 * stride_om + offs_n[None, :], y, mask=omask)
     if ARGMAX:   # on the stored (rounded) values: the pick is the argmax of the logits the caller sees
         store_tile_argmax(y.to(tl.float32), rows, offs_n, M, vocab, PV, PI, pid, stride_p)
