@@ -16,6 +16,7 @@ from .checkpoint import (atomic_output_dir, copy_tokenizer_files, load_checkpoin
 from .config import BuildConfig, ModelConfig
 from .convert import check_rank_tensors
 from .errors import TrtGptError
+from .support import check_supported
 
 ENGINE_VERSION = "0.1"
 
@@ -28,6 +29,7 @@ def build(output_dir: str | Path, build_config: BuildConfig, checkpoint_dir: str
     `workers` > 1 builds that many ranks at a time in separate processes."""
     cfg = model_config if model_config is not None else load_checkpoint_config(checkpoint_dir)
     build_config.validate(cfg, "build")
+    check_supported(cfg, build_config, str(Path(checkpoint_dir) / "config.json") if checkpoint_dir else "build")
     if workers < 1:
         raise TrtGptError(f"build: --workers is {workers}, expected a positive integer")
     with atomic_output_dir(output_dir, overwrite) as tmp:

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .checkpoint import atomic_output_dir, copy_tokenizer_files, save_rank, torch_dtype, write_json
-from .config import ModelConfig
+from .config import ModelConfig, QuantConfig
 from .errors import TrtGptError
 from .mapping import Mapping
 from .model import expected_tensors
+from .quant.registry import quantize_state
 from .sources import open_source
+from .support import check_supported
 from .variants import resolve_variant
 from .weights import rank_tensors
 
@@ -28,16 +30,18 @@ class ConvertResult:
 
 def check_rank_tensors(tensors: dict[str, torch.Tensor], cfg: ModelConfig, where: str,
                        dtype: torch.dtype | None = None) -> None:
-    """Every expected tensor present with the expected shape (and dtype), nothing unexpected."""
+    """Every expected tensor present with the expected shape (and dtype: `dtype` for the model's float tensors,
+    a quantized layer's own for its integer weights and scales), nothing unexpected."""
     expected = expected_tensors(cfg)
-    for name, shape in expected.items():
+    for name, (shape, fixed) in expected.items():
         if name not in tensors:
             raise TrtGptError(f"{where}: missing tensor '{name}' (expected shape {list(shape)})")
         if tuple(tensors[name].shape) != shape:
             raise TrtGptError(f"{where}: tensor '{name}' has shape {list(tensors[name].shape)}, the config implies "
                               f"{list(shape)}")
-        if dtype is not None and tensors[name].dtype != dtype:
-            raise TrtGptError(f"{where}: tensor '{name}' is {tensors[name].dtype}, expected {dtype}")
+        want = fixed if fixed is not None else dtype
+        if want is not None and tensors[name].dtype != want:
+            raise TrtGptError(f"{where}: tensor '{name}' is {tensors[name].dtype}, expected {want}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise TrtGptError(f"{where}: unexpected tensor '{extra[0]}' not used by the model")
@@ -45,7 +49,7 @@ def check_rank_tensors(tensors: dict[str, torch.Tensor], cfg: ModelConfig, where
 
 def convert(model_dir: str | Path, output_dir: str | Path, dtype: str = "float16", variant: str | None = None,
             tp_size: int = 1, pp_size: int = 1, overwrite: bool = False, use_parallel_embedding: bool = False,
-            embedding_sharding_dim: int = 0,
+            embedding_sharding_dim: int = 0, quantization: QuantConfig | None = None, stats: Any | None = None,
             progress: Callable[[str], None] | None = None) -> ConvertResult:
     src = open_source(model_dir)
     spec = resolve_variant(src, variant)
@@ -58,7 +62,10 @@ def convert(model_dir: str | Path, output_dir: str | Path, dtype: str = "float16
         raise TrtGptError("--embedding_sharding_dim 1 cannot be used with tied embeddings (use 0)")
     cfg.use_parallel_embedding, cfg.embedding_sharding_dim = use_parallel_embedding, embedding_sharding_dim
     cfg.mapping = Mapping(world_size=tp_size * pp_size, tp_size=tp_size, pp_size=pp_size)
+    if quantization is not None:
+        cfg.quantization = quantization
     cfg.validate(f"{model_dir}")
+    check_supported(cfg, where=f"{model_dir}")
     tdtype = torch_dtype(dtype)
     n_tensors = n_bytes = 0
     with atomic_output_dir(output_dir, overwrite) as tmp:
@@ -66,6 +73,8 @@ def convert(model_dir: str | Path, output_dir: str | Path, dtype: str = "float16
             mapping = cfg.mapping.with_rank(rank)
             rank_cfg = dataclasses.replace(cfg, mapping=mapping)
             tensors = dict(rank_tensors(spec.weights(src, cfg), cfg, mapping, tdtype))
+            # quantizers transform a rank's whole sharded state dict (they need neighbours and statistics)
+            tensors = quantize_state(tensors, rank_cfg, stats, f"{model_dir}")
             check_rank_tensors(tensors, rank_cfg, f"{model_dir} (rank {rank})")
             save_rank(tmp, rank, tensors)
             n_tensors += len(tensors)

@@ -51,18 +51,26 @@ def register_position_encodings(register: Callable[[str, Any], None]) -> None:
 
 @hookspec
 def register_quantizers(register: Callable[[Any], None]) -> None:
-    """Add quantization methods (offline tensor transform plus runtime module swap).
+    """Add quantization methods: an offline transform of a rank's state dict and a runtime weight format.
 
-    :param register: call ``register(quantizer)`` where the quantizer has ``name``, ``quantize_weights(name,
-        tensor, config) -> dict`` and ``swap_modules(model, config)``.
+    :param register: call ``register(quantizer)`` once per quantizer; see
+        :class:`trt_gpt.quant.registry.Quantizer`: ``name``, ``quant_algos`` (the ``quantization.quant_algo``
+        values it implements, e.g. ``("W8A16", "W4A16")``), ``kv_cache_quant_algos`` (``("INT8",)`` or ``()``),
+        ``linear_method(cfg, role, layer_idx)`` returning a :class:`trt_gpt.model.linear.LinearMethod` (or None
+        to keep that layer in float) and ``quantize(tensors, cfg, stats) -> tensors`` for one rank's whole
+        state dict after sharding. A config naming an algorithm no quantizer claims is refused at convert,
+        build and load.
     """
 
 
 @hookspec
 def register_adapters(register: Callable[[Any], None]) -> None:
-    """Add adapter formats (LoRA, prompt tuning tables).
+    """Add adapter formats (LoRA, prompt-tuning tables).
 
-    :param register: call ``register(adapter)`` where the adapter has ``name`` and ``load(path, config)``.
+    :param register: call ``register(adapter)`` where the adapter has ``name`` (the format, e.g. ``"peft"``),
+        ``kind`` (``"lora"`` or ``"prompt_table"``) and ``load(path, config)``. A build asking for LoRA
+        (``max_lora_rank``) or prompt tables (``max_prompt_embedding_table_size``) with no plugin of that kind
+        is refused.
     """
 
 

@@ -122,6 +122,10 @@ class FusedDecode:
         activation = _kernel_activation(cfg)
         if activation is None:
             return None
+        from .linear import linears
+
+        if not all(lin.method.fused for _, lin in linears(model)):
+            return None   # a weight format the fused kernels do not read (quantized layers take the module path)
         from ..errors import TrtGptError
         from ..kernels.gemv_configs import load_env_configs
         from ..kernels.triton_gemm_small import env_table

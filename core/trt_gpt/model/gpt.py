@@ -6,6 +6,7 @@ packed batch (no padding) and a paged KV cache described by AttentionMetadata.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import torch_dtype
-from ..config import ModelConfig
+from ..config import ModelConfig, QuantConfig
 from ..errors import TrtGptError
 from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
 from ..plugins import named_registry
@@ -21,7 +22,8 @@ from ..runtime.attn_metadata import AttentionMetadata
 from ..weights import padded_vocab_size
 from ..kernels.embed_ref import fed_ids
 from .fused_decode import FusedDecode
-from .layers import ColumnLinear, Norm, RowLinear, VocabEmbedding, get_activation
+from .layers import Norm, VocabEmbedding, get_activation
+from .linear import make_linear, param_dtypes
 from .parallel import TPGroup
 
 
@@ -54,8 +56,10 @@ class Attention(nn.Module):
         self.kv_heads = max(cfg.num_key_value_heads // t, 1)
         self.head_size = cfg.head_size
         self.scale = attention_scale(cfg, layer_idx)
-        self.qkv = ColumnLinear(cfg.hidden_size, (self.heads + 2 * self.kv_heads) * cfg.head_size, cfg.attn_bias)
-        self.dense = RowLinear(self.heads * cfg.head_size, cfg.hidden_size, cfg.attn_bias, tp)
+        self.qkv = make_linear(cfg, "qkv", cfg.hidden_size, (self.heads + 2 * self.kv_heads) * cfg.head_size,
+                               cfg.attn_bias, tp, layer_idx)
+        self.dense = make_linear(cfg, "dense", self.heads * cfg.head_size, cfg.hidden_size, cfg.attn_bias, tp,
+                                 layer_idx)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
                 rope: Any, backend: Any, window: int | None) -> torch.Tensor:
@@ -83,15 +87,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TPGroup):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, layer_idx: int):
         super().__init__()
         inter = cfg.intermediate_size // cfg.mapping.tp_size
         self.gated = cfg.is_gated
         self.act = get_activation(cfg.hidden_act)
-        self.fc = ColumnLinear(cfg.hidden_size, inter, cfg.mlp_bias)
+        self.fc = make_linear(cfg, "fc", cfg.hidden_size, inter, cfg.mlp_bias, tp, layer_idx)
         if self.gated:
-            self.gate = ColumnLinear(cfg.hidden_size, inter, cfg.mlp_bias)
-        self.proj = RowLinear(inter, cfg.hidden_size, cfg.mlp_bias, tp)
+            self.gate = make_linear(cfg, "gate", cfg.hidden_size, inter, cfg.mlp_bias, tp, layer_idx)
+        self.proj = make_linear(cfg, "proj", inter, cfg.hidden_size, cfg.mlp_bias, tp, layer_idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.fc(x))
@@ -107,7 +111,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
         self.attention = Attention(cfg, layer_idx, tp)
         self.post_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
-        self.mlp = MLP(cfg, tp)
+        self.mlp = MLP(cfg, tp, layer_idx)
 
     def forward(self, x, positions, meta, kv, rope, backend, window) -> torch.Tensor:
         m = self.residual_multiplier
@@ -148,7 +152,8 @@ class GPTForCausalLM(nn.Module):
         self.tp = tp or TPGroup()
         self.transformer = Transformer(cfg, self.tp)
         if cfg.mapping.is_last_pp_rank:
-            self.lm_head = ColumnLinear(cfg.hidden_size, padded_vocab_size(cfg) // cfg.mapping.tp_size, False)
+            self.lm_head = make_linear(cfg, "lm_head", cfg.hidden_size, padded_vocab_size(cfg) // cfg.mapping.tp_size,
+                                       False, self.tp)
         encoders = named_registry("register_position_encodings")
         if cfg.position_embedding_type not in encoders:
             raise TrtGptError(f"position_embedding_type '{cfg.position_embedding_type}' has no registered encoder")
@@ -222,24 +227,30 @@ class GPTForCausalLM(nn.Module):
         return logits
 
 
-def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], None]]:
-    """name -> shape of every tensor a rank file must hold, from a model built on the meta device."""
+def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """name -> (shape, dtype) of every tensor a rank file must hold, from a model built on the meta device;
+    dtype None means the model's dtype (a quantized layer fixes its integer weights' and scales' own)."""
     with torch.device("meta"):
         model = GPTForCausalLM(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    dtypes = param_dtypes(model)
+    return {k: (tuple(v.shape), dtypes.get(k)) for k, v in model.state_dict().items()}
 
 
 def random_weights(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights for benchmarking from a config alone, drawn on `device`: N(0, 0.02), norms at 1 (0 for
-    layernorm1p, whose stored weight is gamma - 1), biases 0."""
+    layernorm1p, whose stored weight is gamma - 1), biases 0. A quantized config draws the float weights and
+    quantizes them with its quantizer, as convert does with real ones."""
+    from ..quant.registry import quantize_state
+
     device = torch.device(device)
     g = torch.Generator(device=device).manual_seed(seed + cfg.mapping.rank)
     dtype = torch_dtype(cfg.dtype)
+    float_cfg = dataclasses.replace(cfg, quantization=QuantConfig())
     out = {}
-    for name, shape in expected_tensors(cfg).items():
+    for name, (shape, _) in expected_tensors(float_cfg).items():
         if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
             fill = 0.0 if (name.endswith("bias") or cfg.norm_type == "layernorm1p") else 1.0
             out[name] = torch.full(shape, fill, dtype=dtype, device=device)
         else:
             out[name] = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=g)
-    return out
+    return quantize_state(out, cfg)

@@ -1,4 +1,4 @@
-"""Building blocks of the GPT model: norms, activations, tensor-parallel linears and embeddings.
+"""Building blocks of the GPT model: norms, activations and the token embedding (linear layers: linear.py).
 
 Parallel layers own their sharding: they are created with this rank's local shapes (the checkpoint is
 already cut by `weights.shard_tensor`) and do the collective that their split needs.
@@ -48,36 +48,6 @@ class Norm(nn.Module):
                 self._gamma = (w.float() + 1).to(w.dtype)
             w = self._gamma
         return F.layer_norm(x, (x.shape[-1],), w, self.bias, self.eps)
-
-class ColumnLinear(nn.Module):
-    """Output features split across TP ranks; no communication (the next row-parallel layer reduces)."""
-
-    def __init__(self, in_features: int, out_local: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_local, in_features))
-        self.bias = nn.Parameter(torch.empty(out_local)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-class RowLinear(nn.Module):
-    """Input features split across TP ranks; partial products are all-reduced, then the bias is added once."""
-
-    def __init__(self, in_local: int, out_features: int, bias: bool, tp: TPGroup):
-        super().__init__()
-        self.tp = tp
-        self.weight = nn.Parameter(torch.empty(out_features, in_local))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tp.size == 1:
-            # Nothing to reduce: the bias goes into the GEMM's epilogue. A separate broadcast add was a
-            # kernel of its own (H200, GPT-2 medium 128-token prefill: 48 x 2.8 us of a 1.34 ms graph).
-            return F.linear(x, self.weight, self.bias)
-        y = self.tp.all_reduce(F.linear(x, self.weight))
-        return y + self.bias if self.bias is not None else y
-
 
 class VocabEmbedding(nn.Module):
     """Token embedding; with parallel embedding, dim 0 splits the vocab and dim 1 the hidden size."""

@@ -8,6 +8,7 @@ import torch
 from ..checkpoint import engine_uses_random_weights, load_engine_config, load_rank, torch_dtype
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
+from ..support import check_supported
 from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
@@ -36,6 +37,7 @@ class Engine:
         self.cfg: ModelConfig = cfg
         cfg.mapping = cfg.mapping.with_rank(rank)
         self.dtype = torch_dtype(cfg.dtype)
+        check_supported(cfg, build, str(self.dir / "config.json"))
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
         if self.random_weights:
