@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
-# HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
+# The GPU suite behind docs/benchmarks.md: correctness on the GPU first, then each workload of its tables, side
+# by side with HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART],
+# OUTDIR by convention benchmarks/results/<gpu>/<date>-<what>/
 # PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | prefill | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
