@@ -2,7 +2,7 @@
 
     python3 benchmarks/concurrency_sweep.py run --engine_dir ENG --out DIR --concurrency 1 4 16 64 256 1024
     python3 benchmarks/concurrency_sweep.py plot DIR --png sweep.png          # CPU is enough: reads DIR/*.json
-    python3 benchmarks/concurrency_sweep.py report REPORT.json --png run.png  # `trt-gpt bench --plot` of one saved report
+    python3 benchmarks/concurrency_sweep.py report REPORT.json --png run.png  # bench --plot of a saved report
 
 `run` writes one `trt-gpt bench --output` report a concurrency (DIR/c<N>.json) and passes any further
 arguments to `trt-gpt bench` (e.g. `--compare_hf --hf_eager`). `plot` draws output tokens/s and TPOT
