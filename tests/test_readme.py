@@ -1,6 +1,7 @@
 """README.md opens with exactly the two set-up commands, and CI runs the README's test command verbatim."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +24,98 @@ def test_every_variant_package_is_installed_by_the_test_command():
     for pkg in sorted((ROOT / "variants").iterdir()):
         if (pkg / "pyproject.toml").is_file():
             assert f"-e variants/{pkg.name}" in tests, pkg.name
+
+
+# ---------------------------------------------------------------- the support matrix
+# The reference's GPT-example support matrix, and the features users look for beside it: the matrix must keep
+# a row for each (a row may say "not yet", never disappear).
+REQUIRED_ROWS = ("FP16 / BF16", "FP8", "in-flight batching", "paged KV cache", "INT8 KV cache", "FP8 KV cache",
+                 "tensor parallel", "pipeline parallel", "INT8 SmoothQuant", "INT8 weight-only", "INT4 weight-only",
+                 "embedding parallelism", "LoRA", "multi-LoRA", "prompt tuning", "GPT-2", "SantaCoder", "StarCoder",
+                 "StarCoder2", "Granite", "GPT-Next", "serving")
+
+
+def matrix_rows() -> list[dict[str, str]]:
+    text = (ROOT / "README.md").read_text()
+    assert "\n## Support matrix\n" in text, "README.md has no '## Support matrix' section"
+    section = text.split("\n## Support matrix\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["feature", "trt-gpt", "command", "doc"], header
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split(" | ")))) for ln in lines[2:]]
+
+
+def cli_options() -> dict[tuple[str, ...], set[str]]:
+    """Every leaf command of the real app (path after `trt-gpt`) -> its option names, dashes as underscores."""
+    import typer.main
+
+    from trt_gpt.cli.main import make_app
+
+    out: dict[tuple[str, ...], set[str]] = {}
+
+    def walk(cmd, ctx, path):
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                walk(sub, sub.context_class(sub, info_name=name, parent=ctx), path + (name,))
+        else:
+            out[path] = {o.replace("-", "_") for p in cmd.get_params(ctx)
+                         for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ())) if o.startswith("--")}
+
+    root = typer.main.get_command(make_app())
+    walk(root, root.context_class(root, info_name="trt-gpt"), ())
+    return out
+
+
+def documented_commands(cell: str) -> list[list[str]]:
+    """The `trt-gpt ...` invocations in a command cell, as argument lists from `trt-gpt` on."""
+    import shlex
+
+    cmds = []
+    for span in re.findall(r"`([^`]+)`", cell):
+        words = shlex.split(span)
+        if "trt-gpt" in words:
+            cmds.append(words[words.index("trt-gpt") + 1:])
+    return cmds
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_support_matrix_has_every_feature_row_with_a_status_and_a_doc():
+    rows = matrix_rows()
+    features = [r["feature"] for r in rows]
+    for want in REQUIRED_ROWS:
+        assert any(f == want or f.startswith(want + " ") for f in features), f"support matrix lacks a row for {want}"
+    for r in rows:
+        assert r["trt-gpt"] in ("yes", "not yet"), f"{r['feature']}: status {r['trt-gpt']!r}, expected yes / not yet"
+        links = re.findall(r"\]\(([^)]+)\)", r["doc"])
+        assert links, f"{r['feature']}: no link to its doc"
+        for link in links:
+            path, _, anchor = link.partition("#")
+            target = ROOT / path
+            assert target.is_file(), f"{r['feature']}: {path} does not exist"
+            if anchor:
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", target.read_text(), re.M)}
+                assert anchor in slugs, f"{r['feature']}: {path} has no heading #{anchor}"
+
+
+def test_every_yes_row_names_commands_and_flags_the_cli_has():
+    options = cli_options()
+    cli_md = (ROOT / "docs" / "cli.md").read_text()
+    for r in matrix_rows():
+        if r["trt-gpt"] != "yes":
+            continue
+        cmds = documented_commands(r["command"])
+        assert cmds, f"{r['feature']}: a 'yes' row must name a `trt-gpt ...` command"
+        for words in cmds:
+            path = ()
+            while words and not words[0].startswith("-") and path + (words[0],) in {p[:len(path) + 1] for p in options}:
+                path, words = path + (words[0],), words[1:]
+            assert path in options, f"{r['feature']}: `trt-gpt {' '.join(path)}` is not a trt-gpt command"
+            assert f"## `trt-gpt {' '.join(path)}`" in cli_md, f"{r['feature']}: docs/cli.md lacks trt-gpt {path}"
+            for w in words:
+                if w.startswith("--"):
+                    flag = w.split("=", 1)[0].replace("-", "_")
+                    assert flag in options[path], f"{r['feature']}: `trt-gpt {' '.join(path)}` has no option {w}"
