@@ -45,38 +45,11 @@ def matrix_rows() -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split(" | ")))) for ln in lines[2:]]
 
 
-def cli_options() -> dict[tuple[str, ...], set[str]]:
-    """Every leaf command of the real app (path after `trt-gpt`) -> its option names, dashes as underscores."""
-    import typer.main
+def documented_commands(cell: str) -> list[tuple[list[str], list[str]]]:
+    """(sub-command words, flags) of each `trt-gpt ...` invocation in a command cell."""
+    from trt_gpt.cli.gen_docs import parse_invocation
 
-    from trt_gpt.cli.main import make_app
-
-    out: dict[tuple[str, ...], set[str]] = {}
-
-    def walk(cmd, ctx, path):
-        if hasattr(cmd, "list_commands"):
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                walk(sub, sub.context_class(sub, info_name=name, parent=ctx), path + (name,))
-        else:
-            out[path] = {o.replace("-", "_") for p in cmd.get_params(ctx)
-                         for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ())) if o.startswith("--")}
-
-    root = typer.main.get_command(make_app())
-    walk(root, root.context_class(root, info_name="trt-gpt"), ())
-    return out
-
-
-def documented_commands(cell: str) -> list[list[str]]:
-    """The `trt-gpt ...` invocations in a command cell, as argument lists from `trt-gpt` on."""
-    import shlex
-
-    cmds = []
-    for span in re.findall(r"`([^`]+)`", cell):
-        words = shlex.split(span)
-        if "trt-gpt" in words:
-            cmds.append(words[words.index("trt-gpt") + 1:])
-    return cmds
+    return [p for p in map(parse_invocation, re.findall(r"`([^`]+)`", cell)) if p is not None]
 
 
 def _slug(heading: str) -> str:
@@ -102,20 +75,19 @@ def test_support_matrix_has_every_feature_row_with_a_status_and_a_doc():
 
 
 def test_every_yes_row_names_commands_and_flags_the_cli_has():
-    options = cli_options()
+    from trt_gpt.cli.gen_docs import command_options
+
+    options = {path: {o.replace("-", "_") for o in opts} for path, opts in command_options().items()}
     cli_md = (ROOT / "docs" / "cli.md").read_text()
     for r in matrix_rows():
         if r["trt-gpt"] != "yes":
             continue
         cmds = documented_commands(r["command"])
         assert cmds, f"{r['feature']}: a 'yes' row must name a `trt-gpt ...` command"
-        for words in cmds:
-            path = ()
-            while words and not words[0].startswith("-") and path + (words[0],) in {p[:len(path) + 1] for p in options}:
-                path, words = path + (words[0],), words[1:]
-            assert path in options, f"{r['feature']}: `trt-gpt {' '.join(path)}` is not a trt-gpt command"
+        for sub, flags in cmds:
+            path = tuple(sub)
+            assert path in options, f"{r['feature']}: `trt-gpt {' '.join(sub)}` is not a trt-gpt command"
             assert f"## `trt-gpt {' '.join(path)}`" in cli_md, f"{r['feature']}: docs/cli.md lacks trt-gpt {path}"
-            for w in words:
-                if w.startswith("--"):
-                    flag = w.split("=", 1)[0].replace("-", "_")
-                    assert flag in options[path], f"{r['feature']}: `trt-gpt {' '.join(path)}` has no option {w}"
+            for flag in flags:
+                assert flag.replace("-", "_") in options[path], (
+                    f"{r['feature']}: `trt-gpt {' '.join(path)}` has no option {flag}")

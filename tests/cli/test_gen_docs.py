@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from trt_gpt.cli.gen_docs import REGENERATE, render, split_help
+from trt_gpt.cli.gen_docs import REGENERATE, command_options, parse_invocation, render, split_help
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,3 +73,16 @@ def test_split_help_separates_default_and_required():
     assert split_help("[default: a; required]") == ("", "a, required")
     assert split_help("Range.  [x>=0; default: 1]") == ("Range. [x>=0]", "1")
     assert split_help("Plain.") == ("Plain.", "")
+
+
+def test_command_options_lists_every_spelling_of_every_leaf_command():
+    opts = command_options(_toy_app())
+    assert set(opts) == {("make",), ("things", "list")}
+    assert opts[("make",)] == {"--out_dir", "--out-dir", "--size", "--fast", "--on", "--off", "--note", "--help"}
+
+
+def test_parse_invocation():
+    assert parse_invocation("mpirun -np 2 trt-gpt run --engine_dir ./e --input_text 'a b' --max_output_len=8") == (
+        ["run"], ["--engine_dir", "--input_text", "--max_output_len"])
+    assert parse_invocation("trt-gpt variants list [--json]") == (["variants", "list"], ["--json"])
+    assert parse_invocation("python3 convert_checkpoint.py --model_dir gpt2") is None

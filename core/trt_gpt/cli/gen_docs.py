@@ -7,6 +7,9 @@ Only what the built-in commands declare is written: third-party plugins are not 
 would make the page depend on what happens to be installed). The walk uses what every click-style command
 offers (`list_commands`/`get_command` for groups, `get_params` and each parameter's `get_help_record`), so
 it follows the options as they are declared, whatever their number or spelling.
+
+`command_options` and `parse_invocation` serve the documentation tests, which check that every command
+the docs show names a sub-command and flags the CLI has.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import inspect
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -98,15 +102,44 @@ def command_section(path: tuple[str, ...], cmd: Any, ctx: Any) -> str:
     return "\n".join(lines)
 
 
-def render(app: Any = None) -> str:
-    """The whole page for `app` (default: the trt-gpt app with built-in commands only)."""
+def _root(app: Any = None) -> Any:
     import typer.main
 
     if app is None:
         from .main import make_app
 
         app = make_app()
-    root = typer.main.get_command(app)
+    return typer.main.get_command(app)
+
+
+def command_options(app: Any = None) -> dict[tuple[str, ...], set[str]]:
+    """Every leaf command (its words after `trt-gpt`) -> its option names as declared (every spelling)."""
+    root = _root(app)
+    return {path[1:]: {o for p in cmd.get_params(ctx) for o in (*getattr(p, "opts", ()),
+                                                                  *getattr(p, "secondary_opts", ()))
+                       if o.startswith("-")}
+            for path, cmd, ctx in walk(root, _context(root, "trt-gpt"), ("trt-gpt",))}
+
+
+def parse_invocation(command: str) -> tuple[list[str], list[str]] | None:
+    """(leading sub-command words, `--flags`) of a shown command `... trt-gpt SUB [SUB] --flag v ...`; None
+    when `trt-gpt` is not one of its words. Optional parts in brackets (`[--pp_size 1]`) count as flags."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unbalanced quote in prose: plain words are enough here
+        words = command.split()
+    if "trt-gpt" not in words:
+        return None
+    words = words[words.index("trt-gpt") + 1:]
+    sub = []
+    while words and re.fullmatch(r"[a-z][a-z_]*", words[0]):
+        sub.append(words.pop(0))
+    return sub, [w.strip("[]").split("=", 1)[0] for w in words if w.strip("[]").startswith("--")]
+
+
+def render(app: Any = None) -> str:
+    """The whole page for `app` (default: the trt-gpt app with built-in commands only)."""
+    root = _root(app)
     ctx = _context(root, "trt-gpt")
     sections = [command_section(path, cmd, c) for path, cmd, c in walk(root, ctx, ("trt-gpt",))]
     return PREAMBLE + "\n" + "\n".join(sections).rstrip() + "\n"
