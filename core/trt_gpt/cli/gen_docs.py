@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.output.with_name(f".{args.output.name}.tmp")
     tmp.write_text(text)
     tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `-")]
+    bare = sum(ln.endswith("|  |") for ln in rows)
+    print(f"wrote {args.output}: {text.count(chr(10) + '## `trt-gpt ')} commands, {len(rows)} options"
+          + (f" ({bare} without a help line)" if bare else ""))
     return 0
 
 
