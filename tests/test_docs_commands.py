@@ -1,4 +1,5 @@
-"""Every `trt-gpt ...` command the documentation shows uses sub-commands and flags the CLI has.
+"""Every `trt-gpt ...` command the documentation shows uses sub-commands and flags the CLI has, and every
+relative link in it resolves.
 
 Scans README.md and docs/*.md: inline `trt-gpt ...` spans and the lines of bash blocks (continuations
 joined). A line or table row that says "not yet" shows a command of a feature to come and is skipped.
@@ -72,3 +73,21 @@ def test_documented_command_exists(options, path, line, command):
 
 def test_the_scan_finds_commands():
     assert len(CASES) > 40
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_relative_links_resolve(doc):
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        assert dest.exists(), f"{doc.name}: link to {target}: {path} does not exist"
+        if anchor and dest.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", dest.read_text(), re.M)
+            assert anchor in {_slug(h) for h in headings}, f"{doc.name}: link to {target}: no such heading"

@@ -52,10 +52,6 @@ def documented_commands(cell: str) -> list[tuple[list[str], list[str]]]:
     return [p for p in map(parse_invocation, re.findall(r"`([^`]+)`", cell)) if p is not None]
 
 
-def _slug(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def test_support_matrix_has_every_feature_row_with_a_status_and_a_doc():
     rows = matrix_rows()
     features = [r["feature"] for r in rows]
@@ -63,15 +59,8 @@ def test_support_matrix_has_every_feature_row_with_a_status_and_a_doc():
         assert any(f == want or f.startswith(want + " ") for f in features), f"support matrix lacks a row for {want}"
     for r in rows:
         assert r["trt-gpt"] in ("yes", "not yet"), f"{r['feature']}: status {r['trt-gpt']!r}, expected yes / not yet"
-        links = re.findall(r"\]\(([^)]+)\)", r["doc"])
-        assert links, f"{r['feature']}: no link to its doc"
-        for link in links:
-            path, _, anchor = link.partition("#")
-            target = ROOT / path
-            assert target.is_file(), f"{r['feature']}: {path} does not exist"
-            if anchor:
-                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", target.read_text(), re.M)}
-                assert anchor in slugs, f"{r['feature']}: {path} has no heading #{anchor}"
+        # that each link resolves (file and heading) is checked for every doc by tests/test_docs_commands.py
+        assert re.search(r"\]\(docs/[^)]+\.md[^)]*\)", r["doc"]), f"{r['feature']}: no link to its doc"
 
 
 def test_every_yes_row_names_commands_and_flags_the_cli_has():
