@@ -23,7 +23,7 @@ def main() -> None:
     llm = LLM(engine, max_batch_size=max(batch, 1))
     g = llm.executor.graphs
     print(f"backend={llm.engine.model.backend.name} graphs={g.sizes if g else None}")
-    overlap, llm.lookahead = llm.lookahead, None   # phases are timed on the synchronous path
+    overlap, llm.overlap = llm.overlap, None   # phases are timed on the synchronous path
     params = SamplingParams(max_tokens=400, min_tokens=400, end_id=None)
     for _ in range(batch):
         llm.add_request(list(range(1, 129)), params)
@@ -46,7 +46,7 @@ def main() -> None:
         llm.step()
     print(f"llm.step (synchronous, unsynchronised loop) = {ms(t) / n:.3f} ms/step, batch {batch}")
     if overlap is not None:
-        llm.lookahead = overlap
+        llm.overlap = overlap
         for _ in range(3):
             llm.step()
         t = time.perf_counter()

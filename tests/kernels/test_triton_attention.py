@@ -22,7 +22,7 @@ from trt_gpt.kernels.backends import ENV_VAR, get_attention_backend  # noqa: E40
 from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_attention_triton,  # noqa: E402
                                               paged_decode_attention, paged_prefill_attention,
                                               write_kv_cache_triton)
-from trt_gpt.runtime.attn_metadata import AttentionMetadata  # noqa: E402
+from trt_gpt.kernels.metadata import AttentionMetadata  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HEAD_CONFIGS = [(4, 4), (8, 2), (4, 1)]          # MHA, GQA, MQA as (heads, kv_heads)

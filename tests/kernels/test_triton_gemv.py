@@ -199,18 +199,16 @@ def test_cuda_graph_capture():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a GPU")
-@pytest.mark.parametrize("setting,early_tile", [("1", False), ("1", True), ("early", False), ("early-small", False)])
-def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch, setting, early_tile):
+@pytest.mark.parametrize("early_tile", [False, True])
+def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch, early_tile):
     """On sm_90+ the kernels launch with PDL (so every GPU test here exercises it), with dependents released
-    after each kernel's wait or as it starts (the env setting, or a tile's early_release); results equal a
-    serial launch."""
-    from trt_gpt.kernels.triton_common import PDL_AFTER_WAIT, PDL_AT_START, use_pdl
+    after each kernel's wait or, with a tile's early_release, as it starts; results equal a serial launch."""
+    from trt_gpt.kernels.triton_common import PDL_AFTER_WAIT, use_pdl
 
     dev = torch.device("cuda")
-    monkeypatch.setenv("TRT_GPT_PDL", setting)
+    monkeypatch.setenv("TRT_GPT_PDL", "1")
     if torch.cuda.get_device_capability()[0] >= 9:
-        assert use_pdl(dev, gemv=True) == (PDL_AT_START if setting == "early" else PDL_AFTER_WAIT)
-        assert use_pdl(dev, gemv=False) == (PDL_AFTER_WAIT if setting == "1" else PDL_AT_START)
+        assert use_pdl(dev) == PDL_AFTER_WAIT
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, 512, device=dev, generator=g).half()
     w = torch.randn(777, 512, device=dev, generator=g).half() * 0.05

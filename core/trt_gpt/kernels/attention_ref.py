@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.attn_metadata import AttentionMetadata
+from .metadata import AttentionMetadata
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..errors import TrtGptError
-from ..runtime.attn_metadata import AttentionMetadata
+from .metadata import AttentionMetadata
 from .attention_ref import paged_attention_ref, write_kv_cache
 
 ENV_VAR = "TRT_GPT_ATTENTION_BACKEND"

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime.attn_metadata import AttentionMetadata
+from .metadata import AttentionMetadata
 from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 from .triton_decode import choose_num_splits, paged_decode_attention
 from .triton_prefill import paged_prefill_attention

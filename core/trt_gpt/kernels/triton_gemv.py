@@ -423,7 +423,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     # Overlapping a GEMV's start with its predecessor's tail pays for small weights, where the tail is a
     # large part of the kernel (H100, batch 1: SantaCoder-1B decode 1.25 -> 1.12 ms a token, GPT-2 medium
     # 0.70 -> 0.59), but not for StarCoder2-7B's (5.49 -> 5.57 ms): only weights up to PDL_MAX_WEIGHT.
-    pdl = use_pdl(x.device, gemv=True) if n * k <= PDL_MAX_WEIGHT else 0
+    pdl = use_pdl(x.device) if n * k <= PDL_MAX_WEIGHT else 0
     if pdl and cfg.early_release:
         pdl = PDL_AT_START
     dummy = x  # never dereferenced: the matching HAS_* constexpr is False

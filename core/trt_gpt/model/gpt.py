@@ -17,11 +17,11 @@ from ..config import ModelConfig
 from ..errors import TrtGptError
 from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
 from ..plugins import named_registry
-from ..runtime.attn_metadata import AttentionMetadata
+from ..kernels.metadata import AttentionMetadata
 from ..weights import padded_vocab_size
 from ..kernels.embed_ref import fed_ids
-from .fused_decode import FusedDecode
-from .layers import ColumnLinear, Norm, RowLinear, VocabEmbedding, get_activation
+from .fused_layers import FusedLayers
+from .layers import ColumnLinear, RowLinear, VocabEmbedding, get_activation, make_norm
 from .parallel import TPGroup
 
 
@@ -104,9 +104,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, tp: TPGroup):
         super().__init__()
         self.residual_multiplier = cfg.residual_multiplier
-        self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.input_layernorm = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
         self.attention = Attention(cfg, layer_idx, tp)
-        self.post_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.post_layernorm = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
         self.mlp = MLP(cfg, tp)
 
     def forward(self, x, positions, meta, kv, rope, backend, window) -> torch.Tensor:
@@ -136,7 +136,7 @@ class Transformer(nn.Module):
                 self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in self.layer_range)
         if mp.is_last_pp_rank:
-            self.ln_f = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+            self.ln_f = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
 
 
 class GPTForCausalLM(nn.Module):
@@ -155,7 +155,7 @@ class GPTForCausalLM(nn.Module):
         self._pos_factory = encoders[cfg.position_embedding_type]
         self.rope = None
         self.backend: Any = TorchAttentionBackend()
-        self.fused: FusedDecode | None = None   # the small-batch fast path, set up by setup_runtime
+        self.fused: FusedLayers | None = None   # the small-batch fast path, set up by setup_runtime
 
     def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:
         """Create non-persistent state (rotary tables) once the weights are on `device`."""
@@ -163,7 +163,7 @@ class GPTForCausalLM(nn.Module):
         self.rope = None if getattr(enc, "learned", False) else enc
         if backend is not None:
             self.backend = backend
-        self.fused = FusedDecode.create(self, self.backend)
+        self.fused = FusedLayers.create(self, self.backend)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
@@ -177,8 +177,7 @@ class GPTForCausalLM(nn.Module):
         cfg = self.cfg
         t = self.transformer
         window = window if window is not None else cfg.sliding_window
-        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0], meta.is_decode) \
-            else None
+        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
         if cfg.mapping.is_first_pp_rank:
             if fused is not None:
                 hidden = fused.embed(t, input_ids, positions, cfg.embedding_multiplier, feed)
@@ -204,8 +203,7 @@ class GPTForCausalLM(nn.Module):
             head = self.fused
         # the fused head picks from the logits it writes: only where no scaling follows (a division could
         # round two logits into a tie that torch.argmax would break differently)
-        fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0
-                                and hidden.shape[0] <= head.gemv_rows) else None
+        fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0) else None
         if head is not None:
             logits = head.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
                                host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]

@@ -14,7 +14,7 @@ Only the Triton attention backend is captured (the torch reference synchronises 
 
 Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror,
 and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
-(lookahead.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
+(overlap.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
 names, per row, the previous replay's pick that is its input token, and the graph's embedding reads it
 there (no gather kernel between replays). The graph also stores the picks straight into one of two pinned
 host buffers, the one the upload's `aux[0]` names (`triton_argmax.HostPicks`): the host reads its tokens
@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .attn_metadata import AttentionMetadata
+from ..kernels.metadata import AttentionMetadata
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
                  640, 768, 896, 1024)
@@ -275,7 +275,7 @@ class DecodeGraphs:
         return host, ev
 
     def stash_picks(self, picks: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Picks of a step run outside the graphs (a prompt's last chunk, `Lookahead.hold`), put where the
+        """Picks of a step run outside the graphs (a prompt's last chunk, `OverlappedScheduler.hold`), put where the
         next graph's input feed reads them; returns (host int32 [b], event), as `run_greedy` does."""
         b = picks.shape[0]
         self.tokens_out[:b].copy_(picks)

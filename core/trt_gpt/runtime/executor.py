@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attn_metadata import AttentionMetadata
+from ..kernels.metadata import AttentionMetadata
 from .engine import Engine
 from .kv_cache import PagedKVCache
 from .sequence import Sequence

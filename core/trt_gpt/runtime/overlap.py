@@ -29,7 +29,7 @@ from .sequence import Sequence, Status
 ENV_VAR = "TRT_GPT_OVERLAP"
 
 
-def lookahead_ok(seq: Sequence) -> bool:
+def overlap_ok(seq: Sequence) -> bool:
     """Whether a request's tokens may be picked by the graph's argmax: plain greedy decoding whose
     logits nothing changes (no penalties, bad words or min_tokens ban of end_id) and nobody reads."""
     st = seq.sampling
@@ -46,7 +46,7 @@ class PendingStep:
     rows: dict[int, int]        # id(sequence) -> its row in this step
 
 
-class Lookahead:
+class OverlappedScheduler:
     def __init__(self, executor):
         self.executor = executor
         self.pending: PendingStep | None = None
@@ -60,7 +60,7 @@ class Lookahead:
         if not g.fits(len(batch), batch[0][0].window):
             return False
         w = g.window
-        return all(n == 1 and s.lookahead_ok and s.window == w for s, n in batch)
+        return all(n == 1 and s.overlap_ok and s.window == w for s, n in batch)
 
     def launch(self, batch: list[tuple[Sequence, int]]) -> PendingStep | None:
         """Enqueue `batch`; returns the step it supersedes as pending (to be resolved by the caller)."""
@@ -80,7 +80,7 @@ class Lookahead:
         g = self.executor.graphs
         w = g.window
         return g.fits(len(batch), batch[0][0].window) and all(
-            s.lookahead_ok and s.window == w and not s.output_ids and s.num_computed + n == len(s.prompt_ids)
+            s.overlap_ok and s.window == w and not s.output_ids and s.num_computed + n == len(s.prompt_ids)
             for s, n in batch)
 
     def hold(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> None:
