@@ -15,7 +15,7 @@ from torch import nn
 from ..checkpoint import torch_dtype
 from ..config import ModelConfig
 from ..errors import TrtGptError
-from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
+from ..kernels.backends import torch_backend
 from ..plugins import named_registry
 from ..kernels.metadata import AttentionMetadata
 from ..weights import padded_vocab_size
@@ -23,19 +23,6 @@ from ..kernels.embed_ref import fed_ids
 from .fused_layers import FusedLayers
 from .layers import ColumnLinear, RowLinear, VocabEmbedding, get_activation, make_norm
 from .parallel import TPGroup
-
-
-class TorchAttentionBackend:
-    """The reference backend: correct everywhere, used on CPU and as the oracle for the kernels."""
-    name = "torch"
-
-    @staticmethod
-    def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
-        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-
-    @staticmethod
-    def attention(q, k_cache, v_cache, meta, scale, sliding_window):
-        return paged_attention_ref(q, k_cache, v_cache, meta, scale, sliding_window)
 
 
 def attention_scale(cfg: ModelConfig, layer_idx: int) -> float:
@@ -154,7 +141,7 @@ class GPTForCausalLM(nn.Module):
             raise TrtGptError(f"position_embedding_type '{cfg.position_embedding_type}' has no registered encoder")
         self._pos_factory = encoders[cfg.position_embedding_type]
         self.rope = None
-        self.backend: Any = TorchAttentionBackend()
+        self.backend: Any = torch_backend()   # the reference until setup_runtime picks one
         self.fused: FusedLayers | None = None   # the small-batch fast path, set up by setup_runtime
 
     def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:

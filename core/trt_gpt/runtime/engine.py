@@ -8,6 +8,7 @@ import torch
 from ..checkpoint import engine_uses_random_weights, load_engine_config, load_rank, torch_dtype
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
+from ..kernels.kv_cache_spec import KVCacheSpec
 from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
@@ -36,6 +37,8 @@ class Engine:
         self.cfg: ModelConfig = cfg
         cfg.mapping = cfg.mapping.with_rank(rank)
         self.dtype = torch_dtype(cfg.dtype)
+        # what the KV cache stores (refused here, at load, where no kernel implements it)
+        self.kv_spec = KVCacheSpec.from_name(build.kv_cache_dtype, self.dtype)
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
         if self.random_weights:
@@ -59,7 +62,7 @@ class Engine:
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return torch_dtype(self.build.kv_cache_dtype) if self.build.kv_cache_dtype else self.dtype
+        return self.kv_spec.dtype
 
 
 def _rank_from_launch(engine_dir: Path, cfg: ModelConfig, tp_group: TPGroup | None) -> tuple[int, TPGroup | None]:

@@ -74,7 +74,7 @@ class LLM:
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
                                  cap_tokens=batch * build.max_seq_len * build.max_beam_width)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
-                                  self.engine.kv_dtype, self.engine.device)
+                                  self.engine.kv_spec, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
         self.overlap = OverlappedScheduler(self.executor) if OverlappedScheduler.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
