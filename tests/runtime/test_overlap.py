@@ -151,3 +151,18 @@ def test_held_prompt_steps_feed_the_first_decode_step(tiny_gpt2_engine, overlap_
     assert len(llm.generate([prompts[0]], sampled)[0].token_ids) == 3
     assert len(held) == 5
     _assert_clean(llm)
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("TRT_GPT_OVERLAP", "yes please", "expected 0 or 1"),
+    ("TRT_GPT_CUDA_GRAPHS", "on", "expected one of 1, 0, eager"),
+    ("TRT_GPT_HOST_PICKS", "2", "expected 0 or 1"),
+    ("TRT_GPT_GRAPH_INPUTS", "stag", "expected one of stage, copy"),
+    ("TRT_GPT_PREFILL_GRAPHS", "off-ish", "expected 0 or 1"),
+])
+def test_a_malformed_runtime_setting_is_an_error(tiny_gpt2_engine, overlap_env, monkeypatch, var, value, expected):
+    from trt_gpt.errors import TrtGptError
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(TrtGptError, match=f"environment variable {var}='{value}': {expected}"):
+        tiny_gpt2_engine.llm(max_batch_size=2)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from ..env import choice, env_setting
 from ..errors import TrtGptError
 from .metadata import AttentionMetadata
 from .attention_ref import paged_attention_ref
@@ -89,10 +90,8 @@ def get_attention_backend(device: torch.device | str, dtype: torch.dtype,
     than the torch reference, so TRITON_INTERPRET alone does not switch a CPU run over.
     """
     device = torch.device(device)
-    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    forced = env_setting(ENV_VAR, choice(*BACKEND_NAMES), "")
     if forced:
-        if forced not in BACKEND_NAMES:
-            raise TrtGptError(f"{ENV_VAR}={forced!r}: expected one of {', '.join(BACKEND_NAMES)}")
         if forced == "triton":
             reason = _triton_unavailable_reason(device, dtype)
             if reason is not None:

@@ -148,13 +148,6 @@ class FusedLayers:
                 gate_bias=gate.bias if gate is not None else None)
         return lin(h, mlp.proj.weight, mlp.proj.bias, residual=x, residual_scale=m)
 
-    def embed(self, t: Any, ids: torch.Tensor, positions: torch.Tensor, multiplier: float,
-              feed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """The token [* multiplier] [+ position] embedding in one kernel (`triton_embed`)."""
-        wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
-        return self.embed_kernel(ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
-                                 multiplier, feed)
-
     def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None,
              host_picks: Any | None = None) -> torch.Tensor:
         """ln_f + lm_head in one kernel, fp32 logits over the padded vocab; with `picks` (int32 [rows]) also

@@ -6,6 +6,7 @@ packed batch (no padding) and a paged KV cache described by AttentionMetadata.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..kernels.backends import torch_backend
 from ..plugins import named_registry
 from ..kernels.metadata import AttentionMetadata
 from ..weights import padded_vocab_size
-from ..kernels.embed_ref import fed_ids
+from ..kernels.embed_ref import embed_ref
 from .fused_layers import FusedLayers
 from .layers import ColumnLinear, RowLinear, VocabEmbedding, get_activation, make_norm
 from .parallel import TPGroup
@@ -166,14 +167,12 @@ class GPTForCausalLM(nn.Module):
         window = window if window is not None else cfg.sliding_window
         fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
         if cfg.mapping.is_first_pp_rank:
-            if fused is not None:
-                hidden = fused.embed(t, input_ids, positions, cfg.embedding_multiplier, feed)
-            else:
-                hidden = t.vocab_embedding(fed_ids(input_ids, feed))
-                if cfg.embedding_multiplier != 1.0:
-                    hidden = hidden * cfg.embedding_multiplier
-                if hasattr(t, "position_embedding"):
-                    hidden = hidden + t.position_embedding(positions)
+            # one function, `embed_ref` (the module path, through the parallel lookup), or its one-kernel
+            # specialisation on the fused path
+            wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
+            embed = fused.embed_kernel if fused is not None else functools.partial(embed_ref, lookup=t.vocab_embedding)
+            hidden = embed(input_ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
+                           cfg.embedding_multiplier, feed)
         for i, (layer, kv) in enumerate(zip(t.layers, kv_caches)):
             if fused is not None:
                 hidden = fused.layer(i, layer, hidden, positions, meta, kv, self.rope, self.backend, window)

@@ -1,4 +1,7 @@
-"""Overlapped decoding: enqueue decode step n+1 before reading step n's tokens on the host.
+"""Overlapped scheduling: enqueue decode step n+1 before reading step n's tokens on the host.
+
+(Not the reference's "lookahead decoding", which drafts several tokens a step; this only hides the host's
+per-step work behind the GPU's.)
 
 A synchronous step ends with the host waiting for the sampled tokens, so scheduling, input packing and
 the stop checks of the next step run while the GPU idles (at batch 1 that idle time is a fifth of a
@@ -19,11 +22,11 @@ synchronously, so outputs are identical either way. TRT_GPT_OVERLAP=0 switches i
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
+from ..env import env_setting, flag
 from .sequence import Sequence, Status
 
 ENV_VAR = "TRT_GPT_OVERLAP"
@@ -47,13 +50,15 @@ class PendingStep:
 
 
 class OverlappedScheduler:
+    """Keeps at most one greedy decode step in flight ahead of the host (see the module docstring)."""
+
     def __init__(self, executor):
         self.executor = executor
         self.pending: PendingStep | None = None
 
     @staticmethod
     def enabled(executor) -> bool:
-        return executor.graphs is not None and os.environ.get(ENV_VAR, "1") != "0"
+        return executor.graphs is not None and env_setting(ENV_VAR, flag, True)
 
     def eligible(self, batch: list[tuple[Sequence, int]]) -> bool:
         g = self.executor.graphs
