@@ -120,7 +120,7 @@ def test_strided_x_and_in_place_residual():
 def test_kv_write_epilogue_stores_k_and_v_into_their_slots(impl, cache_dtype):
     # 3 q heads and 2 kv heads of 10: N = 30 + 20 + 20 = 70, so 8-wide column blocks straddle the q|k and
     # k|v boundaries. Row 1 is padding (slot -1); unowned cache entries are NaN and must stay so.
-    from trt_gpt.kernels.triton_gemv import KVWrite
+    from trt_gpt.kernels.kv_store import KVWrite
     heads, kv_heads, d, bs = 3, 2, 10, 4
     x, w, b, kw = make(3, heads * d + 2 * kv_heads * d, 24, torch.float32, norm="layernorm", seed=12)
     kc = torch.full((5, kv_heads, bs, d), float("nan"), dtype=cache_dtype, device=DEVICE)
@@ -143,7 +143,7 @@ def test_kv_write_epilogue_stores_k_and_v_into_their_slots(impl, cache_dtype):
 
 
 def test_kv_write_shape_errors():
-    from trt_gpt.kernels.triton_gemv import KVWrite
+    from trt_gpt.kernels.kv_store import KVWrite
     x, w, b, _ = make(1, 70, 24, torch.float32, seed=13)
     kc = torch.zeros(5, 2, 4, 10, device=DEVICE)
     with pytest.raises(ValueError, match="N = q_cols"):

@@ -83,7 +83,8 @@ class FusedLayers:
     def __init__(self, model: Any, activation: str, max_rows: int):
         from ..kernels.triton_argmax import ArgmaxOut
         from ..kernels.triton_embed import embed
-        from ..kernels.triton_gemv import MAX_M, KVWrite, NormArgs, fused_linear
+        from ..kernels.kv_store import KVWrite
+        from ..kernels.triton_gemv import MAX_M, NormArgs, fused_linear
 
         self.fused_linear, self.kv_write, self.embed_kernel = fused_linear, KVWrite, embed
         self.argmax_out = ArgmaxOut
