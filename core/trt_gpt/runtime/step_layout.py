@@ -11,6 +11,8 @@ views (offsets that depend on T and B) would compile a new kernel variant for a 
 A per-token side input (an adapter slot, a prompt-table row) is one more name in `TOKEN_COLUMNS`: both
 layouts then carry it, a packer fills `view(buf, name)` next to the positions, and the model reads the
 device view by the same name. It rides in the same upload, so CUDA graphs stay valid as its values change.
+The multi-rank wire format (`step_plan.StepPlan`) names its token columns explicitly and needs the column
+added there as well.
 """
 from __future__ import annotations
 
