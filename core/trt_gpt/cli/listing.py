@@ -11,8 +11,9 @@ from ..plugins import get_plugins
 from ..variants import all_variants
 from .common import out_console
 
-variants_app = typer.Typer(help="Model variants provided by installed plugins.", no_args_is_help=True)
-plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True)
+variants_app = typer.Typer(help="Model variants provided by installed plugins.", no_args_is_help=True,
+                           rich_markup_mode=None)
+plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @variants_app.command("list")
