@@ -212,11 +212,12 @@ class _Shown:
         return quote(self.tok.decode(ids))
 
 
+TOKENIZER_MARKERS = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "tokenizer.model")
+
+
 def text_tokenizer(llm, engine_dir: Path, needs_text: bool, given: bool):
     """The engine's tokenizer; without one (random-weight engines), token-id prompts run and print ids."""
-    from ..checkpoint import tokenizer_files_in
-
-    if given or tokenizer_files_in(Path(engine_dir)) or (Path(engine_dir) / "tokenizer.model").is_file():
+    if given or any((Path(engine_dir) / f).is_file() for f in TOKENIZER_MARKERS):
         return _Shown(llm.tokenizer)
     if needs_text:
         raise TrtGptError(f"{engine_dir}: the engine has no tokenizer, and text prompts (including the default "
