@@ -69,3 +69,10 @@ def test_log_lines_have_no_source_location(gpt2_dir, tmp_path):
     logged = [line for line in proc.stderr.splitlines() if "rank 0" in line]
     assert logged, proc.stderr
     assert not any(re.search(r"\w+\.py:\d+\s*$", line) for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_multi_value_flags_in_either_spelling():
+    from trt_gpt.cli.main import expand_multi_value
+
+    assert expand_multi_value(["run", "--input-text", "a b", "c", "--top_k", "1", "--stop_words", "x", "y"]) == [
+        "run", "--input-text", "a b", "--input-text", "c", "--top_k", "1", "--stop_words", "x", "--stop_words", "y"]

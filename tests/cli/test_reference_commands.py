@@ -42,6 +42,9 @@ def test_build_plugin_switches_as_written(ckpt, gpt2_dir, tmp_path):
     warn = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warn) == 1 and "max_seq_len 24" in warn[0], proc.stderr
     assert any(line.startswith("note: --use_py_session") for line in proc.stderr.splitlines())
+    # the pool chosen is said: on CPU from available memory, capped at max_batch_size (256) x max_seq_len (24)
+    assert [line for line in proc.stderr.splitlines() if line.startswith("kv cache:")] == [
+        "kv cache: 6144 tokens (96 blocks of 64), 6.0 MiB on cpu"], proc.stderr
     short = json.loads(run_cli("run", "--engine_dir", out, "--max_output_len", "3", "--json").stdout)
     assert short[0]["truncated_by_max_seq_len"] is False
     for args, needles in ((("--gemm_plugin", "float16"), ("--gemm_plugin", "float32")),

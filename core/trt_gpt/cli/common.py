@@ -77,3 +77,11 @@ def write_output_file(path: Path, write: Callable[[object], None], newline: str 
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise TrtGptError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def kv_cache_line(llm) -> str:
+    """The KV pool an `LLM` chose, in one line (tokens, blocks, bytes, device)."""
+    c = llm.cache
+    nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in c.layers)
+    return (f"kv cache: {c.num_blocks * c.block_size} tokens ({c.num_blocks} blocks of {c.block_size}), "
+            f"{human_bytes(nbytes)} on {llm.engine.device}")

@@ -25,7 +25,8 @@ MULTI_VALUE_FLAGS = {"--input_text", "--stop_words", "--bad_words"}
 
 
 def normalize_option(name: str) -> str:
-    """The one spelling options are matched by: dashes inside a name become underscores."""
+    """The one spelling options are matched by: dashes inside a name (given without its leading `--`, as
+    click's token normaliser receives it) become underscores."""
     return name.replace("-", "_")
 
 
@@ -57,7 +58,7 @@ def expand_multi_value(argv: list[str]) -> list[str]:
     out: list[str] = []
     flag = None
     for arg in argv:
-        if arg.startswith("--") and normalize_option(arg) in MULTI_VALUE_FLAGS:
+        if arg.startswith("--") and "--" + normalize_option(arg[2:]) in MULTI_VALUE_FLAGS:
             flag = arg
             continue
         if flag is not None:
@@ -78,7 +79,7 @@ def usage_error_line(e: Exception) -> str:
     if type(e).__name__ == "NoSuchOption" and opt:
         known = [o for p in (ctx.command.get_params(ctx) if ctx else []) for o in (*p.opts, *p.secondary_opts)
                  if o.startswith("--")]
-        close = difflib.get_close_matches(normalize_option(opt), known, n=1, cutoff=0.0)
+        close = difflib.get_close_matches("--" + normalize_option(opt.lstrip("-")), known, n=1, cutoff=0.0)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"{cmd}: no such option {opt}{hint} (see {cmd} --help)"
     msg = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)

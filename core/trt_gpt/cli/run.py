@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .common import (DEFAULT_PROMPT, check_device, check_dir, check_output_file, err_console,
+from .common import (DEFAULT_PROMPT, check_device, check_dir, check_output_file, err_console, kv_cache_line,
                      write_output_file)
 
 
@@ -118,6 +118,7 @@ def run_cmd(
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
               max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
               context_fmha_fp32_acc=context_fmha_fp32_acc)
+    err_console.print(kv_cache_line(llm), highlight=False, soft_wrap=True)
     needs_text = any(isinstance(p, str) for p in prompts) or bool(stop_words or bad_words)
     tok = text_tokenizer(llm, engine_dir, needs_text, tokenizer_dir is not None or vocab_file is not None)
     add_special = not no_add_special_tokens

@@ -72,7 +72,8 @@ class LLM:
         batch = max_batch_size or build.max_batch_size
         blocks = plan_num_blocks(per_block, build.tokens_per_block, self.engine.device,
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
-                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width)
+                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width,
+                                 min_tokens=build.max_seq_len)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_dtype, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
