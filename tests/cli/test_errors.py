@@ -149,14 +149,10 @@ def test_user_mistakes_are_one_line_errors(engine, gpt2_dir, tmp_path):
                                   check=False), "--input_file", "is a directory")
     assert_one_line_error(run_cli(*base, "--tokenizer_dir", eng / "config.json", check=False), "--tokenizer_dir",
                           "is a file")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not __import__("os").access(locked, __import__("os").W_OK):   # root writes anywhere
-            assert_one_line_error(convert(gpt2_dir[0], locked / "sub" / "out"), "cannot create")
-    finally:
-        locked.chmod(0o700)
+    (tmp_path / "afile").write_text("x")   # a parent that is a file: unwritable whoever runs the test
+    assert_one_line_error(convert(gpt2_dir[0], tmp_path / "afile" / "out"), "cannot create the output directory")
+    assert_one_line_error(run_cli("build", "--checkpoint_dir", engine / "ckpt", "--output_dir",
+                                  tmp_path / "afile" / "eng", check=False), "cannot create the output directory")
 
 
 def test_model_config_unknown_keys_and_hf_config(engine, gpt2_dir, tmp_path):
