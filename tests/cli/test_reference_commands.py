@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from transformers import AutoTokenizer, GPTBigCodeConfig, GPTBigCodeForCausalLM
 
 from trt_gpt.testing import assert_one_line_error, hf_greedy, run_cli, save_tiny
@@ -94,20 +93,18 @@ def test_random_weights_as_written(tmp_path):
     assert out["output_text"] is None
     assert_one_line_error(run_cli("run", "--engine_dir", tmp_path / "engine", "--input_text", "hello",
                                   "--max_output_len", "5", check=False), "no tokenizer")
-
-
-def test_context_fmha_disable_picks_the_unfused_attention(monkeypatch):
-    """Where the fused (Triton) attention would run, an engine built with --context_fmha disable runs the torch
-    reference (no Triton prefill kernel); asking for Triton on such an engine is an error."""
-    pytest.importorskip("triton")
-    from trt_gpt.errors import TrtGptError
-    from trt_gpt.runtime.engine import engine_attention_backend
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")   # lets the Triton backend be chosen for a "cuda" device on CPU
-    monkeypatch.delenv("TRT_GPT_ATTENTION_BACKEND", raising=False)
-    cuda = torch.device("cuda")
-    assert engine_attention_backend(cuda, torch.float16, True, context_fmha=True).name == "triton"
-    assert engine_attention_backend(cuda, torch.float16, True, context_fmha=False).name == "torch"
-    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
-    with pytest.raises(TrtGptError, match="context_fmha disable"):
-        engine_attention_backend(cuda, torch.float16, True, context_fmha=False)
+    # the reference's generate_checkpoint_config.py writes these keys; its config builds as it is
+    ref_cfg = {"architecture": "GPTForCausalLM", "dtype": "float32", "vocab_size": 128, "max_position_embeddings": 64,
+               "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 4, "hidden_act": "gelu", "norm_epsilon": 1e-5,
+               "position_embedding_type": "learned_absolute", "use_parallel_embedding": False,
+               "embedding_sharding_dim": 0, "quantization": {"quant_algo": None, "kv_cache_quant_algo": None,
+                                                             "exclude_modules": None},
+               "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1}, "bias": False,
+               "apply_query_key_layer_scaling": False, "rotary_pct": 1.0, "rotary_base": 10000.0,
+               "rotary_scaling": None}
+    (tmp_path / "ref.json").write_text(json.dumps(ref_cfg))
+    run_cli("build", "--model_config", tmp_path / "ref.json", "--gemm_plugin", "auto", "--max_batch_size", "4",
+            "--output_dir", tmp_path / "ref_engine", "--workers", "2")
+    built = json.loads((tmp_path / "ref_engine" / "config.json").read_text())["pretrained_config"]
+    assert (built["hidden_size"], built["bias"], built["intermediate_size"]) == (64, False, 256)

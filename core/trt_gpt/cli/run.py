@@ -118,7 +118,6 @@ def run_cmd(
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
               max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
               context_fmha_fp32_acc=context_fmha_fp32_acc)
-    err_console.print(kv_cache_line(llm), highlight=False, soft_wrap=True)
     needs_text = any(isinstance(p, str) for p in prompts) or bool(stop_words or bad_words)
     tok = text_tokenizer(llm, engine_dir, needs_text, tokenizer_dir is not None or vocab_file is not None)
     add_special = not no_add_special_tokens
@@ -171,6 +170,7 @@ def run_cmd(
             print(f'Input [Text {i}]: {tok.show(r["input_ids"]) if r["input_text"] is None else quote(r["input_text"])}')
             for k, b in enumerate(r["beams"]):
                 print(f'Output [Text {i} Beam {k}]: {tok.show(b["output_ids"])}')
+    err_console.print(kv_cache_line(llm), highlight=False, soft_wrap=True)   # after the work: errors stay one line
     cut = [i for i, r in enumerate(results) if r["truncated_by_max_seq_len"]]
     if cut:
         err_console.print(f"warning: output {', '.join(map(str, cut))} cut short at the engine's max_seq_len {limit} "
