@@ -167,7 +167,8 @@ async def _serve(state: ServeState, request: Request, kind: str, req: Any) -> Re
         state.metrics.requests.labels(endpoint, str(status)).inc()
         state.metrics.prompt_tokens.inc(gen.prompt_tokens)
         for c in gen.choices:
-            state.metrics.observe_choice(gen.arrival, c.first, c.last, len(c.token_ids), c.finish_reason)
+            state.metrics.observe_choice(gen.arrival, c.first, c.last, len(c.token_ids),
+                                         c.finish_reason or "cancelled")
         reasons = ",".join(sorted({str(c.finish_reason) for c in gen.choices}))
         log.info("%s %s %d prompt_tokens=%d completion_tokens=%d latency=%.3fs finish=%s", gen.id, endpoint,
                  status, gen.prompt_tokens, gen.completion_tokens, time.perf_counter() - start, reasons)
