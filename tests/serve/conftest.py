@@ -39,7 +39,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # one intra-op thread: on a shared CPU, OpenMP threads that spin against other jobs make step times
+        # erratic (x20); one thread keeps the timing-bounded tests steady
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         env.pop("TRT_GPT_DEBUG", None)
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen([str(BIN), "serve", "--engine_dir", str(engine), "--port", str(self.port),

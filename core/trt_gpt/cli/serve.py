@@ -72,13 +72,22 @@ def serve_cmd(
     if max_batch_size is not None and max_batch_size < 1:
         raise TrtGptError(f"--max_batch_size is {max_batch_size}, expected a positive integer")
 
+    # a bad template file fails before the engine loads
+    template = load_chat_template(chat_template, None) if chat_template is not None else None
+    from ..distributed import discover
+
+    if discover().rank > 0:
+        # mpirun forwards SIGTERM to every rank: the followers must outlive rank 0's drain (they run its
+        # steps) and end when it releases them at its exit
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     # mpirun/srun: ranks > 0 follow rank 0's steps inside this call and exit; only rank 0 serves
     llm = llm_factory(LLM)(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
                            kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
                            max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
                            max_batch_size=max_batch_size, max_num_tokens=max_num_tokens)
     tok = llm.tokenizer
-    template = load_chat_template(chat_template, tok)
+    template = template or load_chat_template(None, tok)
     state = ServeState(AsyncLLM(llm), served_model_name or Path(engine_dir).resolve().name, template,
                        max_queued_requests=max_queued_requests, api_key=api_key)
     app = create_app(state)
