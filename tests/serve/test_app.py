@@ -292,3 +292,15 @@ def test_metrics_parse_and_count(server, client):
     bad = [s for s in fams["trtgpt_requests"].samples if s.labels.get("status") == "400"]
     assert bad
     json.dumps(samples)   # plain numbers
+
+
+def test_bench_openai_backend(served, server):
+    """`trt-gpt bench --backend openai` against the server: every request streams exactly output_len tokens."""
+    from trt_gpt.testing import run_cli
+
+    proc = run_cli("bench", "--backend", "openai", "--url", server.url, "--engine_dir", served.engine,
+                   "--num_requests", "6", "--concurrency", "3", "--input_len", "8", "--output_len", "5",
+                   "--warmup", "1", "--json")
+    r = json.loads(proc.stdout)["trt_gpt"]
+    assert r["errors"] == 0 and r["num_requests"] == 6 and r["output_tokens"] == 30
+    assert r["ttft_ms"]["p50"] > 0 and r["tpot_ms"]["p50"] > 0 and r["output_tok_per_s"] > 0
