@@ -53,11 +53,15 @@ class TokenLogprob:
 
 @dataclass
 class RequestOptions:
-    """What the loop computes for a request besides its tokens."""
+    """What a request wants besides its tokens. The loop computes logprobs and snapshots; the front ends
+    detokenize and match stop strings on their own side (`TextStream`), off the step's critical path."""
     detokenize: bool = False            # text deltas (incremental; needs the tokenizer)
     stop: Seq[str] = ()                 # stop strings (text): the output ends before the first one found
     logprobs: int | None = None         # per-token logprobs with this many top alternatives (0: none)
-    snapshots: bool = False             # attach a RequestOutput to every update (the sync front end)
+    snapshots: bool = False             # attach a RequestOutput to beam updates and to the last one (sync API)
+
+    def text_stream(self, tokenizer: Any, prompt_ids: Seq[int]) -> TextStream | None:
+        return TextStream(tokenizer, prompt_ids, self.stop) if self.detokenize else None
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Update:
     """What a request produced since its previous update."""
     request_id: Hashable
     token_ids: list[int]                # new tokens (beam search: empty until the end; see `output`)
-    text: str = ""                      # new text (with RequestOptions.detokenize)
+    text: str = ""                      # new text (filled by the front end with RequestOptions.detokenize)
     finished: bool = False
     finish_reason: str | None = None    # end_id, stop_words, stop (a stop string), length, cancelled
     logprobs: list[TokenLogprob] | None = None
@@ -81,9 +85,7 @@ class _Tracked:
     seq: Sequence
     sink: Callable[[Update], None]
     opts: RequestOptions
-    text: TextStream | None = None
     emitted: int = 0                    # output tokens handed out so far
-    all_text: str = ""                  # snapshots: the text so far
 
 
 class EngineLoop:
@@ -169,8 +171,6 @@ class EngineLoop:
             raise TrtGptError(f"request id {key!r} is already running")
         seq = self.llm.add_request(ids, params)
         tr = _Tracked(key, seq, sink, opts)
-        if opts.detokenize:
-            tr.text = TextStream(self.llm.tokenizer, seq.prompt_ids, opts.stop)
         self._tracked[key] = tr
         self._by_seq[id(seq)] = tr
         self.num_tracked = len(self._tracked)
@@ -213,28 +213,14 @@ class EngineLoop:
         llm, seq, opts = self.llm, tr.seq, tr.opts
         out = seq.output_ids
         beams = seq.beam_state is not None
-        new = [] if beams else list(out[tr.emitted:])
+        new = [] if beams else out[tr.emitted:]
         since, tr.emitted = tr.emitted, len(out)
-        finished, reason = seq.is_finished, seq.finish_reason
-        text = ""
-        if tr.text is not None and not beams:
-            text = tr.text.add(new, final=finished)
-            if tr.text.stopped is not None:
-                if not finished:
-                    llm.cancel(seq)           # a stop string ends the request: free its blocks now
-                finished, reason = True, "stop"
-        up = Update(tr.key, new, text, finished, reason, None, len(seq.prompt_ids), len(out))
+        finished = seq.is_finished
+        up = Update(tr.key, new, "", finished, seq.finish_reason, None, len(seq.prompt_ids), len(out))
         if opts.logprobs is not None and new:
             up.logprobs = self._logprobs(seq, new, opts.logprobs)
-        if opts.snapshots:
-            tr.all_text += text
-            if finished or beams:
-                up.output = llm._output(seq, since)    # the finished output as generate returns it
-            else:
-                from .llm import RequestOutput
-
-                up.output = RequestOutput(seq.request_id, list(seq.prompt_ids), list(out), tr.all_text,
-                                          None, False, new)
+        if opts.snapshots and (finished or beams):
+            up.output = llm._output(seq, since)    # the finished output as generate returns it
         if finished:
             self._forget(tr)
         self._send(tr, up)
@@ -267,6 +253,8 @@ class EngineLoop:
                     add_special_tokens: bool = True, ids_out: list[int] | None = None) -> Iterator[Any]:
         """`LLM.generate_stream`: a RequestOutput each time one of these requests advances (the last one
         of each with finished=True); leaving early cancels the unfinished ones and frees their blocks."""
+        from .llm import RequestOutput
+
         ids = [self.encode(p, add_special_tokens) for p in prompts]   # bad input raises before anything runs
         opts = RequestOptions(detokenize=self.llm._tokenizer is not None, snapshots=True)
         q: queue.SimpleQueue = queue.SimpleQueue()
@@ -274,17 +262,31 @@ class EngineLoop:
         futs = [self.submit(i, p, q.put, k, opts) for i, p, k in zip(ids, params, keys)]
         pending = set(keys)
         try:
-            rids = [f.result().request_id for f in futs]
+            seqs = {k: f.result() for k, f in zip(keys, futs)}
+            rids = [s.request_id for s in seqs.values()]
             self.llm.last_request_ids = rids
             if ids_out is not None:
                 ids_out[:] = rids
+            texts = {k: opts.text_stream(self.llm.tokenizer, i) if opts.detokenize else None
+                     for k, i in zip(keys, ids)}
+            sofar: dict[Hashable, tuple[list[int], str]] = {k: ([], "") for k in keys}
             while pending:
                 up = q.get()
                 if up.error is not None:
                     raise up.error
                 if up.finished:
                     pending.discard(up.request_id)
-                yield up.output
+                if up.output is not None:
+                    yield up.output
+                    continue
+                toks, text = sofar[up.request_id]
+                toks += up.token_ids
+                ts = texts[up.request_id]
+                text += ts.add(up.token_ids) if ts is not None else ""
+                sofar[up.request_id] = (toks, text)
+                seq = seqs[up.request_id]
+                yield RequestOutput(seq.request_id, list(seq.prompt_ids), list(toks), text, None, False,
+                                    up.token_ids)
         finally:
             # also when a submission failed: the others that got in are cancelled
             waits = [self.cancel(k) for k in keys if k in pending]
