@@ -84,10 +84,14 @@ async def client_loop(i: int, base: str, deadline: float, stats: dict, max_token
                 stats["examples"].append({"error": f"{type(e).__name__}: {e}"})
 
 
-async def sample_rss(pid: int, deadline: float, samples: list) -> None:
-    while time.monotonic() < deadline:
+async def sample_rss(pid: int, stop: asyncio.Event, samples: list) -> None:
+    while not stop.is_set():
         samples.append(rss_mib(pid))
-        await asyncio.sleep(1.0)
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+    samples.append(rss_mib(pid))
 
 
 async def run(base: str, pid: int, clients: int, duration: float, max_tokens: tuple[int, int]) -> dict:
@@ -95,16 +99,19 @@ async def run(base: str, pid: int, clients: int, duration: float, max_tokens: tu
     rss: list = []
     start = time.monotonic()
     deadline = start + duration
-    await asyncio.gather(sample_rss(pid, deadline, rss),
-                         *(client_loop(i, base, deadline, stats, max_tokens) for i in range(clients)))
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_rss(pid, stop, rss))
+    await asyncio.gather(*(client_loop(i, base, deadline, stats, max_tokens) for i in range(clients)))
     wall = time.monotonic() - start
-    rss = [r for r in rss if r is not None]
+    stop.set()
+    await sampler
+    rss = [round(r, 1) for r in rss if r is not None]
     return {"clients": clients, "duration_s": duration, "wall_s": round(wall, 1), "requests": stats["requests"],
             "output_tokens": stats["tokens"], "output_tok_per_s": round(stats["tokens"] / wall, 1),
             "errors": stats["errors"], "mismatches": stats["mismatches"], "examples": stats["examples"][:3],
             "rss_mib": {"first": rss[0] if rss else None, "max": max(rss) if rss else None,
                         "last": rss[-1] if rss else None,
-                        "after_first_10s_max": max(rss[10:]) if len(rss) > 10 else None}}
+                        "every_5s": rss[::5]}}
 
 
 def start_server(engine: str, device: str, extra: list[str]) -> tuple[subprocess.Popen, str]:

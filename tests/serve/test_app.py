@@ -207,23 +207,20 @@ def test_concurrent_streams_each_get_exactly_their_tokens(served, server):
 
 
 def _metric(server, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
+    """The sum of the samples of `name` whose labels include `labels` (0 when a labelled one has none yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(server.url + "/metrics").text
     found = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
              if s.name == name and labels.items() <= s.labels.items()]
-    if not found:
+    if not found and not labels:
         raise KeyError(name)
     return sum(found)
 
 
 def test_disconnect_cancels_and_frees_blocks(server):
     body = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 120, "ignore_eos": True, "stream": True}
-    try:
-        before = _metric(server, "trtgpt_request_finished_total", finish_reason="cancelled")
-    except KeyError:
-        before = 0
+    before = _metric(server, "trtgpt_request_finished_total", finish_reason="cancelled")
     with httpx.Client(timeout=30) as h:
         with h.stream("POST", server.url + "/v1/completions", json=body) as resp:
             assert resp.status_code == 200
@@ -239,6 +236,18 @@ def test_disconnect_cancels_and_frees_blocks(server):
     assert _metric(server, "trtgpt_requests_running") == 0
     assert _metric(server, "trtgpt_requests_in_flight") == 0
     assert _metric(server, "trtgpt_request_finished_total", finish_reason="cancelled") == before + 1
+
+
+def test_disconnect_while_waiting_for_a_plain_answer_cancels(server):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 150, "ignore_eos": True}
+    before = _metric(server, "trtgpt_request_finished_total", finish_reason="cancelled")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(10, read=0.3))
+    deadline = time.monotonic() + 10
+    while _metric(server, "trtgpt_request_finished_total", finish_reason="cancelled") < before + 1:
+        assert time.monotonic() < deadline, "the request ran on after its client left"
+        time.sleep(0.05)
+    assert _metric(server, "trtgpt_kv_cache_blocks_used") == 0
 
 
 # ---------------------------------------------------------------------- errors and metrics

@@ -73,6 +73,26 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
+class _ApiKey:
+    """Checks `Authorization: Bearer KEY` on /v1 routes. A plain ASGI middleware: starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the routes behind it."""
+
+    def __init__(self, app: Any, state: ServeState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        key = self.state.api_key
+        if key is not None and scope["type"] == "http" and scope["path"].startswith("/v1"):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, f"Bearer {key}".encode()):
+                self.state.metrics.requests.labels(scope["path"], "401").inc()
+                resp = _error(ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                                       "invalid_request_error", "invalid_api_key"))
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: ServeState) -> FastAPI:
     app = FastAPI(title="trt-gpt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
@@ -104,15 +124,7 @@ def create_app(state: ServeState) -> FastAPI:
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return _error(ApiError(e.status_code, str(e.detail), None))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Response:
-        if state.api_key is not None and request.url.path.startswith("/v1"):
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {state.api_key}".encode()):
-                state.metrics.requests.labels(request.url.path, "401").inc()
-                return _error(ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                                       None, "invalid_request_error", "invalid_api_key"))
-        return await call_next(request)
+    app.add_middleware(_ApiKey, state=state)
 
     @app.get("/health")
     async def health() -> dict:
