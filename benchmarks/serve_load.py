@@ -1,6 +1,6 @@
 """Load test of `trt-gpt serve`: N concurrent streaming clients for T seconds.
 
-Each client repeats: a seeded, sampled, streamed /v1/completions (include_usage), then the same request
+Each client repeats: a seeded, sampled (temperature 1, top_k 40), streamed /v1/completions (include_usage), then the same request
 non-streamed; the streamed text and token count must equal the non-streamed ones (a lost or duplicated
 token, or a delta from another request, would differ). Counts errors (HTTP, a stream without [DONE], a
 mismatch), samples the server's resident memory every second, and prints a JSON report and a one-line
@@ -65,7 +65,7 @@ async def client_loop(i: int, base: str, deadline: float, stats: dict, max_token
         k = 0
         while time.monotonic() < deadline:
             body = {"prompt": rng.choice(PROMPTS), "max_tokens": rng.randint(*max_tokens), "temperature": 1.0,
-                    "top_p": 0.95, "seed": i * 100_000 + k}
+                    "top_k": 40, "seed": i * 100_000 + k}
             k += 1
             try:
                 s_text, s_tokens = await stream(client, url, body)
