@@ -55,18 +55,33 @@ class ServeState:
     def models(self) -> list[str]:
         return self.model_ids() if self.model_ids is not None else [self.model_name]
 
-    @contextlib.contextmanager
-    def slots(self, n: int):
+    def acquire(self, n: int) -> None:
+        """Take `n` slots (one per choice) or refuse with 429: the queue stays bounded."""
         if self.in_flight + n > self.capacity:
             self.metrics.rejected.inc()
             raise ApiError(429, f"the server is at its limit of {self.capacity} requests in flight "
                                 f"(max_batch_size + --max_queued_requests); retry later", None,
                            "rate_limit_error", "queue_full", {"Retry-After": "1"})
         self.in_flight += n
+
+    def release(self, n: int) -> None:
+        self.in_flight -= n
+
+
+class _EventStream(StreamingResponse):
+    """SSE response that always runs `cleanup`: a client that leaves before the body starts would otherwise
+    leave the body generator unstarted, its `finally` never run, and the admitted requests running."""
+
+    def __init__(self, body: Any, cleanup: Callable[[], Any]):
+        super().__init__(body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            yield
+            await super().__call__(scope, receive, send)
         finally:
-            self.in_flight -= n
+            await asyncio.shield(self._cleanup())
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -160,8 +175,7 @@ async def _serve(state: ServeState, request: Request, kind: str, req: Any) -> Re
                            code="model_not_found")
         specs = completion_specs(state, req) if kind == "completion" else chat_specs(state, req)
         gen = Generation(state, kind, req, specs)
-        slot = state.slots(gen.num_choices)
-        slot.__enter__()
+        state.acquire(gen.num_choices)
     except ApiError as e:
         state.metrics.requests.labels(endpoint, str(e.status)).inc()
         log.info("%s %s -> %d (%s)", endpoint, getattr(req, "model", None) or "-", e.status, e.message)
@@ -169,13 +183,18 @@ async def _serve(state: ServeState, request: Request, kind: str, req: Any) -> Re
     try:
         await gen.admit()
     except BaseException as e:
-        slot.__exit__(None, None, None)
+        state.release(gen.num_choices)
         status = e.status if isinstance(e, ApiError) else 500
         state.metrics.requests.labels(endpoint, str(status)).inc()
         raise
 
+    finished: list[int] = []
+
     def done(status: int) -> None:
-        slot.__exit__(None, None, None)
+        if finished:        # once: from the stream's end or from the response's own cleanup
+            return
+        finished.append(status)
+        state.release(gen.num_choices)
         state.metrics.requests.labels(endpoint, str(status)).inc()
         state.metrics.prompt_tokens.inc(gen.prompt_tokens)
         for c in gen.choices:
@@ -194,8 +213,10 @@ async def _serve(state: ServeState, request: Request, kind: str, req: Any) -> Re
                 status = 200
             finally:
                 done(status)
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        async def cleanup() -> None:
+            await gen.close()        # idempotent: streams already at their end are left alone
+            done(499)
+        return _EventStream(body(), cleanup)
 
     async def collect() -> None:
         async for _ in gen.updates():
