@@ -145,6 +145,10 @@ class EngineLoop:
 
     # ------------------------------------------------------------------ the loop thread
     def _run(self) -> None:
+        dev = getattr(getattr(self.llm, "engine", None), "device", None)
+        if isinstance(dev, torch.device) and dev.type == "cuda":
+            # the current CUDA device is per thread; kernels and generators created here follow it
+            torch.cuda.set_device(dev)
         while True:
             with self._cv:
                 while not self._inbox and not self._tracked:
