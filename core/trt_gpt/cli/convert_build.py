@@ -87,6 +87,9 @@ def build_cmd(
     max_num_tokens: int = typer.Option(8192, "--max_num_tokens", "--max-num-tokens"),
     tokens_per_block: int = typer.Option(64, "--tokens_per_block", "--tokens-per-block"),
     max_beam_width: int = typer.Option(1, "--max_beam_width", "--max-beam-width"),
+    max_prompt_embedding_table_size: int = typer.Option(
+        0, "--max_prompt_embedding_table_size", "--max-prompt-embedding-table-size",
+        help="Rows of the prompt-tuning table pool (tasks x virtual tokens of the tables loaded at once)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     workers: int = typer.Option(1, "--workers", help="Ranks built at a time, each in its own process."),
 ) -> None:
@@ -96,7 +99,8 @@ def build_cmd(
     if (checkpoint_dir is None) == (model_config is None):
         raise TrtGptError("build: give exactly one of --checkpoint_dir or --model_config")
     bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
-                     max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width)
+                     max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width,
+                     max_prompt_embedding_table_size=max_prompt_embedding_table_size)
     cfg = ModelConfig.load(model_config) if model_config is not None else None
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,

@@ -16,7 +16,8 @@ from .run import run_cmd
 from .summarize import summarize_cmd
 
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
-MULTI_VALUE_FLAGS = {"--input_text", "--input-text", "--stop_words", "--stop-words", "--bad_words", "--bad-words"}
+MULTI_VALUE_FLAGS = {"--input_text", "--input-text", "--stop_words", "--stop-words", "--bad_words", "--bad-words",
+                     "--num_prepend_vtokens", "--num-prepend-vtokens"}
 
 
 def make_app() -> typer.Typer:

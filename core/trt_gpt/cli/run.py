@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
+from .prompt_tuning import apply_prompt_tuning
 
 
 def read_input_file(path: Path) -> list:
@@ -85,6 +86,15 @@ def run_cmd(
         help="fp32 accumulation in the fused prefill attention on GPU (on by default: the accurate choice)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
+    # ---- prompt tuning (docs/prompt-tuning.md)
+    prompt_table_path: Optional[Path] = typer.Option(
+        None, "--prompt_table_path", "--prompt-table-path",
+        help=".npy [tasks, virtual_tokens, hidden], a PEFT prompt-tuning dir or a NeMo p-tuning .nemo."),
+    prompt_tasks: Optional[str] = typer.Option(None, "--prompt_tasks", "--prompt-tasks",
+                                               help="Table task of each input, comma-separated (default 0)."),
+    num_prepend_vtokens: Optional[list[int]] = typer.Option(
+        None, "--num_prepend_vtokens", "--num-prepend-vtokens",
+        help="Virtual tokens vocab_size.. put before each input (default: the task's whole table)."),
 ) -> None:
     """Generate text from prompts with an engine."""
     from ..runtime.llm import LLM
@@ -121,6 +131,7 @@ def run_cmd(
         early_stopping=bool(early_stopping), stop_words=words(stop_words), bad_words=words(bad_words),
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
+    ids, params = apply_prompt_tuning(llm, ids, params, prompt_table_path, prompt_tasks, num_prepend_vtokens)
 
     def beams_of(out) -> list[list[int]]:
         return out.beams if out.beams is not None else [out.token_ids]
