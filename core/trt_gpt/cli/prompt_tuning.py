@@ -18,6 +18,11 @@ from ..errors import TrtGptError
 TABLE = "prompt_table"
 
 
+def prompt_tables(path: Optional[Path]) -> Optional[dict[str, Path]]:
+    """The LLM constructor's `prompt_tables` (loaded by every rank of a multi-rank engine)."""
+    return {TABLE: path} if path is not None else None
+
+
 def apply_prompt_tuning(llm: Any, ids: list[list[int]], params: Any, path: Optional[Path], tasks: Optional[str],
                         prepend: Optional[list[int]]) -> tuple[list[list[int]], Any]:
     """(inputs with their virtual tokens, one SamplingParams per input naming the table and task)."""
@@ -25,7 +30,6 @@ def apply_prompt_tuning(llm: Any, ids: list[list[int]], params: Any, path: Optio
         if tasks is not None or prepend:
             raise TrtGptError("--prompt_tasks / --num_prepend_vtokens need --prompt_table_path")
         return ids, params
-    llm.add_prompt_table(TABLE, path)
     loaded = llm.prompt_pool.tables[TABLE]
     try:
         task_ids = [int(t) for t in tasks.split(",")] if tasks else [0] * len(ids)

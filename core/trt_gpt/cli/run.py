@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .prompt_tuning import apply_prompt_tuning
+from .prompt_tuning import apply_prompt_tuning, prompt_tables
 
 
 def read_input_file(path: Path) -> list:
@@ -115,7 +115,7 @@ def run_cmd(
     llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
               max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
-              context_fmha_fp32_acc=context_fmha_fp32_acc)
+              context_fmha_fp32_acc=context_fmha_fp32_acc, prompt_tables=prompt_tables(prompt_table_path))
     tok = llm.tokenizer
     add_special = not no_add_special_tokens
     ids = [tok.encode(p, add_special)[:max_input_length] if isinstance(p, str) else p[-max_input_length:]

@@ -106,17 +106,30 @@ class LLM:
                                                self.engine.device, self.cfg.vocab_size)
             model.prompt_table = (self.prompt_pool.buffer, self.cfg.vocab_size)
         for name, path in (tables or {}).items():
-            self.add_prompt_table(name, path)
+            self._load_table(name, path)
 
     def add_prompt_table(self, name: str, path: str | Path, source: str | None = None) -> None:
         """Load a prompt-tuning table (.npy, PEFT prompt-tuning dir, NeMo .nemo) for requests naming it
         (`SamplingParams(prompt_table=name, prompt_task=k)`); no rebuild, no graph recapture."""
+        self._single_rank("add_prompt_table")
+        self._load_table(name, path, source)
+
+    def _load_table(self, name: str, path: str | Path, source: str | None = None) -> None:
         if self.prompt_pool is None:
-            raise TrtGptError(f"add_prompt_table: the engine was built without prompt tables (build with "
+            raise TrtGptError(f"prompt table '{name}': the engine was built without prompt tables (build with "
                               f"--max_prompt_embedding_table_size)")
         self.prompt_pool.add(str(name), load_prompt_table(path, self.cfg, self.prompt_pool.rows, source))
 
+    def _single_rank(self, what: str) -> None:
+        # the other ranks of a multi-rank engine follow rank 0's steps, not its API calls: their pools would
+        # differ from rank 0's, so tables are given to the constructor there (`prompt_tables=`), which every
+        # rank runs
+        if self.cfg.mapping.world_size > 1:
+            raise TrtGptError(f"{what}: on a multi-rank engine give the tables to the constructor "
+                              "(LLM(..., prompt_tables={name: path}))")
+
     def remove_prompt_table(self, name: str) -> None:
+        self._single_rank("remove_prompt_table")
         if self.prompt_pool is None:
             raise TrtGptError("remove_prompt_table: the engine was built without prompt tables")
         self.prompt_pool.remove(str(name))
