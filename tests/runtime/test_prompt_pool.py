@@ -186,3 +186,27 @@ def test_engine_without_tables_refuses(tmp_path):
         llm.generate([[1]], SamplingParams(prompt_table="a"))
     with pytest.raises(TrtGptError, match="out of the vocabulary \\(0..49\\)"):
         llm.generate([[50]])
+
+
+def test_decode_graph_protocol_and_fused_embed(models, tmp_path, monkeypatch):
+    """Triton backend with the CUDA-graph protocol (`eager` on CPU) and the fused batch-1 kernels: a prompt
+    of one virtual token runs as a graph step through the Triton embedding, which reads the pool."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "eager")
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "1")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from trt_gpt.kernels import triton_embed
+
+    calls = []
+    orig = triton_embed.embed
+    monkeypatch.setattr(triton_embed, "embed", lambda *a, **k: calls.append(k.get("prompt")) or orig(*a, **k))
+    hf, engine = models["gpt2"]
+    a, _ = tables(tmp_path)
+    llm = LLM(engine, device="cpu", max_batch_size=2, prompt_tables={"a": tmp_path / "a.npy"})
+    assert llm.executor.graphs is not None
+    for p in ([VOCAB + 3], [VOCAB, VOCAB + 1, 40]):
+        out = llm.generate([p], SamplingParams(max_tokens=3, prompt_table="a", prompt_task=1))[0].token_ids
+        assert out == hf_greedy_embeds(hf, p, a[1], VOCAB, 3)
+    assert calls and all(c is not None and c[0] is llm.prompt_pool.buffer for c in calls)
