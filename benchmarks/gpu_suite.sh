@@ -134,6 +134,16 @@ if want small; then
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
+if want b1ab; then  # batch-1 decode without HF, for A/B runs of two trees
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  bench sc1b_b1 santacoder --num_requests 6 --concurrency 1 --input_len 128 --output_len 128
+  bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
+fi
+if want ifbab; then  # 1,024-request in-flight batching without HF, for A/B runs of two trees
+  engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
+  bench sc1b_ifb1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128
+fi
 if want final || want all; then  # the 1B-class workloads, HF eager beside each (HF's compiled path crashed here)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
