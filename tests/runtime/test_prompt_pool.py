@@ -178,7 +178,8 @@ def test_engine_without_tables_refuses(tmp_path):
     from trt_gpt.testing import engine_from_checkpoint
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    save_tiny(GPT2LMHeadModel, GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=32), tmp_path / "hf")
+    save_tiny(GPT2LMHeadModel, GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=32),
+              tmp_path / "hf")
     llm = LLM(engine_from_checkpoint(tmp_path / "hf", tmp_path, max_input_len=16), device="cpu")
     with pytest.raises(TrtGptError, match="built without prompt tables"):
         llm.add_prompt_table("a", tmp_path / "a.npy")

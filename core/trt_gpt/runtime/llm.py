@@ -336,8 +336,8 @@ class LLM:
 
     def _output(self, seq: Sequence, since: int = 0) -> RequestOutput:
         toks = list(seq.output_ids)
-        out = RequestOutput(seq.request_id, list(seq.user_prompt_ids or seq.prompt_ids), toks, self._text(toks), seq.finish_reason,
-                            seq.status is Status.FINISHED, toks[since:])
+        out = RequestOutput(seq.request_id, list(seq.user_prompt_ids or seq.prompt_ids), toks, self._text(toks),
+                            seq.finish_reason, seq.status is Status.FINISHED, toks[since:])
         if seq.beam_state is not None:
             if seq.beam_results is not None:
                 out.beams = [list(t) for t, _ in seq.beam_results]

@@ -141,7 +141,8 @@ def test_bad_files(tmp_path, cfg):
     cases = []
     # hidden-size mismatch: a table for another base
     other = cfg.__class__(**{**cfg.__dict__, "hidden_size": 48, "num_attention_heads": 2})
-    cases.append((lambda: load_prompt_table(tmp_path / "pt", other), "hidden size is 32, the model's hidden_size is 48"))
+    cases.append((lambda: load_prompt_table(tmp_path / "pt", other),
+                  "hidden size is 32, the model's hidden_size is 48"))
     cases.append((lambda: load_prompt_table(tmp_path / "pt", cfg, max_rows=4), "6 rows exceeds"))
     # corrupt safetensors
     (tmp_path / "bad").mkdir()
