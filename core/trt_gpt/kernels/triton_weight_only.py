@@ -1,0 +1,323 @@
+"""Weight-only quantized linear layer on the GPU: y = round_x(x * prequant) @ (q * s)^T + bias with INT8 or
+packed INT4 weights q and per-channel or group-wise scales s (format and torch reference: weight_only_ref).
+
+At batch 1 a decode step is bound by reading the weights once, so the integer weights are streamed as they
+are stored and dequantized in registers; nothing float-sized is ever written. Three kernels, picked per
+shape by `weight_only_configs.wo_config` (or a `config=` argument), compute the same function:
+
+* `_gemv_kernel` (decode, M <= 16): each program owns BLOCK_N rows of W and a K range; the fp32 partial
+  products stay [M_PAD, BLOCK_N, BLOCK_K_BYTES]-shaped across the K loop and are reduced once at the end
+  (no cross-lane reduction per tile), as in triton_gemv. An INT4 byte holds columns 2j and 2j+1: the two
+  nibbles multiply two stride-2 views of x, so the weights are never interleaved in registers;
+* `_gemm_kernel` (prompt steps): tensor-core tiles; the integer tile is converted to x's dtype in
+  registers and fed to tl.dot (INT4: one dot for the even columns, one for the odd). Integers up to 127
+  are exact in fp16/bf16, so per-channel scales are applied to the fp32 result, not to the weights;
+* "dequant": `_dequant_kernel` writes the float weight, then cuBLAS (a baseline for large M).
+
+Both tiled kernels can split K over `split_k` programs per output tile when N alone gives too few
+programs; the fp32 partials then go through `_splitk_reduce_kernel`, which adds the bias and casts.
+Host-side checks read shapes only, so every path is CUDA-graph capturable.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .triton_common import dot_precision, next_pow2
+from .weight_only_configs import GEMV_MAX_M, WoConfig, wo_config
+from .weight_only_ref import check_weight_only_args, scaled_input
+
+
+# ---- integer -> float, shared by every kernel -------------------------------------------------------------
+# FAST_CVT: an integer u in [0, 2^23) with the bits of 2^23 ORed in is the float 2^23 + u, so one logic op
+# and one float subtract replace the integer-to-float conversion, which runs at a quarter of the FMA rate.
+@triton.jit
+def _int8_to_float(b, FAST_CVT: tl.constexpr):
+    """int8 tile -> fp32 values in [-128, 127]."""
+    b32 = b.to(tl.int32)
+    if FAST_CVT:
+        # (b & 0xFF) ^ 0x80 = b + 128 in [0, 255]
+        return ((b32 & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    return b32.to(tl.float32)
+
+
+@triton.jit
+def _int4_to_float(b, FAST_CVT: tl.constexpr):
+    """int8 tile of packed pairs -> (low nibbles, high nibbles) as fp32 values in [-8, 7]."""
+    b32 = b.to(tl.int32)
+    if FAST_CVT:
+        # nibble ^ 8 = value + 8 in [0, 15]
+        lo = ((b32 & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+        hi = (((b32 >> 4) & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+    else:
+        lo = ((b32 << 28) >> 28).to(tl.float32)   # arithmetic shifts sign-extend the nibble
+        hi = (b32 >> 4).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _group_scale(S, s_row, col, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Group-wise scales of the tile whose logical columns are `col` (k0 its first): a scale a row when
+    the tile lies inside one group (BLOCK_K <= GROUP, k0 a multiple of BLOCK_K), else one an element
+    (columns past K read the last group; their weights are 0)."""
+    if BLOCK_K <= GROUP:
+        return tl.load(S + s_row + k0 // GROUP).to(tl.float32)
+    return tl.load(S + s_row + tl.minimum(col, K - 1) // GROUP).to(tl.float32)
+
+
+@triton.jit
+def _scaled_x(ptrs, col, K, PQ, X_TY: tl.constexpr, HAS_PQ: tl.constexpr, EVEN_K: tl.constexpr):
+    """x at logical columns `col` in fp32, times the AWQ pre-quant scale rounded to x's dtype (as an unfused
+    multiply stores it)."""
+    if EVEN_K:
+        h = tl.load(ptrs, eviction_policy="evict_last")
+    else:
+        h = tl.load(ptrs, mask=col < K, other=0.0, eviction_policy="evict_last")
+    if HAS_PQ:
+        pq = tl.load(PQ + col, mask=col < K, other=0.0, eviction_policy="evict_last")
+        h = (h.to(tl.float32) * pq.to(tl.float32)).to(X_TY)
+    return h
+
+
+@triton.jit
+def _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS: tl.constexpr,
+                  SPLIT: tl.constexpr):
+    """y [rows, cols] fp32 (scaled): with split K its partial to P [splits, M, N], else + bias, cast, store."""
+    mask = (rows < M)[:, None] & (offs_n < N)[None, :]
+    if SPLIT:
+        base = P + pid_k.to(tl.int64) * M * N
+        tl.store(base + rows.to(tl.int64)[:, None] * N + offs_n[None, :], y, mask=mask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(B + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :], y.to(OUT.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride_wn, stride_sn, stride_om,
+                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
+                 BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
+                 EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr, SPLIT: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, M_PAD)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_KB)[None, None, :]              # byte column within the tile
+    # Padding rows / columns re-read the last real one (in bounds, never stored), so only K needs masks.
+    # x pointers are broadcast to the weight tile's shape so that both get one register layout (see
+    # triton_gemv); the redundant x reads hit L1.
+    x_rows = X + tl.minimum(rows, M - 1).to(tl.int64)[:, None, None] * stride_xm
+    n_ld = tl.minimum(offs_n, N - 1).to(tl.int64)[None, :, None]
+    w_ptrs = W + n_ld * stride_wn + offs_b
+    s_row = n_ld * stride_sn
+    x_ty = X.dtype.element_ty
+    if BITS == 4:
+        x_ptrs = tl.broadcast_to(x_rows + 2 * offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
+    else:
+        x_ptrs = tl.broadcast_to(x_rows + offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
+    acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(K, k_lo + k_split)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kb0 = k0
+        if BITS == 4:
+            kb0 = k0 // 2
+        if EVEN_K:
+            wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
+        else:
+            wb = tl.load(w_ptrs + kb0, mask=offs_b + kb0 < KB, other=0, eviction_policy="evict_first")
+        if BITS == 4:
+            col = 2 * (offs_b + kb0)
+            lo, hi = _int4_to_float(wb, FAST_CVT)
+            if GROUP > 0:
+                s = _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
+                lo = lo * s
+                hi = hi * s
+            xe = _scaled_x(x_ptrs + 2 * kb0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+            xo = _scaled_x(x_ptrs + 2 * kb0 + 1, col + 1, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+            acc += xe * lo + xo * hi
+        else:
+            col = offs_b + k0
+            w = _int8_to_float(wb, FAST_CVT)
+            if GROUP > 0:
+                w = w * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
+            acc += _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * w
+    y = tl.sum(acc, 2)
+    if GROUP == 0:
+        y = y * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
+    _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride_wn, stride_sn, stride_om,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
+                 BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
+                 EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_KB)
+    x_rows = X + tl.minimum(rows, M - 1).to(tl.int64)[:, None] * stride_xm          # [BLOCK_M, 1]
+    n_ld = tl.minimum(offs_n, N - 1).to(tl.int64)[None, :]                          # [1, BLOCK_N]
+    w_ptrs = W + n_ld * stride_wn + offs_b[:, None]                                 # [BLOCK_KB, BLOCK_N]
+    s_row = n_ld * stride_sn
+    x_ty = X.dtype.element_ty
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(K, k_lo + k_split)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kb0 = k0
+        if BITS == 4:
+            kb0 = k0 // 2
+        kb = offs_b + kb0
+        if EVEN_K:
+            wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
+        else:
+            wb = tl.load(w_ptrs + kb0, mask=(kb < KB)[:, None], other=0, eviction_policy="evict_first")
+        if BITS == 4:
+            col = 2 * kb
+            lo, hi = _int4_to_float(wb, FAST_CVT)
+            if GROUP > 0:
+                s = _group_scale(S, s_row, col[:, None], k0, K, GROUP, BLOCK_K)
+                lo = lo * s
+                hi = hi * s
+            xe = _scaled_x(x_rows + col[None, :], col[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
+            xo = _scaled_x(x_rows + col[None, :] + 1, col[None, :] + 1, K, PQ, x_ty, HAS_PQ, EVEN_K)
+            acc = tl.dot(xe, lo.to(x_ty), acc, input_precision=DOT_PREC)
+            acc = tl.dot(xo, hi.to(x_ty), acc, input_precision=DOT_PREC)
+        else:
+            w = _int8_to_float(wb, FAST_CVT)
+            if GROUP > 0:
+                w = w * _group_scale(S, s_row, kb[:, None], k0, K, GROUP, BLOCK_K)
+            xt = _scaled_x(x_rows + kb[None, :], kb[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
+            acc = tl.dot(xt, w.to(x_ty), acc, input_precision=DOT_PREC)
+    if GROUP == 0:
+        acc = acc * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
+    _store_result(acc, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def _splitk_reduce_kernel(P, B, OUT, M, N, splits, stride_om, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """OUT[m, n] = sum over splits of P[split, m, n] (+ bias[n]), cast once."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in range(0, splits):
+        acc += tl.load(P + s * M * N + offs, mask=mask, other=0.0)
+    col = offs % N
+    if HAS_BIAS:
+        acc += tl.load(B + col, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + (offs // N).to(tl.int64) * stride_om + col, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dequant_kernel(W, S, OUT, N, K, KB, stride_wn, stride_sn, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+                    BITS: tl.constexpr, GROUP: tl.constexpr, FAST_CVT: tl.constexpr):
+    """OUT [N, K] (x's dtype) = q * s, one [BLOCK_N, BLOCK_KB bytes] tile a program."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    kb = tl.program_id(1) * BLOCK_KB + tl.arange(0, BLOCK_KB)
+    n64 = offs_n.to(tl.int64)[:, None]
+    mask = (offs_n < N)[:, None] & (kb < KB)[None, :]
+    wb = tl.load(W + n64 * stride_wn + kb[None, :], mask=mask, other=0)
+    if GROUP > 0:
+        col = kb
+        if BITS == 4:
+            col = kb * 2
+        s = tl.load(S + n64 * stride_sn + col[None, :] // GROUP, mask=mask, other=0.0).to(tl.float32)
+    else:
+        s = tl.load(S + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
+    ty = OUT.dtype.element_ty
+    if BITS == 4:
+        lo, hi = _int4_to_float(wb, FAST_CVT)
+        # interleave back to logical column order: [BLOCK_N, BLOCK_KB, 2] -> [BLOCK_N, 2 * BLOCK_KB]
+        w = tl.reshape(tl.join((lo * s).to(ty), (hi * s).to(ty)), [BLOCK_N, 2 * BLOCK_KB])
+        cols = 2 * tl.program_id(1) * BLOCK_KB + tl.arange(0, 2 * BLOCK_KB)
+        omask = (offs_n < N)[:, None] & (cols < K)[None, :]
+        tl.store(OUT + n64 * K + cols[None, :], w, mask=omask)
+    else:
+        w = (_int8_to_float(wb, FAST_CVT) * s).to(ty)
+        tl.store(OUT + n64 * K + kb[None, :], w, mask=mask)
+
+
+def dequantize_weight(weight: torch.Tensor, scales: torch.Tensor, *, bits: int, group_size: int | None,
+                      dtype: torch.dtype, config: WoConfig | None = None) -> torch.Tensor:
+    """The float weight [N, K] = q * s in `dtype`, by `_dequant_kernel` (the "dequant" path's first half)."""
+    n, kb = weight.shape
+    k = kb * 2 if bits == 4 else kb
+    out = torch.empty(n, k, device=weight.device, dtype=dtype)
+    bn = 16 if config is None else min(config.block_n, 64)
+    bkb = 128
+    _dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kb, bkb))](
+        weight, scales, out, n, k, kb, weight.stride(0), scales.stride(0) if group_size else 0,
+        BLOCK_N=bn, BLOCK_KB=bkb, BITS=bits, GROUP=group_size or 0,
+        FAST_CVT=True if config is None else config.fast_cvt, num_warps=4)
+    return out
+
+
+def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                       bias: torch.Tensor | None = None, *, bits: int, group_size: int | None = None,
+                       prequant: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                       config: WoConfig | None = None) -> torch.Tensor:
+    """y = round_x(x * prequant) @ (q * s)^T + bias for x [..., K] and INT8 [N, K] / packed INT4 [N, K // 2]
+    weights with per-channel [N] or group-wise [N, K // group_size] scales; returns [..., N] in `out_dtype`
+    (default x's). `config` forces a kernel and tiles (default: `wo_config`'s choice for this shape)."""
+    n, k = check_weight_only_args(x, weight, scales, bias, bits, group_size, prequant)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(1) != 1 or scales.stride(-1) != 1:
+        raise ValueError("weight_only_linear: weight and scales must be contiguous along their last dimension")
+    m = x2.shape[0]
+    out_dtype = out_dtype or x.dtype
+    if m == 0:
+        return torch.empty(*lead, n, device=x.device, dtype=out_dtype)
+    cfg = config or wo_config(m, n, k, bits, group_size, interpret=os.environ.get("TRITON_INTERPRET") == "1")
+    _check_config(cfg, m, bits)
+    if cfg.kernel == "dequant":
+        w = dequantize_weight(weight, scales, bits=bits, group_size=group_size, dtype=x.dtype, config=cfg)
+        b = bias.to(x.dtype) if bias is not None else None
+        return F.linear(scaled_input(x2, prequant), w, b).to(out_dtype).reshape(*lead, n)
+
+    out = torch.empty(m, n, device=x.device, dtype=out_dtype)
+    kb = weight.shape[1]
+    # k_split: logical columns a split walks, a multiple of BLOCK_K so that tiles never straddle splits
+    k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    splits = triton.cdiv(k, k_split)
+    part = torch.empty(splits, m, n, device=x.device, dtype=torch.float32) if splits > 1 else out
+    dummy = scales
+    args = (x2, weight, scales, bias if bias is not None else dummy, prequant if prequant is not None else dummy,
+            out, part, m, n, k, kb, k_split, x2.stride(0), weight.stride(0),
+            scales.stride(0) if group_size else 0, out.stride(0))
+    common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // 2 if bits == 4 else cfg.block_k,
+                  BITS=bits, GROUP=group_size or 0, HAS_BIAS=bias is not None, HAS_PQ=prequant is not None,
+                  EVEN_K=k % cfg.block_k == 0, FAST_CVT=cfg.fast_cvt, SPLIT=splits > 1,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.kernel == "gemv":
+        _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](*args, M_PAD=next_pow2(m), **common)
+    else:
+        grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
+        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x.dtype), **common)
+    if splits > 1:
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, bias if bias is not None else dummy, out, m, n,
+                                                            splits, out.stride(0), BLOCK=block,
+                                                            HAS_BIAS=bias is not None, num_warps=4)
+    return out.reshape(*lead, n)
+
+
+def _check_config(cfg: WoConfig, m: int, bits: int) -> None:
+    if cfg.kernel == "gemv" and m > GEMV_MAX_M:
+        raise ValueError(f"weight_only_linear: the gemv kernel takes M <= {GEMV_MAX_M} rows, got M={m}")
+    if bits == 4 and cfg.block_k < 2:
+        raise ValueError(f"weight_only_linear: int4 tiles need block_k >= 2 (a byte), got {cfg.short()}")
+    if cfg.kernel == "gemm" and (cfg.block_k // 2 if bits == 4 else cfg.block_k) < 16:
+        raise ValueError(f"weight_only_linear: gemm tiles need >= 16 bytes of K (tensor-core shapes), got "
+                         f"{cfg.short()}")
