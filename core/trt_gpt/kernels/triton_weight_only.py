@@ -38,22 +38,23 @@ from .weight_only_ref import check_weight_only_args, scaled_input
 @triton.jit
 def _int8_to_float(b, FAST_CVT: tl.constexpr):
     """int8 tile -> fp32 values in [-128, 127]."""
-    b32 = b.to(tl.int32)
     if FAST_CVT:
-        # (b & 0xFF) ^ 0x80 = b + 128 in [0, 255]
-        return ((b32 & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-    return b32.to(tl.float32)
+        # the byte zero-extended (no sign extension needed), then ^ 0x80 = b + 128 in [0, 255]
+        u = b.to(tl.uint8, bitcast=True).to(tl.int32)
+        return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    return b.to(tl.float32)
 
 
 @triton.jit
 def _int4_to_float(b, FAST_CVT: tl.constexpr):
     """int8 tile of packed pairs -> (low nibbles, high nibbles) as fp32 values in [-8, 7]."""
-    b32 = b.to(tl.int32)
     if FAST_CVT:
-        # nibble ^ 8 = value + 8 in [0, 15]
-        lo = ((b32 & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
-        hi = (((b32 >> 4) & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+        # the byte zero-extended; nibble ^ 8 = value + 8 in [0, 15]
+        u = b.to(tl.uint8, bitcast=True).to(tl.int32)
+        lo = ((u & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+        hi = ((u >> 4) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
     else:
+        b32 = b.to(tl.int32)
         lo = ((b32 << 28) >> 28).to(tl.float32)   # arithmetic shifts sign-extend the nibble
         hi = (b32 >> 4).to(tl.float32)
     return lo, hi
@@ -65,8 +66,10 @@ def _group_scale(S, s_row, col, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexp
     the tile lies inside one group (BLOCK_K <= GROUP, k0 a multiple of BLOCK_K), else one an element
     (columns past K read the last group; their weights are 0)."""
     if BLOCK_K <= GROUP:
-        return tl.load(S + s_row + k0 // GROUP).to(tl.float32)
-    return tl.load(S + s_row + tl.minimum(col, K - 1) // GROUP).to(tl.float32)
+        s = tl.load(S + s_row + k0 // GROUP)
+    else:
+        s = tl.load(S + s_row + tl.minimum(col, K - 1) // GROUP)
+    return s.to(tl.float32)
 
 
 @triton.jit
@@ -134,19 +137,22 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
         if BITS == 4:
             col = 2 * (offs_b + kb0)
             lo, hi = _int4_to_float(wb, FAST_CVT)
-            if GROUP > 0:
-                s = _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
-                lo = lo * s
-                hi = hi * s
             xe = _scaled_x(x_ptrs + 2 * kb0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
             xo = _scaled_x(x_ptrs + 2 * kb0 + 1, col + 1, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
-            acc += xe * lo + xo * hi
+            # Instruction count decides INT4 at batch 1 (two weights a byte against ~4 issue slots a weight
+            # at full HBM rate): two FMAs a byte per channel; with groups, the byte's pair sum is scaled
+            # once (3 FP ops a byte instead of scaling both weights, 4).
+            if GROUP > 0:
+                acc += (xe * lo + xo * hi) * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
+            else:
+                acc += xe * lo
+                acc += xo * hi
         else:
             col = offs_b + k0
-            w = _int8_to_float(wb, FAST_CVT)
+            prod = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * _int8_to_float(wb, FAST_CVT)
             if GROUP > 0:
-                w = w * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
-            acc += _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * w
+                prod = prod * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
+            acc += prod
     y = tl.sum(acc, 2)
     if GROUP == 0:
         y = y * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
