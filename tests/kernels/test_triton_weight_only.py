@@ -186,3 +186,7 @@ def test_config_selection_and_file_format(tmp_path, monkeypatch):
     assert wo_config(1, 4608, 4608, 4, 128).kernel == "dequant"
     with pytest.raises(ValueError, match="expected"):
         parse_wo_configs('{"int4,1,2,3": [1, 2]}', "f.json")
+    for cfg in CONFIGS:
+        assert WoConfig.from_short(cfg.short()) == cfg
+    with pytest.raises(ValueError, match="is not like"):
+        WoConfig.from_short("gemm:8x512w4s1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 
 import triton
@@ -58,6 +59,18 @@ class WoConfig:
         if self.split_k > 1:
             s += f"k{self.split_k}"
         return s + ("" if self.fast_cvt else "-cvt")
+
+
+    @classmethod
+    def from_short(cls, text: str) -> "WoConfig":
+        """Inverse of `short`: 'gemv:8x512w4s1', 'gemm:64x128x64w4s3k2', 'gemv:16x256w4s1-cvt'."""
+        m = re.fullmatch(r"(\w+):([\dx]+)w(\d+)s(\d+)(?:k(\d+))?(-cvt)?", text.strip())
+        dims = [int(d) for d in m.group(2).split("x")] if m else []
+        if not m or len(dims) != (3 if m.group(1) == "gemm" else 2):
+            raise ValueError(f"WoConfig: {text!r} is not like 'gemv:8x512w4s1' or 'gemm:64x128x64w4s3[k2][-cvt]'")
+        kw = dict(block_m=dims[0]) if len(dims) == 3 else {}
+        return cls(m.group(1), dims[-2], dims[-1], num_warps=int(m.group(3)), num_stages=int(m.group(4)),
+                   split_k=int(m.group(5) or 1), fast_cvt=not m.group(6), **kw)
 
 
 def format_key(bits: int, group_size: int | None) -> str:
