@@ -81,12 +81,13 @@ def gemv_candidates(m: int, k: int, bits: int, group: int | None) -> list[WoConf
     per_byte = 2 if bits == 4 else 1
     lo = max(256, min(1024, 8192 // pow2(m)))
     out = []
-    for bn in (1, 2, 4, 8, 16, 32):
+    cvt = heuristic_config(m, 4096, k, bits, group).cvt      # the heuristic's int->float variant
+    for bn in (1, 2, 4, 8, 16, 32, 64):
         for kb in (64, 128, 256, 512):
             tile = bn * kb
             if not lo <= tile <= 8192 or pow2(m) * tile > 8192 or kb * per_byte > max(64, pow2(k)):
                 continue
-            out.append(WoConfig("gemv", bn, kb * per_byte, num_warps=4))
+            out.append(WoConfig("gemv", bn, kb * per_byte, num_warps=4, cvt=cvt))
     return out
 
 
@@ -106,11 +107,12 @@ def gemm_candidates(m: int, n: int, k: int, bits: int) -> list[WoConfig]:
     return out
 
 
-def neighbours(best: WoConfig, k: int) -> list[WoConfig]:
+def neighbours(best: WoConfig, k: int, bits: int, group: int | None) -> list[WoConfig]:
     """Phase 2 around the phase-1 winner: warps, K splits, conversion instructions, pipeline depth."""
     out = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
     out += [replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k // (s * best.block_k) >= 2]
-    out.append(replace(best, fast_cvt=not best.fast_cvt))
+    out += [replace(best, cvt=c) for c in ("magic", "i2f", "fold") if c != best.cvt and
+            (c != "fold" or (best.kernel == "gemv" and bits == 4 and not group))]
     if best.kernel == "gemm":
         out += [replace(best, num_stages=s) for s in (2, 4) if s != best.num_stages]
     return out
@@ -220,7 +222,7 @@ def run_sweep(case: Case, args, timer, deadline: float) -> None:
             case.trial(cfg, timer, args.tol)
         ranked = sorted((c for c in cands if case.row["trials"].get(c.short()) is not None),
                         key=lambda c: case.row["trials"][c.short()])
-        for cfg in neighbours(ranked[0], k) if ranked else []:
+        for cfg in neighbours(ranked[0], k, case.bits, case.group) if ranked else []:
             if time.perf_counter() > deadline:
                 case.row["sweep_cut"] = True
                 return

@@ -115,10 +115,10 @@ def test_half_inputs(kernel, m, dtype):
 
 CONFIGS = [
     WoConfig("gemv", 8, 32, split_k=2),                 # split K: partials + reduce kernel
-    WoConfig("gemv", 4, 64, fast_cvt=False),            # conversion instructions; block_k > group 16
+    WoConfig("gemv", 4, 64, cvt="i2f"),                 # conversion instructions; block_k > group 16
     WoConfig("gemv", 32, 128),                          # one tile wider than K=96: masked tail
     WoConfig("gemm", 16, 32, block_m=16, split_k=3),    # uneven split of 3 K tiles
-    WoConfig("gemm", 32, 64, block_m=32, fast_cvt=False),
+    WoConfig("gemm", 32, 64, block_m=32, cvt="i2f"),
     WoConfig("dequant", 16, 32),
 ]
 
@@ -130,6 +130,22 @@ def test_forced_configs(cfg, bits, group):
     q, (x, w, s, b, pq) = make(m, 19, 96, bits, group, torch.float32, bias=cfg.block_n != 8, seed=2)
     check(weight_only_linear(x, w, s, b, bits=bits, group_size=group, config=cfg),
           oracle(q, x, s, b, None, group), torch.float32)
+
+
+@pytest.mark.parametrize("m,cfg", [(1, WoConfig("gemv", 8, 64, cvt="fold")),
+                                   (5, WoConfig("gemv", 16, 32, split_k=2, cvt="fold")),
+                                   (3, WoConfig("gemv", 4, 128, cvt="fold"))])   # one tile wider than K
+def test_int4_offset_folding(m, cfg):
+    # weights as 1 + (v + 8) / 16 and the offset removed through sum(x): large |x| means stresses the
+    # cancellation, half inputs the rounding of x * prequant
+    for dtype in (torch.float32, torch.float16):
+        q, (x, w, s, b, pq) = make(m, 19, 96, 4, None, dtype, prequant=True, seed=m)
+        x = x + 3.0
+        check(weight_only_linear(x, w, s, b, bits=4, prequant=pq, config=cfg), oracle(q, x, s, b, pq, None), dtype)
+    with pytest.raises(ValueError, match="per-channel int4 only"):
+        weight_only_linear(x, w, s.new_ones(19, 3), bits=4, group_size=32, config=cfg)
+    with pytest.raises(ValueError, match="gemv kernel only"):
+        WoConfig("gemm", 16, 32, cvt="fold")
 
 
 def test_leading_dims_and_out_dtype():

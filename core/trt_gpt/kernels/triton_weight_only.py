@@ -33,12 +33,13 @@ from .weight_only_ref import check_weight_only_args, scaled_input
 
 
 # ---- integer -> float, shared by every kernel -------------------------------------------------------------
-# FAST_CVT: an integer u in [0, 2^23) with the bits of 2^23 ORed in is the float 2^23 + u, so one logic op
-# and one float subtract replace the integer-to-float conversion, which runs at a quarter of the FMA rate.
+# CVT "magic": an integer u in [0, 2^23) with the bits of 2^23 ORed in is the float 2^23 + u, so one logic op
+# and one float subtract replace the integer-to-float conversion ("i2f"), which runs at a quarter of the FMA
+# rate. "fold" (INT4 GEMV, per channel): see `_gemv_kernel`.
 @triton.jit
-def _int8_to_float(b, FAST_CVT: tl.constexpr):
+def _int8_to_float(b, CVT: tl.constexpr):
     """int8 tile -> fp32 values in [-128, 127]."""
-    if FAST_CVT:
+    if CVT == "magic":
         # the byte zero-extended (no sign extension needed), then ^ 0x80 = b + 128 in [0, 255]
         u = b.to(tl.uint8, bitcast=True).to(tl.int32)
         return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
@@ -46,9 +47,9 @@ def _int8_to_float(b, FAST_CVT: tl.constexpr):
 
 
 @triton.jit
-def _int4_to_float(b, FAST_CVT: tl.constexpr):
+def _int4_to_float(b, CVT: tl.constexpr):
     """int8 tile of packed pairs -> (low nibbles, high nibbles) as fp32 values in [-8, 7]."""
-    if FAST_CVT:
+    if CVT == "magic":
         # the byte zero-extended; nibble ^ 8 = value + 8 in [0, 15]
         u = b.to(tl.uint8, bitcast=True).to(tl.int32)
         lo = ((u & 0xF) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
@@ -58,6 +59,24 @@ def _int4_to_float(b, FAST_CVT: tl.constexpr):
         lo = ((b32 << 28) >> 28).to(tl.float32)   # arithmetic shifts sign-extend the nibble
         hi = (b32 >> 4).to(tl.float32)
     return lo, hi
+
+
+@triton.jit
+def _x_sums(X, PQ, rows, M, K, k_lo, k_hi, stride_xm, M_PAD: tl.constexpr, BLOCK: tl.constexpr,
+            HAS_PQ: tl.constexpr):
+    """sum over columns [k_lo, k_hi) of each row of x (times prequant, rounded as the main loop rounds it),
+    [M_PAD] fp32: x is L2-resident and read contiguously, a few percent of the GEMV's loop."""
+    offs = tl.arange(0, BLOCK)
+    x_rows = X + tl.minimum(rows, M - 1).to(tl.int64)[:, None] * stride_xm
+    acc = tl.zeros([M_PAD, BLOCK], tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK):
+        col = (k0 + offs)[None, :]
+        h = tl.load(x_rows + col, mask=col < k_hi, other=0.0, eviction_policy="evict_last")
+        if HAS_PQ:
+            pq = tl.load(PQ + col, mask=col < k_hi, other=0.0, eviction_policy="evict_last")
+            h = (h.to(tl.float32) * pq.to(tl.float32)).to(X.dtype.element_ty)
+        acc += h.to(tl.float32)
+    return tl.sum(acc, 1)
 
 
 @triton.jit
@@ -102,15 +121,18 @@ def _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS: 
 
 
 @triton.jit
-def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride_wn, stride_sn, stride_om,
+def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
                  M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
-                 EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr, SPLIT: tl.constexpr):
+                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr):
+    # W elements are int8 (INT8: a column each; INT4: two) or, with CVT "fold", int32 words of 8 INT4
+    # columns; KB, kb_split and BLOCK_KB count these elements, COLS the columns in each.
+    COLS: tl.constexpr = 8 if CVT == "fold" else (2 if BITS == 4 else 1)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, M_PAD)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_KB)[None, None, :]              # byte column within the tile
+    offs_b = tl.arange(0, BLOCK_KB)[None, None, :]              # weight element within the tile
     # Padding rows / columns re-read the last real one (in bounds, never stored), so only K needs masks.
     # x pointers are broadcast to the weight tile's shape so that both get one register layout (see
     # triton_gemv); the redundant x reads hit L1.
@@ -119,26 +141,37 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
     w_ptrs = W + n_ld * stride_wn + offs_b
     s_row = n_ld * stride_sn
     x_ty = X.dtype.element_ty
-    if BITS == 4:
-        x_ptrs = tl.broadcast_to(x_rows + 2 * offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
-    else:
-        x_ptrs = tl.broadcast_to(x_rows + offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
+    x_ptrs = tl.broadcast_to(x_rows + COLS * offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(K, k_lo + k_split)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kb0 = k0
-        if BITS == 4:
-            kb0 = k0 // 2
+    # The loop runs over weight elements: kb_split is a multiple of 16 on the GPU, so the compiler knows
+    # every tile starts 16-byte aligned and loads it with 16-byte accesses (a loop over INT4 columns halved
+    # to bytes lost that and issued 8-byte loads).
+    kb_lo = pid_k * kb_split
+    kb_hi = tl.minimum(KB, kb_lo + kb_split)
+    for kb0 in range(kb_lo, kb_hi, BLOCK_KB):
+        k0 = kb0 * COLS
+        col = COLS * (offs_b + kb0)
         if EVEN_K:
             wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
         else:
             wb = tl.load(w_ptrs + kb0, mask=offs_b + kb0 < KB, other=0, eviction_policy="evict_first")
-        if BITS == 4:
-            col = 2 * (offs_b + kb0)
-            lo, hi = _int4_to_float(wb, FAST_CVT)
-            xe = _scaled_x(x_ptrs + 2 * kb0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
-            xo = _scaled_x(x_ptrs + 2 * kb0 + 1, col + 1, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+        if CVT == "fold":
+            # Column 8c + p is nibble p (bits 4p..4p+3) of word c: shifted straight into the top of an fp32
+            # mantissa under the exponent of 1.0, with p ^ 8 set, it reads f = 1 + (v + 8) / 16, i.e.
+            # v = 16 f - 24. One shift and one logic op a weight, no byte extraction and no float op: the
+            # -24 is applied once per row through sum(x) after the loop (fp32 loses ~3 bits to that
+            # cancellation). sm_90 SASS: ~3 instructions a weight plus x, against ~4.5 with bytes.
+            for p in tl.static_range(8):
+                if 4 * p <= 19:
+                    v = wb << (19 - 4 * p)
+                else:
+                    v = wb >> (4 * p - 19)
+                f = ((v & 0x780000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
+                acc += _scaled_x(x_ptrs + k0 + p, col + p, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * f
+        elif BITS == 4:
+            lo, hi = _int4_to_float(wb, CVT)
+            xe = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+            xo = _scaled_x(x_ptrs + k0 + 1, col + 1, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
             # Instruction count decides INT4 at batch 1 (two weights a byte against ~4 issue slots a weight
             # at full HBM rate): two FMAs a byte per channel; with groups, the byte's pair sum is scaled
             # once (3 FP ops a byte instead of scaling both weights, 4).
@@ -148,22 +181,24 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
                 acc += xe * lo
                 acc += xo * hi
         else:
-            col = offs_b + k0
-            prod = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * _int8_to_float(wb, FAST_CVT)
+            prod = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * _int8_to_float(wb, CVT)
             if GROUP > 0:
                 prod = prod * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
             acc += prod
     y = tl.sum(acc, 2)
+    if CVT == "fold":
+        xs = _x_sums(X, PQ, rows, M, K, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), stride_xm, M_PAD, 256, HAS_PQ)
+        y = 16.0 * y - 24.0 * xs[:, None]
     if GROUP == 0:
         y = y * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
     _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
 
 
 @triton.jit
-def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride_wn, stride_sn, stride_om,
+def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
-                 EVEN_K: tl.constexpr, FAST_CVT: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
+                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -176,12 +211,13 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
     s_row = n_ld * stride_sn
     x_ty = X.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(K, k_lo + k_split)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kb0 = k0
+    # over weight bytes, as in _gemv_kernel
+    kb_lo = pid_k * kb_split
+    kb_hi = tl.minimum(KB, kb_lo + kb_split)
+    for kb0 in range(kb_lo, kb_hi, BLOCK_KB):
+        k0 = kb0
         if BITS == 4:
-            kb0 = k0 // 2
+            k0 = kb0 * 2
         kb = offs_b + kb0
         if EVEN_K:
             wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
@@ -189,7 +225,7 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
             wb = tl.load(w_ptrs + kb0, mask=(kb < KB)[:, None], other=0, eviction_policy="evict_first")
         if BITS == 4:
             col = 2 * kb
-            lo, hi = _int4_to_float(wb, FAST_CVT)
+            lo, hi = _int4_to_float(wb, CVT)
             if GROUP > 0:
                 s = _group_scale(S, s_row, col[:, None], k0, K, GROUP, BLOCK_K)
                 lo = lo * s
@@ -199,7 +235,7 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, k_split, stride_xm, stride
             acc = tl.dot(xe, lo.to(x_ty), acc, input_precision=DOT_PREC)
             acc = tl.dot(xo, hi.to(x_ty), acc, input_precision=DOT_PREC)
         else:
-            w = _int8_to_float(wb, FAST_CVT)
+            w = _int8_to_float(wb, CVT)
             if GROUP > 0:
                 w = w * _group_scale(S, s_row, kb[:, None], k0, K, GROUP, BLOCK_K)
             xt = _scaled_x(x_rows + kb[None, :], kb[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
@@ -225,7 +261,7 @@ def _splitk_reduce_kernel(P, B, OUT, M, N, splits, stride_om, BLOCK: tl.constexp
 
 @triton.jit
 def _dequant_kernel(W, S, OUT, N, K, KB, stride_wn, stride_sn, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
-                    BITS: tl.constexpr, GROUP: tl.constexpr, FAST_CVT: tl.constexpr):
+                    BITS: tl.constexpr, GROUP: tl.constexpr, CVT: tl.constexpr):
     """OUT [N, K] (x's dtype) = q * s, one [BLOCK_N, BLOCK_KB bytes] tile a program."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     kb = tl.program_id(1) * BLOCK_KB + tl.arange(0, BLOCK_KB)
@@ -241,14 +277,14 @@ def _dequant_kernel(W, S, OUT, N, K, KB, stride_wn, stride_sn, BLOCK_N: tl.const
         s = tl.load(S + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
     ty = OUT.dtype.element_ty
     if BITS == 4:
-        lo, hi = _int4_to_float(wb, FAST_CVT)
+        lo, hi = _int4_to_float(wb, CVT)
         # interleave back to logical column order: [BLOCK_N, BLOCK_KB, 2] -> [BLOCK_N, 2 * BLOCK_KB]
         w = tl.reshape(tl.join((lo * s).to(ty), (hi * s).to(ty)), [BLOCK_N, 2 * BLOCK_KB])
         cols = 2 * tl.program_id(1) * BLOCK_KB + tl.arange(0, 2 * BLOCK_KB)
         omask = (offs_n < N)[:, None] & (cols < K)[None, :]
         tl.store(OUT + n64 * K + cols[None, :], w, mask=omask)
     else:
-        w = (_int8_to_float(wb, FAST_CVT) * s).to(ty)
+        w = (_int8_to_float(wb, CVT) * s).to(ty)
         tl.store(OUT + n64 * K + kb[None, :], w, mask=mask)
 
 
@@ -263,7 +299,7 @@ def dequantize_weight(weight: torch.Tensor, scales: torch.Tensor, *, bits: int, 
     _dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kb, bkb))](
         weight, scales, out, n, k, kb, weight.stride(0), scales.stride(0) if group_size else 0,
         BLOCK_N=bn, BLOCK_KB=bkb, BITS=bits, GROUP=group_size or 0,
-        FAST_CVT=True if config is None else config.fast_cvt, num_warps=4)
+        CVT="magic" if config is None else config.cvt, num_warps=4)
     return out
 
 
@@ -286,25 +322,27 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if m == 0:
         return torch.empty(*lead, n, device=x.device, dtype=out_dtype)
     cfg = config or wo_config(m, n, k, bits, group_size, interpret=os.environ.get("TRITON_INTERPRET") == "1")
-    _check_config(cfg, m, bits)
+    _check_config(cfg, m, k, weight, bits, group_size)
     if cfg.kernel == "dequant":
         w = dequantize_weight(weight, scales, bits=bits, group_size=group_size, dtype=x.dtype, config=cfg)
         b = bias.to(x.dtype) if bias is not None else None
         return F.linear(scaled_input(x2, prequant), w, b).to(out_dtype).reshape(*lead, n)
 
     out = torch.empty(m, n, device=x.device, dtype=out_dtype)
-    kb = weight.shape[1]
+    cols = 8 if cfg.cvt == "fold" else (2 if bits == 4 else 1)      # logical columns a weight element holds
+    w_arg = weight.view(torch.int32) if cfg.cvt == "fold" else weight  # _check_config made sure it can
+    kb = w_arg.shape[1]
     # k_split: logical columns a split walks, a multiple of BLOCK_K so that tiles never straddle splits
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     splits = triton.cdiv(k, k_split)
     part = torch.empty(splits, m, n, device=x.device, dtype=torch.float32) if splits > 1 else out
     dummy = scales
-    args = (x2, weight, scales, bias if bias is not None else dummy, prequant if prequant is not None else dummy,
-            out, part, m, n, k, kb, k_split, x2.stride(0), weight.stride(0),
+    args = (x2, w_arg, scales, bias if bias is not None else dummy, prequant if prequant is not None else dummy,
+            out, part, m, n, k, kb, k_split // cols, x2.stride(0), w_arg.stride(0),
             scales.stride(0) if group_size else 0, out.stride(0))
-    common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // 2 if bits == 4 else cfg.block_k,
+    common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // cols,
                   BITS=bits, GROUP=group_size or 0, HAS_BIAS=bias is not None, HAS_PQ=prequant is not None,
-                  EVEN_K=k % cfg.block_k == 0, FAST_CVT=cfg.fast_cvt, SPLIT=splits > 1,
+                  EVEN_K=k % cfg.block_k == 0, CVT=cfg.cvt, SPLIT=splits > 1,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.kernel == "gemv":
         _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](*args, M_PAD=next_pow2(m), **common)
@@ -319,7 +357,14 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     return out.reshape(*lead, n)
 
 
-def _check_config(cfg: WoConfig, m: int, bits: int) -> None:
+def _check_config(cfg: WoConfig, m: int, k: int, weight: torch.Tensor, bits: int, group_size: int | None) -> None:
+    if cfg.cvt == "fold":
+        if bits != 4 or group_size:
+            raise ValueError(f"weight_only_linear: cvt 'fold' is for per-channel int4 only, got {cfg.short()} "
+                             f"for int{bits}{f' group {group_size}' if group_size else ''}")
+        if k % 8 or cfg.block_k < 8 or weight.stride(0) % 4 or weight.storage_offset() % 4:
+            raise ValueError(f"weight_only_linear: cvt 'fold' reads int4 weights as 32-bit words: K={k} and "
+                             f"block_k={cfg.block_k} must be multiples of 8, rows 4-byte aligned")
     if cfg.kernel == "gemv" and m > GEMV_MAX_M:
         raise ValueError(f"weight_only_linear: the gemv kernel takes M <= {GEMV_MAX_M} rows, got M={m}")
     if bits == 4 and cfg.block_k < 2:

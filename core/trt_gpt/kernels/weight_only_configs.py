@@ -20,6 +20,7 @@ import triton
 from .triton_common import next_pow2
 
 KERNELS = ("gemv", "gemm", "dequant")
+CVTS = ("magic", "i2f", "fold")
 GEMV_MAX_M = 16          # the GEMV keeps [M_PAD, BLOCK_N, BLOCK_K] fp32 partials in registers
 CONFIGS_ENV = "TRT_GPT_WO_CONFIGS"
 TARGET_PROGRAMS = 264    # about two programs per SM on an H100/H200 (132 SMs)
@@ -29,8 +30,9 @@ TARGET_PROGRAMS = 264    # about two programs per SM on an H100/H200 (132 SMs)
 class WoConfig:
     """kernel: one of KERNELS. block_k counts logical input columns (int4: two a byte); block_m applies to
     "gemm" only. split_k > 1 splits K over that many programs per output tile; their fp32 partials are
-    summed by a second small kernel. fast_cvt turns integers into floats with integer adds and a float
-    subtract (exact, see `triton_weight_only._int8_to_float`) instead of conversion instructions."""
+    summed by a second small kernel. cvt is how integers become floats (see triton_weight_only): "magic"
+    (a logic op and a float subtract), "i2f" (conversion instructions), or, for per-channel INT4 in the
+    GEMV only, "fold" (the subtract folded into a per-row sum of x)."""
     kernel: str
     block_n: int
     block_k: int
@@ -38,7 +40,7 @@ class WoConfig:
     num_stages: int = 1
     block_m: int = 16
     split_k: int = 1
-    fast_cvt: bool = True
+    cvt: str = "magic"
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -49,6 +51,10 @@ class WoConfig:
                 raise ValueError(f"WoConfig: {name} must be a power of two, got {v}")
         if self.split_k < 1 or self.num_stages < 1:
             raise ValueError(f"WoConfig: split_k and num_stages must be >= 1, got {self}")
+        if self.cvt not in CVTS:
+            raise ValueError(f"WoConfig: cvt must be one of {CVTS}, got {self.cvt!r}")
+        if self.cvt == "fold" and self.kernel != "gemv":
+            raise ValueError(f"WoConfig: cvt 'fold' exists in the gemv kernel only, got {self.kernel!r}")
         if self.kernel == "gemm" and min(self.block_m, self.block_n) < 16:
             raise ValueError(f"WoConfig: gemm tiles need block_m, block_n >= 16 (tensor-core shapes), got {self}")
 
@@ -58,19 +64,19 @@ class WoConfig:
             s = f"{self.kernel}:{self.block_m}x{self.block_n}x{self.block_k}w{self.num_warps}s{self.num_stages}"
         if self.split_k > 1:
             s += f"k{self.split_k}"
-        return s + ("" if self.fast_cvt else "-cvt")
+        return s + ("" if self.cvt == "magic" else f"-{self.cvt}")
 
 
     @classmethod
     def from_short(cls, text: str) -> "WoConfig":
         """Inverse of `short`: 'gemv:8x512w4s1', 'gemm:64x128x64w4s3k2', 'gemv:16x256w4s1-cvt'."""
-        m = re.fullmatch(r"(\w+):([\dx]+)w(\d+)s(\d+)(?:k(\d+))?(-cvt)?", text.strip())
+        m = re.fullmatch(r"(\w+):([\dx]+)w(\d+)s(\d+)(?:k(\d+))?(?:-(\w+))?", text.strip())
         dims = [int(d) for d in m.group(2).split("x")] if m else []
         if not m or len(dims) != (3 if m.group(1) == "gemm" else 2):
-            raise ValueError(f"WoConfig: {text!r} is not like 'gemv:8x512w4s1' or 'gemm:64x128x64w4s3[k2][-cvt]'")
+            raise ValueError(f"WoConfig: {text!r} is not like 'gemv:8x512w4s1[-fold]' or 'gemm:64x128x64w4s3[k2][-i2f]'")
         kw = dict(block_m=dims[0]) if len(dims) == 3 else {}
         return cls(m.group(1), dims[-2], dims[-1], num_warps=int(m.group(3)), num_stages=int(m.group(4)),
-                   split_k=int(m.group(5) or 1), fast_cvt=not m.group(6), **kw)
+                   split_k=int(m.group(5) or 1), cvt=m.group(6) or "magic", **kw)
 
 
 def format_key(bits: int, group_size: int | None) -> str:
@@ -146,7 +152,9 @@ def heuristic_config(m: int, n: int, k: int, bits: int, group_size: int | None) 
         block_n = max(1, min(16, 4096 // (m_pad * block_k // bytes_per_col)))
         block_n = min(block_n, next_pow2(n))
         split = _split_for(triton.cdiv(n, block_n), k, block_k)
-        return WoConfig("gemv", block_n, block_k, num_warps=4, num_stages=1, split_k=split)
+        # "fold": ~3 instead of ~4.5 sm_90 instructions an INT4 weight in the loop (SASS counts)
+        cvt = "fold" if bits == 4 and not group_size and k % 8 == 0 else "magic"
+        return WoConfig("gemv", block_n, block_k, num_warps=4, num_stages=1, split_k=split, cvt=cvt)
     block_m = min(128, max(16, m_pad))
     block_n = 128 if m >= 128 else 64
     block_k = max(32, min(cap_k, 128 if bits == 4 else 64))
@@ -160,8 +168,9 @@ def interpreter_config(m: int, n: int, k: int, bits: int, group_size: int | None
     """Tiles for CPU tensors (TRITON_INTERPRET=1): few programs (they run one after another in Python),
     but still several K tiles so that the loops and the tails run."""
     cap_k = min(next_pow2(k), group_size or 1 << 30, 64)
-    if m <= GEMV_MAX_M:
-        return WoConfig("gemv", min(16, next_pow2(n)), max(cap_k, 2 if bits == 4 else 1))
+    if m <= GEMV_MAX_M:    # the GPU's kernel variant (cvt), small tiles
+        return WoConfig("gemv", min(16, next_pow2(n)), max(cap_k, 8 if bits == 4 else 1),
+                        cvt=heuristic_config(m, n, k, bits, group_size).cvt)
     return WoConfig("gemm", 16, max(32, cap_k), block_m=16)
 
 
