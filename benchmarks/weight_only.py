@@ -112,7 +112,7 @@ def neighbours(best: WoConfig, k: int, bits: int, group: int | None) -> list[WoC
     out = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
     out += [replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k // (s * best.block_k) >= 2]
     out += [replace(best, cvt=c) for c in ("magic", "i2f", "fold") if c != best.cvt and
-            (c != "fold" or (best.kernel == "gemv" and bits == 4 and not group))]
+            (c != "fold" or (best.kernel == "gemv" and bits == 4))]
     if best.kernel == "gemm":
         out += [replace(best, num_stages=s) for s in (2, 4) if s != best.num_stages]
     return out

@@ -132,18 +132,20 @@ def test_forced_configs(cfg, bits, group):
           oracle(q, x, s, b, None, group), torch.float32)
 
 
-@pytest.mark.parametrize("m,cfg", [(1, WoConfig("gemv", 8, 64, cvt="fold")),
+@pytest.mark.parametrize("group", [None, 16, 32])
+@pytest.mark.parametrize("m,cfg", [(1, WoConfig("gemv", 8, 64, cvt="fold")),          # groups of 16: a scale a word
                                    (5, WoConfig("gemv", 16, 32, split_k=2, cvt="fold")),
                                    (3, WoConfig("gemv", 4, 128, cvt="fold"))])   # one tile wider than K
-def test_int4_offset_folding(m, cfg):
-    # weights as 1 + (v + 8) / 16 and the offset removed through sum(x): large |x| means stresses the
+def test_int4_offset_folding(m, cfg, group):
+    # weights as 1 + (v + 8) / 16 and the offset removed through sums of x: large |x| means stress the
     # cancellation, half inputs the rounding of x * prequant
     for dtype in (torch.float32, torch.float16):
-        q, (x, w, s, b, pq) = make(m, 19, 96, 4, None, dtype, prequant=True, seed=m)
+        q, (x, w, s, b, pq) = make(m, 19, 96, 4, group, dtype, prequant=True, seed=m)
         x = x + 3.0
-        check(weight_only_linear(x, w, s, b, bits=4, prequant=pq, config=cfg), oracle(q, x, s, b, pq, None), dtype)
-    with pytest.raises(ValueError, match="per-channel int4 only"):
-        weight_only_linear(x, w, s.new_ones(19, 3), bits=4, group_size=32, config=cfg)
+        check(weight_only_linear(x, w, s, b, bits=4, group_size=group, prequant=pq, config=cfg),
+              oracle(q, x, s, b, pq, group), dtype)
+    with pytest.raises(ValueError, match="int4 with groups of >= 8"):
+        weight_only_linear(x, w, s.new_ones(19, 24), bits=4, group_size=4, config=cfg)
     with pytest.raises(ValueError, match="gemv kernel only"):
         WoConfig("gemm", 16, 32, cvt="fold")
 

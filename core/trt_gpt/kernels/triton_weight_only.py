@@ -161,13 +161,25 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
             # v = 16 f - 24. One shift and one logic op a weight, no byte extraction and no float op: the
             # -24 is applied once per row through sum(x) after the loop (fp32 loses ~3 bits to that
             # cancellation). sm_90 SASS: ~3 instructions a weight plus x, against ~4.5 with bytes.
+            # With groups (a word lies in one group), the word's 8 products are summed first and the offset
+            # and scale applied once a word: s * (sum x f - 1.5 sum x), the x sum shared by every row a
+            # thread holds.
+            part = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
+            xsum = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
             for p in tl.static_range(8):
                 if 4 * p <= 19:
                     v = wb << (19 - 4 * p)
                 else:
                     v = wb >> (4 * p - 19)
                 f = ((v & 0x780000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
-                acc += _scaled_x(x_ptrs + k0 + p, col + p, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * f
+                xp = _scaled_x(x_ptrs + k0 + p, col + p, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+                if GROUP > 0:
+                    part += xp * f
+                    xsum += xp
+                else:
+                    acc += xp * f
+            if GROUP > 0:
+                acc += (part - 1.5 * xsum) * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
         elif BITS == 4:
             lo, hi = _int4_to_float(wb, CVT)
             xe = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
@@ -186,7 +198,9 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                 prod = prod * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
             acc += prod
     y = tl.sum(acc, 2)
-    if CVT == "fold":
+    if CVT == "fold" and GROUP > 0:
+        y = 16.0 * y
+    elif CVT == "fold":
         xs = _x_sums(X, PQ, rows, M, K, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), stride_xm, M_PAD, 256, HAS_PQ)
         y = 16.0 * y - 24.0 * xs[:, None]
     if GROUP == 0:
@@ -359,9 +373,9 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
 def _check_config(cfg: WoConfig, m: int, k: int, weight: torch.Tensor, bits: int, group_size: int | None) -> None:
     if cfg.cvt == "fold":
-        if bits != 4 or group_size:
-            raise ValueError(f"weight_only_linear: cvt 'fold' is for per-channel int4 only, got {cfg.short()} "
-                             f"for int{bits}{f' group {group_size}' if group_size else ''}")
+        if bits != 4 or (group_size or 8) < 8:
+            raise ValueError(f"weight_only_linear: cvt 'fold' is for int4 with groups of >= 8 columns only, got "
+                             f"{cfg.short()} for int{bits}{f' group {group_size}' if group_size else ''}")
         if k % 8 or cfg.block_k < 8 or weight.stride(0) % 4 or weight.storage_offset() % 4:
             raise ValueError(f"weight_only_linear: cvt 'fold' reads int4 weights as 32-bit words: K={k} and "
                              f"block_k={cfg.block_k} must be multiples of 8, rows 4-byte aligned")

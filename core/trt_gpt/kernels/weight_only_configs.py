@@ -31,8 +31,8 @@ class WoConfig:
     """kernel: one of KERNELS. block_k counts logical input columns (int4: two a byte); block_m applies to
     "gemm" only. split_k > 1 splits K over that many programs per output tile; their fp32 partials are
     summed by a second small kernel. cvt is how integers become floats (see triton_weight_only): "magic"
-    (a logic op and a float subtract), "i2f" (conversion instructions), or, for per-channel INT4 in the
-    GEMV only, "fold" (the subtract folded into a per-row sum of x)."""
+    (a logic op and a float subtract), "i2f" (conversion instructions), or, for INT4 in the GEMV only,
+    "fold" (weights read as 32-bit words, the subtract folded into sums of x)."""
     kernel: str
     block_n: int
     block_k: int
@@ -153,7 +153,7 @@ def heuristic_config(m: int, n: int, k: int, bits: int, group_size: int | None) 
         block_n = min(block_n, next_pow2(n))
         split = _split_for(triton.cdiv(n, block_n), k, block_k)
         # "fold": ~3 instead of ~4.5 sm_90 instructions an INT4 weight in the loop (SASS counts)
-        cvt = "fold" if bits == 4 and not group_size and k % 8 == 0 else "magic"
+        cvt = "fold" if bits == 4 and (group_size or 8) >= 8 and k % 8 == 0 else "magic"
         return WoConfig("gemv", block_n, block_k, num_warps=4, num_stages=1, split_k=split, cvt=cvt)
     block_m = min(128, max(16, m_pad))
     block_n = 128 if m >= 128 else 64
