@@ -91,7 +91,7 @@ def gemv_candidates(m: int, k: int, bits: int, group: int | None) -> list[WoConf
     return out
 
 
-def gemm_candidates(m: int, n: int, k: int, bits: int) -> list[WoConfig]:
+def gemm_candidates(m: int, n: int, k: int, bits: int, group: int | None) -> list[WoConfig]:
     out = []
     for bm in (16, 32, 64, 128):
         if bm > max(16, pow2(m)) or (m >= 64 and bm < 64):
@@ -101,7 +101,8 @@ def gemm_candidates(m: int, n: int, k: int, bits: int) -> list[WoConfig]:
                 if bm * bn > 128 * 128 // (2 if bk == 128 else 1):
                     continue
                 warps = 8 if bm * bn >= 128 * 128 else 4
-                base = WoConfig("gemm", bn, bk, num_warps=warps, num_stages=3, block_m=bm)
+                cvt = "fold" if bits == 4 and (group or 8) >= 8 and (group or bk) >= bk else "magic"
+                base = WoConfig("gemm", bn, bk, num_warps=warps, num_stages=3, block_m=bm, cvt=cvt)
                 split = heuristic_config(m, n, k, bits, None).split_k if m > GEMV_MAX_M else 1
                 out.append(replace(base, split_k=split))
     return out
@@ -112,7 +113,7 @@ def neighbours(best: WoConfig, k: int, bits: int, group: int | None) -> list[WoC
     out = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
     out += [replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k // (s * best.block_k) >= 2]
     out += [replace(best, cvt=c) for c in ("magic", "i2f", "fold") if c != best.cvt and
-            (c != "fold" or (best.kernel == "gemv" and bits == 4))]
+            (c != "fold" or (best.kernel != "dequant" and bits == 4))]
     if best.kernel == "gemm":
         out += [replace(best, num_stages=s) for s in (2, 4) if s != best.num_stages]
     return out
@@ -213,7 +214,7 @@ def run_sweep(case: Case, args, timer, deadline: float) -> None:
     if m <= GEMV_MAX_M:
         families.append(gemv_candidates(m, k, case.bits, case.group))
     if m >= 16:
-        families.append(gemm_candidates(m, n, k, case.bits))
+        families.append(gemm_candidates(m, n, k, case.bits, case.group))
     for cands in families:
         for cfg in cands:
             if time.perf_counter() > deadline:

@@ -146,8 +146,22 @@ def test_int4_offset_folding(m, cfg, group):
               oracle(q, x, s, b, pq, group), dtype)
     with pytest.raises(ValueError, match="int4 with groups of >= 8"):
         weight_only_linear(x, w, s.new_ones(19, 24), bits=4, group_size=4, config=cfg)
-    with pytest.raises(ValueError, match="gemv kernel only"):
-        WoConfig("gemm", 16, 32, cvt="fold")
+    with pytest.raises(ValueError, match="gemv and gemm kernels only"):
+        WoConfig("dequant", 16, 32, cvt="fold")
+
+
+@pytest.mark.parametrize("group", [None, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
+def test_int4_offset_folding_gemm(group, dtype):
+    # nibble planes as (v + 24) / 16 in x's dtype, interleaved back to column order for one dot per tile
+    cfg = WoConfig("gemm", 16, 32, block_m=16, split_k=2, cvt="fold")
+    q, (x, w, s, b, pq) = make(18, 21, 96, 4, group, dtype, prequant=True, seed=5)
+    x = x + 2.0
+    check(weight_only_linear(x, w, s, b, bits=4, group_size=group, prequant=pq, config=cfg),
+          oracle(q, x, s, b, pq, group), dtype)
+    if group:
+        with pytest.raises(ValueError, match="block_k <= group_size"):
+            weight_only_linear(x, w, s, bits=4, group_size=group, config=WoConfig("gemm", 16, 64, cvt="fold"))
 
 
 def test_leading_dims_and_out_dtype():

@@ -31,6 +31,8 @@ from .triton_common import dot_precision, next_pow2
 from .weight_only_configs import GEMV_MAX_M, WoConfig, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
 
+MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+
 
 # ---- integer -> float, shared by every kernel -------------------------------------------------------------
 # CVT "magic": an integer u in [0, 2^23) with the bits of 2^23 ORed in is the float 2^23 + u, so one logic op
@@ -59,6 +61,37 @@ def _int4_to_float(b, CVT: tl.constexpr):
         lo = ((b32 << 28) >> 28).to(tl.float32)   # arithmetic shifts sign-extend the nibble
         hi = (b32 >> 4).to(tl.float32)
     return lo, hi
+
+
+@triton.jit
+def _nibble_mantissa(w, P: tl.constexpr, MANT: tl.constexpr):
+    """Nibble P (bits 4P..4P+3) of int32 words w, two's complement v, as the bits of the float
+    1 + (v + 8) / 16 = (v + 24) / 16 in a format with MANT mantissa bits (23 fp32, 10 fp16, 7 bf16): the
+    nibble ^ 8 shifted into the mantissa's top 4 bits under the exponent of 1.0. One shift and one logic op;
+    exact in all three formats."""
+    SH: tl.constexpr = MANT - 4
+    if 4 * P <= SH:
+        v = w << (SH - 4 * P)
+    else:
+        v = w >> (4 * P - SH)          # the arithmetic shift's sign bits are masked off below
+    if MANT == 23:
+        one = 0x3F800000
+    elif MANT == 10:
+        one = 0x3C00
+    else:
+        one = 0x3F80
+    return (v & (0xF << SH)) ^ (one | (8 << SH))
+
+
+@triton.jit
+def _plane(w, P: tl.constexpr, MANT: tl.constexpr, TY: tl.constexpr):
+    """Nibble P of int32 words as (v + 24) / 16 in TY (fp32, fp16 or bf16, MANT mantissa bits)."""
+    bits = _nibble_mantissa(w, P, MANT)
+    if MANT == 23:
+        f = bits.to(tl.float32, bitcast=True)
+    else:
+        f = bits.to(tl.int16).to(TY, bitcast=True)
+    return f
 
 
 @triton.jit
@@ -124,10 +157,9 @@ def _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS: 
 def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
                  M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
-                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr):
+                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr):
     # W elements are int8 (INT8: a column each; INT4: two) or, with CVT "fold", int32 words of 8 INT4
     # columns; KB, kb_split and BLOCK_KB count these elements, COLS the columns in each.
-    COLS: tl.constexpr = 8 if CVT == "fold" else (2 if BITS == 4 else 1)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, M_PAD)
@@ -167,11 +199,7 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
             part = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
             xsum = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
             for p in tl.static_range(8):
-                if 4 * p <= 19:
-                    v = wb << (19 - 4 * p)
-                else:
-                    v = wb >> (4 * p - 19)
-                f = ((v & 0x780000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
+                f = _nibble_mantissa(wb, p, 23).to(tl.float32, bitcast=True)
                 xp = _scaled_x(x_ptrs + k0 + p, col + p, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
                 if GROUP > 0:
                     part += xp * f
@@ -212,7 +240,8 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
 def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
-                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
+                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+                 DOT_PREC: tl.constexpr, MANT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -225,19 +254,36 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
     s_row = n_ld * stride_sn
     x_ty = X.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    # over weight bytes, as in _gemv_kernel
+    # over weight elements (int8, or int32 words with "fold"), as in _gemv_kernel
     kb_lo = pid_k * kb_split
     kb_hi = tl.minimum(KB, kb_lo + kb_split)
     for kb0 in range(kb_lo, kb_hi, BLOCK_KB):
-        k0 = kb0
-        if BITS == 4:
-            k0 = kb0 * 2
+        k0 = kb0 * COLS
         kb = offs_b + kb0
         if EVEN_K:
             wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
         else:
             wb = tl.load(w_ptrs + kb0, mask=(kb < KB)[:, None], other=0, eviction_policy="evict_first")
-        if BITS == 4:
+        if CVT == "fold":
+            # The 8 nibble planes [BLOCK_KB words, BLOCK_N] as (v + 24) / 16 in x's dtype (see
+            # _nibble_mantissa), interleaved back to column order [BLOCK_K, BLOCK_N] for one dot with the
+            # contiguous x tile; sum(x v) = 16 sum(x f) - 24 sum(x) is restored per row after the loop
+            # (per channel) or per tile (groups: BLOCK_K <= GROUP).
+            # join stacks on a new last axis: fj[c, n, k, j, i] is nibble i + 2 j + 4 k of word c
+            fj = tl.join(tl.join(tl.join(_plane(wb, 0, MANT, x_ty), _plane(wb, 4, MANT, x_ty)),
+                                 tl.join(_plane(wb, 2, MANT, x_ty), _plane(wb, 6, MANT, x_ty))),
+                         tl.join(tl.join(_plane(wb, 1, MANT, x_ty), _plane(wb, 5, MANT, x_ty)),
+                                 tl.join(_plane(wb, 3, MANT, x_ty), _plane(wb, 7, MANT, x_ty))))
+            wt = tl.reshape(tl.permute(fj, (0, 2, 3, 4, 1)), [BLOCK_K, BLOCK_N])
+            cols = k0 + tl.arange(0, BLOCK_K)
+            xt = _scaled_x(x_rows + cols[None, :], cols[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
+            if GROUP > 0:
+                t = tl.dot(xt, wt, input_precision=DOT_PREC)
+                t -= 1.5 * tl.sum(xt.to(tl.float32), 1)[:, None]
+                acc += t * _group_scale(S, s_row, cols[:, None], k0, K, GROUP, BLOCK_K)
+            else:
+                acc = tl.dot(xt, wt, acc, input_precision=DOT_PREC)
+        elif BITS == 4:
             col = 2 * kb
             lo, hi = _int4_to_float(wb, CVT)
             if GROUP > 0:
@@ -254,6 +300,13 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                 w = w * _group_scale(S, s_row, kb[:, None], k0, K, GROUP, BLOCK_K)
             xt = _scaled_x(x_rows + kb[None, :], kb[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
             acc = tl.dot(xt, w.to(x_ty), acc, input_precision=DOT_PREC)
+    if CVT == "fold" and GROUP > 0:
+        acc = 16.0 * acc
+    elif CVT == "fold":
+        # [BLOCK_M, 4096 / BLOCK_M] tiles: 32 fp32 a thread at 4 warps (256 wide spilled at BLOCK_M 64)
+        xs = _x_sums(X, PQ, rows, M, K, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), stride_xm, BLOCK_M,
+                     max(16, 4096 // BLOCK_M), HAS_PQ)
+        acc = 16.0 * acc - 24.0 * xs[:, None]
     if GROUP == 0:
         acc = acc * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
     _store_result(acc, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
@@ -356,13 +409,14 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
             scales.stride(0) if group_size else 0, out.stride(0))
     common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // cols,
                   BITS=bits, GROUP=group_size or 0, HAS_BIAS=bias is not None, HAS_PQ=prequant is not None,
-                  EVEN_K=k % cfg.block_k == 0, CVT=cfg.cvt, SPLIT=splits > 1,
+                  EVEN_K=k % cfg.block_k == 0, CVT=cfg.cvt, SPLIT=splits > 1, COLS=cols,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.kernel == "gemv":
         _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](*args, M_PAD=next_pow2(m), **common)
     else:
         grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
-        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x.dtype), **common)
+        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x.dtype), MANT=MANTISSA[x.dtype],
+                           **common)
     if splits > 1:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, bias if bias is not None else dummy, out, m, n,
@@ -379,10 +433,14 @@ def _check_config(cfg: WoConfig, m: int, k: int, weight: torch.Tensor, bits: int
         if k % 8 or cfg.block_k < 8 or weight.stride(0) % 4 or weight.storage_offset() % 4:
             raise ValueError(f"weight_only_linear: cvt 'fold' reads int4 weights as 32-bit words: K={k} and "
                              f"block_k={cfg.block_k} must be multiples of 8, rows 4-byte aligned")
+        if cfg.kernel == "gemm" and group_size and cfg.block_k > group_size:
+            raise ValueError(f"weight_only_linear: gemm cvt 'fold' needs block_k <= group_size {group_size}, "
+                             f"got {cfg.short()}")
     if cfg.kernel == "gemv" and m > GEMV_MAX_M:
         raise ValueError(f"weight_only_linear: the gemv kernel takes M <= {GEMV_MAX_M} rows, got M={m}")
     if bits == 4 and cfg.block_k < 2:
         raise ValueError(f"weight_only_linear: int4 tiles need block_k >= 2 (a byte), got {cfg.short()}")
-    if cfg.kernel == "gemm" and (cfg.block_k // 2 if bits == 4 else cfg.block_k) < 16:
+    # the dots' K: the whole tile with "fold" (one dot), else its bytes (INT4: one dot a nibble)
+    if cfg.kernel == "gemm" and (cfg.block_k if cfg.cvt == "fold" else cfg.block_k // (2 if bits == 4 else 1)) < 16:
         raise ValueError(f"weight_only_linear: gemm tiles need >= 16 bytes of K (tensor-core shapes), got "
                          f"{cfg.short()}")

@@ -53,8 +53,8 @@ class WoConfig:
             raise ValueError(f"WoConfig: split_k and num_stages must be >= 1, got {self}")
         if self.cvt not in CVTS:
             raise ValueError(f"WoConfig: cvt must be one of {CVTS}, got {self.cvt!r}")
-        if self.cvt == "fold" and self.kernel != "gemv":
-            raise ValueError(f"WoConfig: cvt 'fold' exists in the gemv kernel only, got {self.kernel!r}")
+        if self.cvt == "fold" and self.kernel == "dequant":
+            raise ValueError("WoConfig: cvt 'fold' exists in the gemv and gemm kernels only")
         if self.kernel == "gemm" and min(self.block_m, self.block_n) < 16:
             raise ValueError(f"WoConfig: gemm tiles need block_m, block_n >= 16 (tensor-core shapes), got {self}")
 
@@ -160,18 +160,21 @@ def heuristic_config(m: int, n: int, k: int, bits: int, group_size: int | None) 
     block_k = max(32, min(cap_k, 128 if bits == 4 else 64))
     warps = 8 if block_m * block_n >= 128 * 128 else 4
     programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    # "fold" halves the loop's sm_90 instructions a weight (~4.4 against ~8-9, SASS counts); block_k is
+    # already within a group
+    cvt = "fold" if bits == 4 and (group_size or 8) >= 8 and k % 8 == 0 else "magic"
     return WoConfig("gemm", block_n, block_k, num_warps=warps, num_stages=3, block_m=block_m,
-                    split_k=_split_for(programs, k, block_k))
+                    split_k=_split_for(programs, k, block_k), cvt=cvt)
 
 
 def interpreter_config(m: int, n: int, k: int, bits: int, group_size: int | None) -> WoConfig:
     """Tiles for CPU tensors (TRITON_INTERPRET=1): few programs (they run one after another in Python),
     but still several K tiles so that the loops and the tails run."""
     cap_k = min(next_pow2(k), group_size or 1 << 30, 64)
-    if m <= GEMV_MAX_M:    # the GPU's kernel variant (cvt), small tiles
-        return WoConfig("gemv", min(16, next_pow2(n)), max(cap_k, 8 if bits == 4 else 1),
-                        cvt=heuristic_config(m, n, k, bits, group_size).cvt)
-    return WoConfig("gemm", 16, max(32, cap_k), block_m=16)
+    cvt = heuristic_config(m, n, k, bits, group_size).cvt       # the GPU's kernel variant, small tiles
+    if m <= GEMV_MAX_M:
+        return WoConfig("gemv", min(16, next_pow2(n)), max(cap_k, 8 if bits == 4 else 1), cvt=cvt)
+    return WoConfig("gemm", 16, max(16 if cvt == "fold" else 32, cap_k), block_m=16, cvt=cvt)
 
 
 def wo_config(m: int, n: int, k: int, bits: int, group_size: int | None, interpret: bool = False) -> WoConfig:
