@@ -6,13 +6,22 @@ are stored and dequantized in registers; nothing float-sized is ever written. Th
 shape by `weight_only_configs.wo_config` (or a `config=` argument), compute the same function:
 
 * `_gemv_kernel` (decode, M <= 16): each program owns BLOCK_N rows of W and a K range; the fp32 partial
-  products stay [M_PAD, BLOCK_N, BLOCK_K_BYTES]-shaped across the K loop and are reduced once at the end
-  (no cross-lane reduction per tile), as in triton_gemv. An INT4 byte holds columns 2j and 2j+1: the two
-  nibbles multiply two stride-2 views of x, so the weights are never interleaved in registers;
+  products stay [M_PAD, BLOCK_N, BLOCK_KB]-shaped across the K loop and are reduced once at the end (no
+  cross-lane reduction per tile), as in triton_gemv. x is read through pointers broadcast to the weight
+  tile's shape, at the columns each weight element holds (INT4 bytes: two stride-2 views of x), so the
+  weights are never interleaved in registers;
 * `_gemm_kernel` (prompt steps): tensor-core tiles; the integer tile is converted to x's dtype in
-  registers and fed to tl.dot (INT4: one dot for the even columns, one for the odd). Integers up to 127
-  are exact in fp16/bf16, so per-channel scales are applied to the fp32 result, not to the weights;
+  registers and fed to tl.dot. Integers up to 127 are exact in fp16/bf16, so per-channel scales are
+  applied to the fp32 result, not to the weights;
 * "dequant": `_dequant_kernel` writes the float weight, then cuBLAS (a baseline for large M).
+
+INT4 at batch 1 is bound by instructions, not bytes: at the H200's ~4.8 TB/s a 132-SM GPU must retire ~30
+INT4 weights a cycle per SM, ~4 issue slots each. How integers become floats (`WoConfig.cvt`) is therefore
+a tuned choice: "i2f" conversion instructions (a quarter of the FMA rate), "magic" bit tricks (a logic op
+and a float subtract), or for INT4 "fold", which reads 32-bit words of 8 nibbles and shifts each straight
+into an fp32/fp16/bf16 mantissa (`_nibble_mantissa`), leaving the constant offset to be removed once per
+row or per tile through sums of x (sm_90 SASS of the loops: ~4.4 instructions a weight in both kernels,
+against ~5.7 (GEMV) and ~8-9 (GEMM) with "magic").
 
 Both tiled kernels can split K over `split_k` programs per output tile when N alone gives too few
 programs; the fp32 partials then go through `_splitk_reduce_kernel`, which adds the bias and casts.
@@ -37,7 +46,7 @@ MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 # ---- integer -> float, shared by every kernel -------------------------------------------------------------
 # CVT "magic": an integer u in [0, 2^23) with the bits of 2^23 ORed in is the float 2^23 + u, so one logic op
 # and one float subtract replace the integer-to-float conversion ("i2f"), which runs at a quarter of the FMA
-# rate. "fold" (INT4 GEMV, per channel): see `_gemv_kernel`.
+# rate. "fold" (INT4): see `_nibble_mantissa`.
 @triton.jit
 def _int8_to_float(b, CVT: tl.constexpr):
     """int8 tile -> fp32 values in [-128, 127]."""
@@ -69,18 +78,19 @@ def _nibble_mantissa(w, P: tl.constexpr, MANT: tl.constexpr):
     1 + (v + 8) / 16 = (v + 24) / 16 in a format with MANT mantissa bits (23 fp32, 10 fp16, 7 bf16): the
     nibble ^ 8 shifted into the mantissa's top 4 bits under the exponent of 1.0. One shift and one logic op;
     exact in all three formats."""
-    SH: tl.constexpr = MANT - 4
-    if 4 * P <= SH:
-        v = w << (SH - 4 * P)
+    # the nibble goes to bits MANT-4 .. MANT-1 (plain constexpr arithmetic: no annotated assignments, which
+    # older Triton versions reject inside jit functions)
+    if 4 * P <= MANT - 4:
+        v = w << (MANT - 4 - 4 * P)
     else:
-        v = w >> (4 * P - SH)          # the arithmetic shift's sign bits are masked off below
+        v = w >> (4 * P - MANT + 4)      # the arithmetic shift's sign bits are masked off below
     if MANT == 23:
         one = 0x3F800000
     elif MANT == 10:
         one = 0x3C00
     else:
         one = 0x3F80
-    return (v & (0xF << SH)) ^ (one | (8 << SH))
+    return (v & (0xF << (MANT - 4))) ^ (one | (8 << (MANT - 4)))
 
 
 @triton.jit
