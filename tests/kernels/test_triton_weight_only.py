@@ -15,7 +15,10 @@ if not torch.cuda.is_available():  # before the kernel module defines its @trito
 
 pytest.importorskip("triton")
 
+from gemv_cases import oracle as fused_oracle  # noqa: E402  (the decode GEMV's float64 oracle)
+
 from trt_gpt.kernels import weight_only_configs  # noqa: E402
+from trt_gpt.kernels.triton_gemv import NormArgs  # noqa: E402
 from trt_gpt.kernels.triton_weight_only import dequantize_weight, weight_only_linear  # noqa: E402
 from trt_gpt.kernels.weight_only_configs import (WoConfig, heuristic_config, parse_wo_configs,  # noqa: E402
                                                  wo_config)
@@ -162,6 +165,49 @@ def test_int4_offset_folding_gemm(group, dtype):
     if group:
         with pytest.raises(ValueError, match="block_k <= group_size"):
             weight_only_linear(x, w, s, bits=4, group_size=group, config=WoConfig("gemm", 16, 64, cvt="fold"))
+
+
+@pytest.mark.parametrize("cfg,bits,group", [
+    (WoConfig("gemv", 8, 64, cvt="fold"), 4, None),
+    (WoConfig("gemv", 16, 32, split_k=2, cvt="fold"), 4, 32),     # split K: the reduce kernel's epilogue
+    (WoConfig("gemv", 8, 32), 4, 32),
+    (WoConfig("gemv", 8, 64, split_k=2), 8, None),
+    (WoConfig("gemm", 16, 32, block_m=16, cvt="fold"), 4, 32),    # epilogue only (no norm in the GEMM)
+], ids=lambda v: v.short() if isinstance(v, WoConfig) else str(v))
+@pytest.mark.parametrize("norm_kind,dtype", [("layernorm", torch.float32), ("rmsnorm", torch.float32),
+                                             ("layernorm", torch.float16)])
+def test_decode_fusions(cfg, bits, group, norm_kind, dtype):
+    # the decode GEMV's function with integer weights: the decode GEMV's oracle on the dequantized weight
+    m = 3 if cfg.kernel == "gemv" else 18
+    q, (x, w, s, b, _) = make(m, 19, 96, bits, group, dtype, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    norm = None
+    if cfg.kernel == "gemv":
+        nb = (torch.randn(96, generator=gen) * 0.5).to(dtype).to(DEVICE) if norm_kind == "layernorm" else None
+        norm = NormArgs(norm_kind, (torch.randn(96, generator=gen) * 0.5 + 1).to(dtype).to(DEVICE), nb, 1e-5)
+    residual = torch.randn(m, 19, generator=gen).to(dtype).to(DEVICE)
+    s_full = s.cpu().double().repeat_interleave(group, 1) if group else s.cpu().double()[:, None]
+    ref = fused_oracle(x.cpu(), q.double() * s_full, b.cpu(), norm=None if norm is None else NormArgs(
+        norm.kind, norm.weight.cpu(), None if norm.bias is None else norm.bias.cpu(), norm.eps),
+        activation="gelu", residual=residual.cpu(), residual_scale=0.7)
+    got = weight_only_linear(x, w, s, b, bits=bits, group_size=group, config=cfg, norm=norm, activation="gelu",
+                             residual=residual, residual_scale=0.7)
+    check(got, ref, dtype)
+
+
+def test_fusion_arguments():
+    q, (x, w, s, b, _) = make(2, 8, 64, 4, None, torch.float32)
+    norm = NormArgs("layernorm", torch.ones(64, device=DEVICE), None, 1e-5)
+    with pytest.raises(ValueError, match="gemv kernel only"):
+        weight_only_linear(x, w, s, bits=4, norm=norm, config=WoConfig("gemm", 16, 32, block_m=16))
+    with pytest.raises(ValueError, match="dequant kernel takes no"):
+        weight_only_linear(x, w, s, bits=4, activation="relu", config=WoConfig("dequant", 16, 32))
+    with pytest.raises(ValueError, match="activation 'tanh'"):
+        weight_only_linear(x, w, s, bits=4, activation="tanh")
+    with pytest.raises(ValueError, match="residual must be"):
+        weight_only_linear(x, w, s, bits=4, residual=torch.zeros(2, 7, device=DEVICE))
+    with pytest.raises(ValueError, match="norm.weight must be"):
+        weight_only_linear(x, w, s, bits=4, norm=NormArgs("rmsnorm", torch.ones(63, device=DEVICE), None, 1e-5))
 
 
 def test_leading_dims_and_out_dtype():

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import dot_precision, next_pow2
+from .triton_gemv import ACTIVATIONS, NORMS, NormArgs, _epilogue, _input_tile, _row_stats, _stats_tile
 from .weight_only_configs import GEMV_MAX_M, WoConfig, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
 
@@ -105,21 +106,30 @@ def _plane(w, P: tl.constexpr, MANT: tl.constexpr, TY: tl.constexpr):
 
 
 @triton.jit
-def _x_sums(X, PQ, rows, M, K, k_lo, k_hi, stride_xm, M_PAD: tl.constexpr, BLOCK: tl.constexpr,
-            HAS_PQ: tl.constexpr):
-    """sum over columns [k_lo, k_hi) of each row of x (times prequant, rounded as the main loop rounds it),
-    [M_PAD] fp32: x is L2-resident and read contiguously, a few percent of the GEMV's loop."""
-    offs = tl.arange(0, BLOCK)
-    x_rows = X + tl.minimum(rows, M - 1).to(tl.int64)[:, None] * stride_xm
-    acc = tl.zeros([M_PAD, BLOCK], tl.float32)
+def _x_sums(x_rows, NW, NB, PQ, mean, rstd, k_lo, k_hi, X_TY: tl.constexpr, M_PAD: tl.constexpr,
+            BLOCK: tl.constexpr, NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_PQ: tl.constexpr):
+    """sum over columns [k_lo, k_hi) of each row's input as the main loop sees it (normalised, times
+    prequant, each rounded to x's dtype), [M_PAD, 1] fp32; x_rows: [M_PAD, 1, 1] row pointers. x is
+    L2-resident and read contiguously: a few percent of the GEMV's loop."""
+    offs = tl.arange(0, BLOCK)[None, None, :]
+    acc = tl.zeros([M_PAD, 1, BLOCK], tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK):
-        col = (k0 + offs)[None, :]
-        h = tl.load(x_rows + col, mask=col < k_hi, other=0.0, eviction_policy="evict_last")
-        if HAS_PQ:
-            pq = tl.load(PQ + col, mask=col < k_hi, other=0.0, eviction_policy="evict_last")
-            h = (h.to(tl.float32) * pq.to(tl.float32)).to(X.dtype.element_ty)
-        acc += h.to(tl.float32)
-    return tl.sum(acc, 1)
+        col = k0 + offs
+        acc += _x_in(x_rows + col, NW + col, NB + col, col, k_hi, mean, rstd, PQ, X_TY, NORM, HAS_NORM_BIAS,
+                     HAS_PQ, False)
+    return tl.sum(acc, 2)
+
+
+@triton.jit
+def _x_in(x_ptrs, nw_ptrs, nb_ptrs, col, K, mean, rstd, PQ, X_TY: tl.constexpr, NORM: tl.constexpr,
+          HAS_NORM_BIAS: tl.constexpr, HAS_PQ: tl.constexpr, EVEN_K: tl.constexpr):
+    """The GEMV's input at columns `col` in fp32: [norm (triton_gemv's prologue), rounded to x's dtype]
+    [* prequant, rounded again], as the unfused modules store each."""
+    h = _input_tile(x_ptrs, nw_ptrs, nb_ptrs, col, K, mean, rstd, X_TY, NORM, HAS_NORM_BIAS, EVEN_K)
+    if HAS_PQ:
+        pq = tl.load(PQ + col, mask=col < K, other=0.0, eviction_policy="evict_last")
+        h = (h * pq.to(tl.float32)).to(X_TY).to(tl.float32)
+    return h
 
 
 @triton.jit
@@ -149,25 +159,36 @@ def _scaled_x(ptrs, col, K, PQ, X_TY: tl.constexpr, HAS_PQ: tl.constexpr, EVEN_K
 
 
 @triton.jit
-def _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS: tl.constexpr,
-                  SPLIT: tl.constexpr):
-    """y [rows, cols] fp32 (scaled): with split K its partial to P [splits, M, N], else + bias, cast, store."""
+def _store_result(y, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale,
+                  HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr, SPLIT: tl.constexpr):
+    """y [rows, cols] fp32 (scaled): with split K its partial to P [splits, M, N], else triton_gemv's
+    epilogue ([+ bias] [act] [residual + residual_scale * y]), cast once, stored."""
     mask = (rows < M)[:, None] & (offs_n < N)[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
     if SPLIT:
-        base = P + pid_k.to(tl.int64) * M * N
-        tl.store(base + rows.to(tl.int64)[:, None] * N + offs_n[None, :], y, mask=mask)
+        tl.store(P + pid_k.to(tl.int64) * M * N + rows64 * N + offs_n[None, :], y, mask=mask)
     else:
+        bias = 0.0
+        res = 0.0
         if HAS_BIAS:
-            y += tl.load(B + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(OUT + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :], y.to(OUT.dtype.element_ty),
-                 mask=mask)
+            bias = tl.load(B + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if HAS_RESIDUAL:
+            res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+        y = _epilogue(y, y, bias, 0.0, res, residual_scale, ACT, HAS_BIAS, False, False, HAS_RESIDUAL)
+        tl.store(OUT + rows64 * stride_om + offs_n[None, :], y.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
+                 NW, NB, R, stride_rm, eps, residual_scale,
                  M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
-                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr):
+                 EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+                 NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
+                 STATS_K: tl.constexpr):
+    # Optionally the decode GEMV's whole function (triton_gemv): a layernorm / rmsnorm prologue over K
+    # (row statistics recomputed by every program from the L2-resident x) and the bias / activation /
+    # residual epilogue.
     # W elements are int8 (INT8: a column each; INT4: two) or, with CVT "fold", int32 words of 8 INT4
     # columns; KB, kb_split and BLOCK_KB count these elements, COLS the columns in each.
     pid_n = tl.program_id(0)
@@ -183,7 +204,10 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
     w_ptrs = W + n_ld * stride_wn + offs_b
     s_row = n_ld * stride_sn
     x_ty = X.dtype.element_ty
+    mean, rstd = _row_stats(X + tl.minimum(rows, M - 1).to(tl.int64) * stride_xm, K, eps, M_PAD, NORM, STATS_K)
     x_ptrs = tl.broadcast_to(x_rows + COLS * offs_b, [M_PAD, BLOCK_N, BLOCK_KB])
+    nw_ptrs = tl.broadcast_to(NW + COLS * offs_b, [1, BLOCK_N, BLOCK_KB])
+    nb_ptrs = tl.broadcast_to(NB + COLS * offs_b, [1, BLOCK_N, BLOCK_KB])
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
     # The loop runs over weight elements: kb_split is a multiple of 16 on the GPU, so the compiler knows
     # every tile starts 16-byte aligned and loads it with 16-byte accesses (a loop over INT4 columns halved
@@ -210,7 +234,8 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
             xsum = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
             for p in tl.static_range(8):
                 f = _nibble_mantissa(wb, p, 23).to(tl.float32, bitcast=True)
-                xp = _scaled_x(x_ptrs + k0 + p, col + p, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+                xp = _x_in(x_ptrs + k0 + p, nw_ptrs + k0 + p, nb_ptrs + k0 + p, col + p, K, mean, rstd, PQ, x_ty,
+                           NORM, HAS_NORM_BIAS, HAS_PQ, EVEN_K)
                 if GROUP > 0:
                     part += xp * f
                     xsum += xp
@@ -220,8 +245,10 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                 acc += (part - 1.5 * xsum) * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
         elif BITS == 4:
             lo, hi = _int4_to_float(wb, CVT)
-            xe = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
-            xo = _scaled_x(x_ptrs + k0 + 1, col + 1, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32)
+            xe = _x_in(x_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, col, K, mean, rstd, PQ, x_ty, NORM,
+                       HAS_NORM_BIAS, HAS_PQ, EVEN_K)
+            xo = _x_in(x_ptrs + k0 + 1, nw_ptrs + k0 + 1, nb_ptrs + k0 + 1, col + 1, K, mean, rstd, PQ, x_ty, NORM,
+                       HAS_NORM_BIAS, HAS_PQ, EVEN_K)
             # Instruction count decides INT4 at batch 1 (two weights a byte against ~4 issue slots a weight
             # at full HBM rate): two FMAs a byte per channel; with groups, the byte's pair sum is scaled
             # once (3 FP ops a byte instead of scaling both weights, 4).
@@ -231,7 +258,8 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                 acc += xe * lo
                 acc += xo * hi
         else:
-            prod = _scaled_x(x_ptrs + k0, col, K, PQ, x_ty, HAS_PQ, EVEN_K).to(tl.float32) * _int8_to_float(wb, CVT)
+            prod = _x_in(x_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, col, K, mean, rstd, PQ, x_ty, NORM, HAS_NORM_BIAS,
+                         HAS_PQ, EVEN_K) * _int8_to_float(wb, CVT)
             if GROUP > 0:
                 prod = prod * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
             acc += prod
@@ -239,19 +267,22 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
     if CVT == "fold" and GROUP > 0:
         y = 16.0 * y
     elif CVT == "fold":
-        xs = _x_sums(X, PQ, rows, M, K, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), stride_xm, M_PAD, 256, HAS_PQ)
-        y = 16.0 * y - 24.0 * xs[:, None]
+        xs = _x_sums(x_rows, NW, NB, PQ, mean, rstd, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), x_ty, M_PAD, 256,
+                     NORM, HAS_NORM_BIAS, HAS_PQ)
+        y = 16.0 * y - 24.0 * xs
     if GROUP == 0:
         y = y * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
-    _store_result(y, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
+    _store_result(y, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale, HAS_BIAS,
+                  HAS_RESIDUAL, ACT, SPLIT)
 
 
 @triton.jit
 def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, stride_wn, stride_sn, stride_om,
+                 NW, NB, R, stride_rm, eps, residual_scale,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KB: tl.constexpr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
                  EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
-                 DOT_PREC: tl.constexpr, MANT: tl.constexpr):
+                 DOT_PREC: tl.constexpr, MANT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -314,26 +345,34 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
         acc = 16.0 * acc
     elif CVT == "fold":
         # [BLOCK_M, 4096 / BLOCK_M] tiles: 32 fp32 a thread at 4 warps (256 wide spilled at BLOCK_M 64)
-        xs = _x_sums(X, PQ, rows, M, K, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), stride_xm, BLOCK_M,
-                     max(16, 4096 // BLOCK_M), HAS_PQ)
-        acc = 16.0 * acc - 24.0 * xs[:, None]
+        xs = _x_sums(x_rows[:, :, None], NW, NB, PQ, 0.0, 1.0, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), x_ty,
+                     BLOCK_M, max(16, 4096 // BLOCK_M), "none", False, HAS_PQ)
+        acc = 16.0 * acc - 24.0 * xs
     if GROUP == 0:
         acc = acc * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
-    _store_result(acc, rows, offs_n, M, N, B, OUT, P, stride_om, pid_k, HAS_BIAS, SPLIT)
+    _store_result(acc, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale, HAS_BIAS,
+                  HAS_RESIDUAL, ACT, SPLIT)
 
 
 @triton.jit
-def _splitk_reduce_kernel(P, B, OUT, M, N, splits, stride_om, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """OUT[m, n] = sum over splits of P[split, m, n] (+ bias[n]), cast once."""
+def _splitk_reduce_kernel(P, B, R, OUT, M, N, splits, stride_rm, stride_om, residual_scale, BLOCK: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr):
+    """OUT[m, n] = epilogue(sum over splits of P[split, m, n]), cast once."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     acc = tl.zeros([BLOCK], tl.float32)
     for s in range(0, splits):
         acc += tl.load(P + s * M * N + offs, mask=mask, other=0.0)
     col = offs % N
+    row = (offs // N).to(tl.int64)
+    bias = 0.0
+    res = 0.0
     if HAS_BIAS:
-        acc += tl.load(B + col, mask=mask, other=0.0).to(tl.float32)
-    tl.store(OUT + (offs // N).to(tl.int64) * stride_om + col, acc.to(OUT.dtype.element_ty), mask=mask)
+        bias = tl.load(B + col, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        res = tl.load(R + row * stride_rm + col, mask=mask, other=0.0)
+    acc = _epilogue(acc, acc, bias, 0.0, res, residual_scale, ACT, HAS_BIAS, False, False, HAS_RESIDUAL)
+    tl.store(OUT + row * stride_om + col, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -383,10 +422,14 @@ def dequantize_weight(weight: torch.Tensor, scales: torch.Tensor, *, bits: int, 
 def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
                        bias: torch.Tensor | None = None, *, bits: int, group_size: int | None = None,
                        prequant: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                       config: WoConfig | None = None) -> torch.Tensor:
+                       config: WoConfig | None = None, norm: NormArgs | None = None, activation: str | None = None,
+                       residual: torch.Tensor | None = None, residual_scale: float = 1.0) -> torch.Tensor:
     """y = round_x(x * prequant) @ (q * s)^T + bias for x [..., K] and INT8 [N, K] / packed INT4 [N, K // 2]
     weights with per-channel [N] or group-wise [N, K // group_size] scales; returns [..., N] in `out_dtype`
-    (default x's). `config` forces a kernel and tiles (default: `wo_config`'s choice for this shape)."""
+    (default x's). `config` forces a kernel and tiles (default: `wo_config`'s choice for this shape).
+
+    The decode GEMV's fusions (`triton_gemv.fused_linear`'s meaning): `norm` normalises x first (rounded
+    to x's dtype; gemv kernel only), `activation` and `residual` (+ residual_scale * y) follow the bias."""
     n, k = check_weight_only_args(x, weight, scales, bias, bits, group_size, prequant)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
@@ -400,6 +443,7 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
         return torch.empty(*lead, n, device=x.device, dtype=out_dtype)
     cfg = config or wo_config(m, n, k, bits, group_size, interpret=os.environ.get("TRITON_INTERPRET") == "1")
     _check_config(cfg, m, k, weight, bits, group_size)
+    _check_fusions(cfg, x2, m, n, k, norm, activation, residual)
     if cfg.kernel == "dequant":
         w = dequantize_weight(weight, scales, bits=bits, group_size=group_size, dtype=x.dtype, config=cfg)
         b = bias.to(x.dtype) if bias is not None else None
@@ -413,26 +457,57 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     splits = triton.cdiv(k, k_split)
     part = torch.empty(splits, m, n, device=x.device, dtype=torch.float32) if splits > 1 else out
-    dummy = scales
-    args = (x2, w_arg, scales, bias if bias is not None else dummy, prequant if prequant is not None else dummy,
+    dummy = scales   # never dereferenced: the matching HAS_* / NORM constexpr is off
+    res = residual.reshape(m, n) if residual is not None else out
+    b = bias if bias is not None else dummy
+    args = (x2, w_arg, scales, b, prequant if prequant is not None else dummy,
             out, part, m, n, k, kb, k_split // cols, x2.stride(0), w_arg.stride(0),
-            scales.stride(0) if group_size else 0, out.stride(0))
+            scales.stride(0) if group_size else 0, out.stride(0),
+            norm.weight if norm is not None else dummy,
+            norm.bias if norm is not None and norm.bias is not None else dummy,
+            res, res.stride(0), float(norm.eps) if norm is not None else 0.0, float(residual_scale))
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACT=activation or "none")
     common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // cols,
-                  BITS=bits, GROUP=group_size or 0, HAS_BIAS=bias is not None, HAS_PQ=prequant is not None,
+                  BITS=bits, GROUP=group_size or 0, HAS_PQ=prequant is not None,
                   EVEN_K=k % cfg.block_k == 0, CVT=cfg.cvt, SPLIT=splits > 1, COLS=cols,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **epilogue)
     if cfg.kernel == "gemv":
-        _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](*args, M_PAD=next_pow2(m), **common)
+        _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](
+            *args, M_PAD=next_pow2(m), NORM=norm.kind if norm is not None else "none",
+            HAS_NORM_BIAS=norm is not None and norm.bias is not None,
+            STATS_K=_stats_tile(m, k, cfg) if norm is not None else 1, **common)
     else:
         grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
         _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x.dtype), MANT=MANTISSA[x.dtype],
                            **common)
     if splits > 1:
         block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, bias if bias is not None else dummy, out, m, n,
-                                                            splits, out.stride(0), BLOCK=block,
-                                                            HAS_BIAS=bias is not None, num_warps=4)
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, b, res, out, m, n, splits, res.stride(0),
+                                                            out.stride(0), float(residual_scale), BLOCK=block,
+                                                            num_warps=4, **epilogue)
     return out.reshape(*lead, n)
+
+
+def _check_fusions(cfg: WoConfig, x: torch.Tensor, m: int, n: int, k: int, norm: NormArgs | None,
+                   activation: str | None, residual: torch.Tensor | None) -> None:
+    fn = "weight_only_linear"
+    if norm is not None:
+        if cfg.kernel != "gemv":
+            raise ValueError(f"{fn}: the norm prologue exists in the gemv kernel only, got {cfg.short()}")
+        if norm.kind not in NORMS or (norm.kind == "rmsnorm" and norm.bias is not None):
+            raise ValueError(f"{fn}: norm kind must be one of {NORMS} (rmsnorm without bias), got {norm.kind!r}")
+        for name, t in (("norm.weight", norm.weight), ("norm.bias", norm.bias)):
+            if t is not None and (t.shape != (k,) or t.device != x.device or t.stride(0) != 1):
+                raise ValueError(f"{fn}: {name} must be a contiguous [{k}] tensor on {x.device}, got "
+                                 f"{tuple(t.shape)}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"{fn}: activation {activation!r} is not one of {ACTIVATIONS}")
+    if residual is not None and (residual.shape[-1] != n or residual.numel() != m * n
+                                 or residual.device != x.device or residual.stride(-1) != 1):
+        raise ValueError(f"{fn}: residual must be [..., {n}] with x's {m} rows on {x.device}, contiguous along N, "
+                         f"got {tuple(residual.shape)}")
+    if cfg.kernel == "dequant" and (norm is not None or activation is not None or residual is not None):
+        raise ValueError(f"{fn}: the dequant kernel takes no norm, activation or residual")
 
 
 def _check_config(cfg: WoConfig, m: int, k: int, weight: torch.Tensor, bits: int, group_size: int | None) -> None:
