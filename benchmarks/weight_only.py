@@ -38,8 +38,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from gemv import Timer, copies_for  # noqa: E402  (benchmarks/gemv.py: graph replay timer, L2 flushing)
+from gemv import Timer, copies_for, make_norm  # noqa: E402  (benchmarks/gemv.py: graph timer, L2 flushing)
 
+import torch.nn.functional as F  # noqa: E402
+
+from trt_gpt.kernels.triton_gemv import fused_linear  # noqa: E402
 from trt_gpt.kernels.triton_weight_only import weight_only_linear  # noqa: E402
 from trt_gpt.kernels.weight_only_configs import (GEMV_MAX_M, WoConfig, dump_wo_configs,  # noqa: E402
                                                  format_key, heuristic_config, interpreter_config)
@@ -49,7 +52,7 @@ MODELS = {   # (N, K) of each linear layer
     "starcoder2-7b": dict(qkv=(5632, 4608), dense=(4608, 4608), fc=(18432, 4608), proj=(4608, 18432)),
     "santacoder-1b": dict(qkv=(2304, 2048), dense=(2048, 2048), fc=(8192, 2048), proj=(2048, 8192)),
 }
-DRY_MODELS = {"tiny": dict(qkv=(48, 128), proj=(40, 256))}
+DRY_MODELS = {"tiny": dict(qkv=(48, 128), dense=(128, 128), fc=(256, 128), proj=(128, 256))}
 FORMATS = {"int8": (8, None), "int4": (4, None), "int4g128": (4, 128), "int8g128": (8, 128)}
 
 
@@ -239,6 +242,73 @@ def finish_row(case: Case) -> dict:
     return row
 
 
+def run_chain(model: str, shapes: dict, fmt_: str, args, timer, device) -> dict:
+    """One decode layer's four linear layers at M=1 with their fusions, as the fused decode path runs them
+    (norm + qkv, dense + residual, norm + fc + gelu, proj + residual; attention left out): fp16 through
+    triton_gemv.fused_linear, and the weight-only format with the norm fused into the GEMV ("fused") or
+    computed once by F.layer_norm first ("norm apart": the INT4 loop is instruction-bound, and the fused norm
+    is recomputed for every weight tile)."""
+    bits, group = FORMATS[fmt_]
+    gen = torch.Generator(device=device).manual_seed(3)
+    hidden = shapes["dense"][1]
+    names = ("qkv", "dense", "fc", "proj")
+    qmax = 7 if bits == 4 else 127
+
+    def int_layer(n, k):
+        q = torch.randint(-qmax - 1, qmax + 1, (n, k), device=device, generator=gen, dtype=torch.int8)
+        ns = k // group if group else 1
+        s = ((torch.rand(n, ns, device=device, generator=gen) + 0.5) / (qmax * k ** 0.5)).to(torch.float16)
+        return dict(w=pack_int4(q) if bits == 4 else q, s=s if group else s[:, 0].contiguous(),
+                    w16=(q.float() * (s.float().repeat_interleave(group, 1) if group else s.float())).half(),
+                    b=(0.1 * torch.randn(n, device=device, generator=gen)).half())
+
+    layer_bytes = sum(shapes[nm][0] * shapes[nm][1] * 2 for nm in names)
+    ncopy = copies_for(layer_bytes, args.flush_mb)
+    layers = []
+    for _ in range(ncopy):
+        ly = {nm: int_layer(*shapes[nm]) for nm in names}
+        ly["ln1"], ly["ln2"] = make_norm(hidden, torch.float16, device, gen), make_norm(hidden, torch.float16, device, gen)
+        layers.append(ly)
+    x = torch.randn(1, hidden, device=device, generator=gen).half()
+    attn = torch.randn(1, hidden, device=device, generator=gen).half()
+
+    def fp16(i):
+        ly = layers[i % ncopy]
+        qkv = fused_linear(x, ly["qkv"]["w16"], ly["qkv"]["b"], norm=ly["ln1"])
+        r1 = fused_linear(attn, ly["dense"]["w16"], ly["dense"]["b"], residual=x)
+        h = fused_linear(r1, ly["fc"]["w16"], ly["fc"]["b"], norm=ly["ln2"], activation="gelu")
+        return qkv, fused_linear(h, ly["proj"]["w16"], ly["proj"]["b"], residual=r1)
+
+    def wo(norm_apart):
+        def lin(inp, lw, norm=None, **kw):
+            if norm is not None and norm_apart:
+                inp = F.layer_norm(inp, (hidden,), norm.weight, norm.bias, norm.eps)
+                norm = None
+            return weight_only_linear(inp, lw["w"], lw["s"], lw["b"], bits=bits, group_size=group, norm=norm, **kw)
+
+        def step(i):
+            ly = layers[i % ncopy]
+            qkv = lin(x, ly["qkv"], norm=ly["ln1"])
+            r1 = lin(attn, ly["dense"], residual=x)
+            h = lin(r1, ly["fc"], norm=ly["ln2"], activation="gelu")
+            return qkv, lin(h, ly["proj"], residual=r1)
+        return step
+
+    row = dict(model=model, format=fmt_, M=1, layer_copies=ncopy, errors={})
+    ref = [t.float() for t in fp16(0)]
+    for key, step in (("fp16_us", fp16), ("wo_fused_us", wo(False)), ("wo_norm_apart_us", wo(True))):
+        try:
+            if key != "fp16_us":
+                got = step(0)
+                row[key.replace("_us", "_rel_err")] = max(((g.float() - r).abs().max() / r.abs().max()).item()
+                                                          for g, r in zip(got, ref))
+            row[key] = timer(step, max(args.chain_calls, ncopy))
+        except Exception as e:  # noqa: BLE001
+            row[key] = None
+            row["errors"][key] = f"{type(e).__name__}: {str(e)[:200]}"
+    return row
+
+
 def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -309,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graph-max-m", "--graph_max_m", type=int, default=1 << 30,
                     help="capture calls in a CUDA graph up to this M (eager calls between events above)")
     ap.add_argument("--tol", type=float, default=1e-2, help="max relative error vs the torch reference")
+    ap.add_argument("--no-chain", "--no_chain", action="store_true", help="skip the decode-layer chains")
+    ap.add_argument("--chain-calls", "--chain_calls", type=int, default=8, help="layer chains per timing")
     ap.add_argument("--budget-s", "--budget_s", type=float, default=500.0,
                     help="stop sweeping after this many seconds (defaults and fp16 are timed first)")
     args = ap.parse_args(argv)
@@ -357,6 +429,17 @@ def main(argv: list[str] | None = None) -> int:
             case.weights = case.weights[:1]
             print_row(finish_row(case), time.perf_counter() - t0)
             write(args, meta | dict(elapsed_s=time.perf_counter() - t0), [c.row for c in cases])
+    chains = []
+    if not args.no_chain and 1 in ms:
+        print("\n# one decode layer's linear layers at M=1 with their fusions (CUDA graph; attention left out)")
+        for model, shapes in models.items():
+            for fmt_ in args.formats:
+                c = run_chain(model, shapes, fmt_, args, graph_timer, device)
+                chains.append(c)
+                print(f"{model:14} {fmt_:9} fp16 fused {fmt(c.get('fp16_us'), '8.2f')}us | weight-only, norm fused "
+                      f"{fmt(c.get('wo_fused_us'), '8.2f')}us (err {fmt(c.get('wo_fused_rel_err'), '.1e')}) | norm "
+                      f"apart {fmt(c.get('wo_norm_apart_us'), '8.2f')}us {c['errors'] or ''}", flush=True)
+    meta["chains"] = chains
     rows = [c.row for c in cases]
     print("\n# sums over each model's layers (one decode layer's linear layers)")
     for s in summaries(rows):
