@@ -120,6 +120,8 @@ CONFIGS = [
     WoConfig("gemv", 8, 32, split_k=2),                 # split K: partials + reduce kernel
     WoConfig("gemv", 4, 64, cvt="i2f"),                 # conversion instructions; block_k > group 16
     WoConfig("gemv", 32, 128),                          # one tile wider than K=96: masked tail
+    WoConfig("gemv", 8, 32, num_stages=2, split_k=2),   # hand double-buffering, even K
+    WoConfig("gemv", 8, 64, num_stages=2),              # double-buffering with a masked tail
     WoConfig("gemm", 16, 32, block_m=16, split_k=3),    # uneven split of 3 K tiles
     WoConfig("gemm", 32, 64, block_m=32, cvt="i2f"),
     WoConfig("dequant", 16, 32),
@@ -169,7 +171,7 @@ def test_int4_offset_folding_gemm(group, dtype):
 
 @pytest.mark.parametrize("cfg,bits,group", [
     (WoConfig("gemv", 8, 64, cvt="fold"), 4, None),
-    (WoConfig("gemv", 16, 32, split_k=2, cvt="fold"), 4, 32),     # split K: the reduce kernel's epilogue
+    (WoConfig("gemv", 16, 32, split_k=2, num_stages=2, cvt="fold"), 4, 32),  # split K: the reduce's epilogue
     (WoConfig("gemv", 8, 32), 4, 32),
     (WoConfig("gemv", 8, 64, split_k=2), 8, None),
     (WoConfig("gemm", 16, 32, block_m=16, cvt="fold"), 4, 32),    # epilogue only (no norm in the GEMM)

@@ -159,6 +159,16 @@ def _scaled_x(ptrs, col, K, PQ, X_TY: tl.constexpr, HAS_PQ: tl.constexpr, EVEN_K
 
 
 @triton.jit
+def _load_w(w_ptrs, offs_b, kb0, KB, EVEN_K: tl.constexpr):
+    """The weight tile at element kb0, streamed once ("evict_first"); masked only where K has a tail."""
+    if EVEN_K:
+        wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
+    else:
+        wb = tl.load(w_ptrs + kb0, mask=offs_b + kb0 < KB, other=0, eviction_policy="evict_first")
+    return wb
+
+
+@triton.jit
 def _store_result(y, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale,
                   HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr, SPLIT: tl.constexpr):
     """y [rows, cols] fp32 (scaled): with split K its partial to P [splits, M, N], else triton_gemv's
@@ -185,7 +195,7 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                  BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PQ: tl.constexpr,
                  EVEN_K: tl.constexpr, CVT: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
                  NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
-                 STATS_K: tl.constexpr):
+                 STATS_K: tl.constexpr, PREFETCH: tl.constexpr):
     # Optionally the decode GEMV's whole function (triton_gemv): a layernorm / rmsnorm prologue over K
     # (row statistics recomputed by every program from the L2-resident x) and the bias / activation /
     # residual epilogue.
@@ -214,13 +224,24 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
     # to bytes lost that and issued 8-byte loads).
     kb_lo = pid_k * kb_split
     kb_hi = tl.minimum(KB, kb_lo + kb_split)
+    if PREFETCH:
+        wb_next = _load_w(w_ptrs, offs_b, kb_lo, KB, EVEN_K)
     for kb0 in range(kb_lo, kb_hi, BLOCK_KB):
         k0 = kb0 * COLS
         col = COLS * (offs_b + kb0)
-        if EVEN_K:
-            wb = tl.load(w_ptrs + kb0, eviction_policy="evict_first")
+        if PREFETCH:
+            # Software double-buffering (num_stages >= 2): the next tile's load is issued before this
+            # tile's math, two tiles in flight a thread (Triton pipelines only loads that feed a tl.dot).
+            # With whole tiles the last iteration re-reads its own tile (an L1 hit) rather than masking
+            # every load; with a K tail the masks are there anyway.
+            wb = wb_next
+            if EVEN_K:
+                wb_next = _load_w(w_ptrs, offs_b, tl.maximum(tl.minimum(kb0 + BLOCK_KB, kb_hi - BLOCK_KB), kb_lo),
+                                  KB, EVEN_K)
+            else:
+                wb_next = _load_w(w_ptrs, offs_b, kb0 + BLOCK_KB, KB, EVEN_K)
         else:
-            wb = tl.load(w_ptrs + kb0, mask=offs_b + kb0 < KB, other=0, eviction_policy="evict_first")
+            wb = _load_w(w_ptrs, offs_b, kb0, KB, EVEN_K)
         if CVT == "fold":
             # Column 8c + p is nibble p (bits 4p..4p+3) of word c: shifted straight into the top of an fp32
             # mantissa under the exponent of 1.0, with p ^ 8 set, it reads f = 1 + (v + 8) / 16, i.e.
@@ -473,7 +494,7 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **epilogue)
     if cfg.kernel == "gemv":
         _gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](
-            *args, M_PAD=next_pow2(m), NORM=norm.kind if norm is not None else "none",
+            *args, M_PAD=next_pow2(m), PREFETCH=cfg.num_stages >= 2, NORM=norm.kind if norm is not None else "none",
             HAS_NORM_BIAS=norm is not None and norm.bias is not None,
             STATS_K=_stats_tile(m, k, cfg) if norm is not None else 1, **common)
     else:
