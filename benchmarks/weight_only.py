@@ -267,7 +267,8 @@ def run_chain(model: str, shapes: dict, fmt_: str, args, timer, device) -> dict:
     layers = []
     for _ in range(ncopy):
         ly = {nm: int_layer(*shapes[nm]) for nm in names}
-        ly["ln1"], ly["ln2"] = make_norm(hidden, torch.float16, device, gen), make_norm(hidden, torch.float16, device, gen)
+        ly["ln1"] = make_norm(hidden, torch.float16, device, gen)
+        ly["ln2"] = make_norm(hidden, torch.float16, device, gen)
         layers.append(ly)
     x = torch.randn(1, hidden, device=device, generator=gen).half()
     attn = torch.randn(1, hidden, device=device, generator=gen).half()

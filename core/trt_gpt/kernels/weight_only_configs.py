@@ -69,11 +69,12 @@ class WoConfig:
 
     @classmethod
     def from_short(cls, text: str) -> "WoConfig":
-        """Inverse of `short`: 'gemv:8x512w4s1', 'gemm:64x128x64w4s3k2', 'gemv:16x256w4s1-cvt'."""
+        """Inverse of `short`: 'gemv:8x512w4s1', 'gemm:64x128x64w4s3k2', 'gemv:16x256w4s1-fold'."""
         m = re.fullmatch(r"(\w+):([\dx]+)w(\d+)s(\d+)(?:k(\d+))?(?:-(\w+))?", text.strip())
         dims = [int(d) for d in m.group(2).split("x")] if m else []
         if not m or len(dims) != (3 if m.group(1) == "gemm" else 2):
-            raise ValueError(f"WoConfig: {text!r} is not like 'gemv:8x512w4s1[-fold]' or 'gemm:64x128x64w4s3[k2][-i2f]'")
+            raise ValueError(f"WoConfig: {text!r} is not like 'gemv:8x512w4s1[-fold]' or "
+                             f"'gemm:64x128x64w4s3[k2][-i2f]'")
         kw = dict(block_m=dims[0]) if len(dims) == 3 else {}
         return cls(m.group(1), dims[-2], dims[-1], num_warps=int(m.group(3)), num_stages=int(m.group(4)),
                    split_k=int(m.group(5) or 1), cvt=m.group(6) or "magic", **kw)
