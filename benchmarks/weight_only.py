@@ -37,6 +37,7 @@ if "--dry-run" in sys.argv:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # gemv.py beside this file, however it is loaded
 
 from gemv import Timer, copies_for, make_norm  # noqa: E402  (benchmarks/gemv.py: graph timer, L2 flushing)
 
@@ -115,8 +116,9 @@ def neighbours(best: WoConfig, k: int, bits: int, group: int | None) -> list[WoC
     """Phase 2 around the phase-1 winner: warps, K splits, conversion instructions, pipeline depth."""
     out = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
     out += [replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k // (s * best.block_k) >= 2]
-    out += [replace(best, cvt=c) for c in ("magic", "i2f", "fold") if c != best.cvt and
-            (c != "fold" or (best.kernel != "dequant" and bits == 4))]
+    fold_ok = (best.kernel != "dequant" and bits == 4 and k % 8 == 0 and (group or 8) >= 8
+               and (best.kernel == "gemv" or (group or best.block_k) >= best.block_k))
+    out += [replace(best, cvt=c) for c in ("magic", "i2f", "fold") if c != best.cvt and (c != "fold" or fold_ok)]
     if best.kernel == "gemm":
         out += [replace(best, num_stages=s) for s in (2, 4) if s != best.num_stages]
     return out
