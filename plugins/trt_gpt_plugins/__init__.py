@@ -8,6 +8,7 @@ from __future__ import annotations
 from trt_gpt.hookspecs import hookimpl
 
 from . import activations, positions, sources
+from .adapters import lora_peft
 
 
 @hookimpl
@@ -25,3 +26,8 @@ def register_position_encodings(register):
 @hookimpl
 def register_checkpoint_sources(register):
     register("hf", sources.open_hf_dir)
+
+
+@hookimpl
+def register_adapters(register):
+    register(lora_peft.PeftLora())

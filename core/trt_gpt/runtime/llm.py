@@ -18,6 +18,7 @@ from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
 from .lookahead import Lookahead, PendingStep, lookahead_ok
+from .lora_pool import LoraRequests
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -60,7 +61,8 @@ class LLM:
     def __init__(self, engine_dir: str | Path, device: str | None = None, tokenizer_dir: str | Path | None = None,
                  vocab_file: str | Path | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  max_tokens_in_paged_kv_cache: int | None = None, max_batch_size: int | None = None,
-                 max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True):
+                 max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True,
+                 max_loras: int | None = None):
         # context_fmha_fp32_acc=False: fp16 accumulation of P.V in the Triton prefill (the reference's default)
         self.engine = Engine(engine_dir, device, context_fmha_fp32_acc=context_fmha_fp32_acc)
         cfg, build = self.engine.cfg, self.engine.build
@@ -75,6 +77,9 @@ class LLM:
                                  cap_tokens=batch * build.max_seq_len * build.max_beam_width)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_dtype, self.engine.device)
+        # LoRA: the slot pool is attached to the layers before the executor captures its graphs
+        self.lora = LoraRequests.for_engine(self.engine, max_loras, max_num_tokens or build.max_num_tokens)
+        self.engine.lora = self.lora
         self.executor = Executor(self.engine, self.cache)
         self.lookahead = Lookahead(self.executor) if Lookahead.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
@@ -135,23 +140,48 @@ class LLM:
         if params.num_beams > 1:
             seq.beam_state = BeamSearchState(len(ids), params)
         seq.lookahead_ok = lookahead_ok(seq)
-        self.scheduler.add(seq)
+        if self.lora is None and params.lora not in (None, -1, "-1"):
+            raise TrtGptError(f"sampling: 'lora' is {params.lora!r} but the engine was built without LoRA")
+        if self.lora is None or self.lora.admit(seq):   # else it waits for a LoRA slot (see step)
+            self.scheduler.add(seq)
         return seq
+
+    def add_lora(self, name: str, path: str | Path, source: str | None = None) -> None:
+        """Load a LoRA adapter (PEFT dir, NeMo archive, ...) for requests naming it (`SamplingParams(lora=name)`);
+        the running engine keeps its graphs: the adapter goes into a slot of the preallocated pool when used."""
+        from ..lora.loading import load_lora
+
+        if self.lora is None:
+            raise TrtGptError("add_lora: the engine was built without LoRA (--max_lora_rank / --lora_dir at build)")
+        self.lora.add(str(name), load_lora(path, self.cfg, self.build.max_lora_rank, self.lora.pool.roles, source,
+                                           name=str(name)))
+
+    def remove_lora(self, name: str) -> None:
+        if self.lora is None:
+            raise TrtGptError("remove_lora: the engine was built without LoRA")
+        self.lora.remove(str(name))
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a request now and return its cache blocks."""
         if seq.status is Status.FINISHED:
             return
         self.scheduler.release(seq)
+        if self.lora is not None:
+            self.lora.forget(seq)
         seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.scheduler.release(seq)
+        if self.lora is not None:
+            self.lora.forget(seq)
 
     @torch.inference_mode()  # the executor's logits are inference tensors; the sampler edits them in place
     def step(self) -> list[Sequence]:
         """Run one executor step; returns the requests that got a new token (or finished)."""
+        if self.lora is not None:
+            for seq in self.lora.ready():    # requests that waited for a LoRA slot
+                self.scheduler.add(seq)
         batch = self.scheduler.schedule()
         done: list[Sequence] = []
         la = self.lookahead
@@ -314,12 +344,18 @@ class LLM:
                 self.cancel(s)
 
     @torch.inference_mode()
-    def score(self, token_lists: Seq[Seq[int]]) -> list[torch.Tensor]:
-        """float32 logits [len, vocab] at every position of each token list (one packed prefill)."""
-        seqs = [Sequence(prompt_ids=self._encode(t), params=SamplingParams(max_tokens=1)) for t in token_lists]
+    def score(self, token_lists: Seq[Seq[int]], lora: str | int | None = None) -> list[torch.Tensor]:
+        """float32 logits [len, vocab] at every position of each token list (one packed prefill), with the
+        LoRA adapter `lora` (a name or task uid) where given."""
+        seqs = [Sequence(prompt_ids=self._encode(t), params=SamplingParams(max_tokens=1, lora=lora))
+                for t in token_lists]
         outs: list[torch.Tensor] = []
         try:
             for seq in seqs:
+                if self.lora is not None and not self.lora.admit(seq):
+                    raise TrtGptError("score: every LoRA slot is held by running requests")
+                if lora not in (None, -1, "-1") and self.lora is None:
+                    raise TrtGptError(f"score: lora {lora!r} given but the engine was built without LoRA")
                 if not self.scheduler.reserve_prompt(seq):
                     raise TrtGptError("score: the KV cache cannot hold this input")
             logits = self.executor.step([(s, len(s.prompt_ids)) for s in seqs], all_logits=True)
@@ -331,4 +367,6 @@ class LLM:
             for s in seqs:
                 self.cache.allocator.free(s.blocks)
                 s.blocks = []
+                if self.lora is not None:
+                    self.lora.forget(s)
         return outs

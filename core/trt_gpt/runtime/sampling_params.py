@@ -52,6 +52,8 @@ class SamplingParams:
       length_penalty / early_stopping: beam-search scoring and stopping, HF semantics.
       max_attention_window_size: sliding attention window in tokens (None = full context).
       return_logits: return the generation logits along with the tokens.
+      lora: the LoRA adapter of this request: a name given to `LLM.add_lora`, or the task uid of an
+        adapter built into the engine (int or digits; -1 or None = no adapter).
     """
 
     max_tokens: int = 16
@@ -72,6 +74,7 @@ class SamplingParams:
     early_stopping: bool = True
     max_attention_window_size: int | None = None
     return_logits: bool = False
+    lora: str | int | None = None
 
     # ---- derived flags used by the sampler to skip work on default rows ----
 
