@@ -4,7 +4,7 @@ per-token slot column of each step, and the adapters' residency (which adapter s
 Per decoder layer and target role the pool holds A [slots, max_rank, in] and B [slots, out, max_rank] (this
 rank's shard; ranks below max_rank zero-padded, the scale folded into B). Every targeted `Linear` gets
 `layer.adapter`, which adds each token's delta with the gather-matmul kernel (Triton on CUDA, the torch
-reference elsewhere) reading the step's slot column, -1 meaning no adapter. The pool tensors and the slot
+reference with the torch attention backend) reading the step's slot column, -1 meaning no adapter. The pool tensors and the slot
 column never move, so decode CUDA graphs captured once stay valid while adapters are loaded, swapped and
 removed: loading writes into a slot, a step writes its tokens' slots.
 
@@ -55,7 +55,7 @@ class LoraPool:
         self.num_slots, self.max_rank, self.dtype = num_slots, build.max_lora_rank, dtype
         self.roles = roles_for_targets(build.lora_target_modules, "build_config.lora_target_modules")
         self.token_slots = torch.full((max_tokens,), -1, dtype=torch.int32, device=device)
-        if device.type == "cuda":
+        if getattr(model.backend, "name", "") == "triton":   # CUDA, or the interpreter in CPU tests
             from ..kernels.triton_lora import lora_add as fn
         else:
             from ..kernels.lora_ref import lora_add_ref as fn
