@@ -97,3 +97,96 @@ def test_engine_dir_holds_converted_adapter(case):
     assert (engine / "lora" / "0" / "adapter.safetensors").is_file()
     build = json.loads((engine / "config.json").read_text())["build_config"]
     assert build["max_lora_rank"] == 64 and build["lora_target_modules"]
+
+
+# ------------------------------------------------------------------ refusals, one line each
+@pytest.fixture(scope="module")
+def gpt2_ckpt(tmp_path_factory):
+    from trt_gpt.convert import convert
+
+    d = tmp_path_factory.mktemp("refusals")
+    _gpt2(d / "hf")
+    convert(d / "hf", d / "ckpt", dtype="float32")
+    return d
+
+
+def _build(d: Path, lora: Path, **kw):
+    from trt_gpt.build import build
+    from trt_gpt.config import BuildConfig
+
+    out = d / "engine_bad"
+    with pytest.raises(TrtGptError) as e:
+        build(out, BuildConfig(max_input_len=32, **kw), checkpoint_dir=d / "ckpt", overwrite=True, lora_dirs=[lora])
+    assert not out.exists()                      # nothing half-written
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def _edit(src: Path, dst: Path, **fields) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg.update(fields)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def good_lora(gpt2_ckpt):
+    return make_peft_adapter(gpt2_ckpt / "hf", gpt2_ckpt / "good", r=4, target_modules=["c_attn"],
+                             fan_in_fan_out=True)
+
+
+def test_refuses_adapter_for_another_base(gpt2_ckpt, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    save_tiny(GPT2LMHeadModel, GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=211, n_positions=128),
+              tmp_path / "other")
+    lora = make_peft_adapter(tmp_path / "other", tmp_path / "lora", r=4, target_modules=["c_attn"],
+                             fan_in_fan_out=True)
+    assert "another base model" in _build(gpt2_ckpt, lora)
+
+
+def test_refuses_rank_above_limit(gpt2_ckpt, good_lora):
+    assert "exceeds max_lora_rank 2" in _build(gpt2_ckpt, good_lora, max_lora_rank=2)
+
+
+@pytest.mark.parametrize("field,value", [("use_dora", True), ("modules_to_save", ["lm_head"]), ("bias", "all")])
+def test_refuses_unappliable_config(gpt2_ckpt, good_lora, tmp_path, field, value):
+    msg = _build(gpt2_ckpt, _edit(good_lora, tmp_path / "x", **{field: value}))
+    assert f"'{field}'" in msg and "adapter_config.json" in msg
+
+
+def test_refuses_lm_head_target(gpt2_ckpt, tmp_path):
+    lora = make_peft_adapter(gpt2_ckpt / "hf", tmp_path / "head", r=4, target_modules=["lm_head"])
+    assert "lm_head" in _build(gpt2_ckpt, lora)
+
+
+def test_refuses_corrupt_weights(gpt2_ckpt, good_lora, tmp_path):
+    bad = _edit(good_lora, tmp_path / "corrupt")
+    (bad / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert "not a readable adapter weights file" in _build(gpt2_ckpt, bad)
+
+
+def test_refuses_rank_disagreeing_with_config(gpt2_ckpt, good_lora, tmp_path):
+    assert "'r'/'rank_pattern'" in _build(gpt2_ckpt, _edit(good_lora, tmp_path / "r", r=16))
+
+
+def test_bin_weights_read_without_pickle(gpt2_ckpt, good_lora, tmp_path):
+    """adapter_model.bin is read with weights_only=True: the same adapter in .bin form converts the same."""
+    from safetensors.torch import load_file
+
+    from trt_gpt.lora.loading import load_lora
+    from trt_gpt.checkpoint import load_checkpoint_config
+
+    cfg = load_checkpoint_config(gpt2_ckpt / "ckpt")
+    cfg.extra["variant"] = "gpt2"
+    binary = _edit(good_lora, tmp_path / "bin")
+    torch.save(load_file(str(binary / "adapter_model.safetensors")), str(binary / "adapter_model.bin"))
+    (binary / "adapter_model.safetensors").unlink()
+    a, b = load_lora(good_lora, cfg, 8), load_lora(binary, cfg, 8)
+    assert a.modules.keys() == b.modules.keys()
+    for k in a.modules:
+        assert torch.equal(a.modules[k].a, b.modules[k].a) and torch.equal(a.modules[k].b, b.modules[k].b)
