@@ -16,7 +16,7 @@ from .checkpoint import (atomic_output_dir, copy_tokenizer_files, load_checkpoin
 from .config import BuildConfig, ModelConfig, read_json
 from .convert import check_rank_tensors
 from .errors import TrtGptError
-from .lora.engine_dir import prepare_lora_build, write_loras
+from .lora.engine_dir import prepare_lora_build, read_loras, write_loras
 from .support import check_supported
 
 ENGINE_VERSION = "0.1"
@@ -37,13 +37,14 @@ def build(output_dir: str | Path, build_config: BuildConfig, checkpoint_dir: str
     prepare_lora_build(build_config, lora_dirs)
     build_config.validate(cfg, "build")
     check_supported(cfg, build_config, str(Path(checkpoint_dir) / "config.json") if checkpoint_dir else "build")
+    loras = read_loras(cfg, build_config, lora_dirs, lora_ckpt_source)
     if workers < 1:
         raise TrtGptError(f"build: --workers is {workers}, expected a positive integer")
     with atomic_output_dir(output_dir, overwrite) as tmp:
         if checkpoint_dir is not None:
             _build_ranks(Path(checkpoint_dir), tmp, cfg, workers, progress)
             copy_tokenizer_files(tokenizer_files_in(Path(checkpoint_dir)), tmp)
-        write_loras(tmp, cfg, build_config, lora_dirs, lora_ckpt_source, progress)
+        write_loras(tmp, loras, progress)
         d = cfg.to_dict()
         d["mapping"].pop("rank", None)
         engine = {"version": ENGINE_VERSION, "pretrained_config": d, "build_config": build_config.to_dict()}

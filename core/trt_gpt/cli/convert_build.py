@@ -89,6 +89,15 @@ def build_cmd(
     max_beam_width: int = typer.Option(1, "--max_beam_width", "--max-beam-width"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     workers: int = typer.Option(1, "--workers", help="Ranks built at a time, each in its own process."),
+    # ---- LoRA (docs/lora.md)
+    lora_dir: Optional[list[Path]] = typer.Option(None, "--lora_dir", "--lora-dir",
+                                                  help="LoRA adapters, task uids 0, 1, ... in order."),
+    max_lora_rank: int = typer.Option(0, "--max_lora_rank", "--max-lora-rank", help="Default 64 with --lora_dir."),
+    lora_target_modules: Optional[list[str]] = typer.Option(
+        None, "--lora_target_modules", "--lora-target-modules",
+        help="attn_qkv attn_q attn_k attn_v attn_dense mlp_h_to_4h mlp_gate mlp_4h_to_h (default: the adapters')."),
+    lora_ckpt_source: str = typer.Option("auto", "--lora_ckpt_source", "--lora-ckpt-source",
+                                         help="hf (PEFT) or nemo; auto detects."),
 ) -> None:
     """Build an engine directory for the given limits."""
     from ..build import build
@@ -96,11 +105,12 @@ def build_cmd(
     if (checkpoint_dir is None) == (model_config is None):
         raise TrtGptError("build: give exactly one of --checkpoint_dir or --model_config")
     bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
-                     max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width)
+                     max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width,
+                     max_lora_rank=max_lora_rank, lora_target_modules=lora_target_modules or None)
     cfg = ModelConfig.load(model_config) if model_config is not None else None
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,
-                    progress=step, workers=workers)
+                    progress=step, workers=workers, lora_dirs=lora_dir, lora_ckpt_source=lora_ckpt_source)
     err_console.print(f"built engine → {output_dir}: {cfg.mapping.world_size} rank(s), max_batch_size "
                       f"{bc.max_batch_size}, max_input_len {bc.max_input_len}, max_seq_len {bc.max_seq_len}, "
                       f"{progress.elapsed:.1f}s")

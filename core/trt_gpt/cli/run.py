@@ -8,6 +8,7 @@ tokens and token-id rows to their last, as the reference does. Every beam is pri
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -85,6 +86,9 @@ def run_cmd(
         help="fp32 accumulation in the fused prefill attention on GPU (on by default: the accurate choice)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
+    # ---- LoRA (docs/lora.md)
+    lora_task_uids: Optional[list[str]] = typer.Option(
+        None, "--lora_task_uids", "--lora-task-uids", help="The engine's LoRA task uid of each input (-1: none)."),
 ) -> None:
     """Generate text from prompts with an engine."""
     from ..runtime.llm import LLM
@@ -121,6 +125,11 @@ def run_cmd(
         early_stopping=bool(early_stopping), stop_words=words(stop_words), bad_words=words(bad_words),
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
+
+    if lora_task_uids:
+        if len(lora_task_uids) != len(ids):
+            raise TrtGptError(f"--lora_task_uids: {len(lora_task_uids)} uids for {len(ids)} inputs (one per input)")
+        params = [dataclasses.replace(params, lora=u) for u in lora_task_uids]
 
     def beams_of(out) -> list[list[int]]:
         return out.beams if out.beams is not None else [out.token_ids]

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
-from .canonical import ROLES, TARGET_MODULES, roles_for_targets, save
+from .canonical import ROLES, TARGET_MODULES, LoraAdapter, roles_for_targets, save
 from .loading import load_lora
 
 DEFAULT_MAX_RANK = 64   # the reference's --max_lora_rank default
@@ -26,21 +26,27 @@ def prepare_lora_build(build: BuildConfig, lora_dirs: Sequence[str | Path] | Non
             raise TrtGptError("--lora_target_modules needs --max_lora_rank (or --lora_dir)")
 
 
-def write_loras(out: Path, cfg: ModelConfig, build: BuildConfig, lora_dirs: Sequence[str | Path] | None,
-                source: str | None, progress: Callable[[str], None] | None = None) -> None:
-    """Convert every adapter into out/lora/<i>/ (task uid i, in the given order)."""
+def read_loras(cfg: ModelConfig, build: BuildConfig, lora_dirs: Sequence[str | Path] | None,
+               source: str | None) -> list[LoraAdapter]:
+    """Every adapter read and checked (before anything is written), task uid i for the i-th; fixes the
+    engine's LoRA targets to the roles they use when none were given."""
     if not lora_dirs:
-        return
+        return []
     roles = roles_for_targets(build.lora_target_modules) if build.lora_target_modules else ROLES
     adapters = [load_lora(p, cfg, build.max_lora_rank, roles, source, name=str(i)) for i, p in enumerate(lora_dirs)]
     if not build.lora_target_modules:
         # the pool holds only the layers some adapter targets (what the reference's engine would be built with)
         used = set().union(*(a.roles for a in adapters))
         build.lora_target_modules = [_ROLE_TARGET[r] for r in ROLES if r in used]
+    return adapters
+
+
+def write_loras(out: Path, adapters: list[LoraAdapter], progress: Callable[[str], None] | None = None) -> None:
+    """Every adapter in canonical form into out/lora/<task uid>/."""
     for i, adapter in enumerate(adapters):
         save(adapter, out / "lora" / str(i))
         if progress:
-            progress(f"lora {i}: {Path(lora_dirs[i]).name}, {len(adapter.modules)} modules, rank <= {adapter.max_rank}")
+            progress(f"lora {i}: {adapter.source}, {len(adapter.modules)} modules, rank <= {adapter.max_rank}")
 
 
 assert set(_ROLE_TARGET.values()) <= set(TARGET_MODULES)
