@@ -8,7 +8,7 @@ from __future__ import annotations
 from trt_gpt.hookspecs import hookimpl
 
 from . import activations, positions, sources
-from .adapters import lora_peft
+from .adapters import lora_nemo, lora_peft
 
 
 @hookimpl
@@ -31,3 +31,4 @@ def register_checkpoint_sources(register):
 @hookimpl
 def register_adapters(register):
     register(lora_peft.PeftLora())
+    register(lora_nemo.NemoLora())

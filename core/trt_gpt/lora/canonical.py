@@ -183,8 +183,9 @@ def save(adapter: LoraAdapter, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors, scales = {}, {}
     for (layer, role), m in adapter.modules.items():
-        tensors[f"layers.{layer}.{role}.lora_a"] = m.a.contiguous()
-        tensors[f"layers.{layer}.{role}.lora_b"] = m.b.contiguous()
+        # clones: modules may share a matrix (a NeMo GLU fc1 adapter's A serves fc and gate)
+        tensors[f"layers.{layer}.{role}.lora_a"] = m.a.clone().contiguous()
+        tensors[f"layers.{layer}.{role}.lora_b"] = m.b.clone().contiguous()
         scales[f"{layer}.{role}"] = m.scale
     meta = {"name": adapter.name, "source": adapter.source, "scales": json.dumps(scales)}
     save_file(tensors, str(directory / FILE), metadata=meta)
