@@ -55,6 +55,11 @@ class LoraPool:
         self.num_slots, self.max_rank, self.dtype = num_slots, build.max_lora_rank, dtype
         self.roles = roles_for_targets(build.lora_target_modules, "build_config.lora_target_modules")
         self.token_slots = torch.full((max_tokens,), -1, dtype=torch.int32, device=device)
+        self._none_rows = max_tokens            # leading rows of token_slots known to hold -1
+        self._ring = [torch.empty(max_tokens, dtype=torch.int32, pin_memory=True) for _ in range(4)] \
+            if device.type == "cuda" else []
+        self._events = [torch.cuda.Event() for _ in self._ring] if self._ring else None
+        self._turn = 0
         if getattr(model.backend, "name", "") == "triton":   # CUDA, or the interpreter in CPU tests
             from ..kernels.triton_lora import lora_add as fn
         else:
@@ -85,13 +90,26 @@ class LoraPool:
     def stage(self, slots: list[int], rows: int) -> None:
         """The step's per-token slots, -1 after them up to `rows` (padded graph rows)."""
         n = min(max(rows, len(slots)), self.token_slots.shape[0])
-        host = torch.full((n,), -1, dtype=torch.int32)
+        if self._none_rows >= n and all(s < 0 for s in slots):
+            return      # the column already says "no adapter" for every row this step can read
+        host = self._host_buffer(n)
+        host.fill_(-1)
         if slots:
             host[:len(slots)] = torch.tensor(slots, dtype=torch.int32)
-        # a blocking copy from pageable memory: the host buffer may be reused at once, the device copy is
-        # still ordered on the step stream before the kernels that read it
-        self.token_slots[:n].copy_(host)
+        self.token_slots[:n].copy_(host, non_blocking=host.is_pinned())
+        if self._events is not None:
+            self._events[self._turn].record()
+        self._none_rows = n if all(s < 0 for s in slots) else 0
 
+    def _host_buffer(self, n: int) -> torch.Tensor:
+        """A host buffer for the upload. On CUDA a ring of pinned ones, each reused only once its previous
+        copy has finished (an event), so the copy does not wait for the device: overlapped decoding
+        enqueues the next step while the current one runs."""
+        if self._events is None:
+            return torch.empty(n, dtype=torch.int32)
+        self._turn = (self._turn + 1) % len(self._ring)
+        self._events[self._turn].synchronize()
+        return self._ring[self._turn][:n]
 
 class LoraManager:
     """Named adapters (host copies of this rank's shards) and their residency in the pool's slots."""
