@@ -233,6 +233,11 @@ class LoraRequests(LoraManager):
                 raise TrtGptError(f"max_loras is {max_loras} but the engine was built without LoRA "
                                   "(--max_lora_rank / --lora_dir at build)")
             return None
+        if engine.cfg.mapping.world_size > 1:
+            # the other ranks would run the step without its slot column: refuse rather than compute the base
+            raise TrtGptError(f"{engine.dir}: LoRA adapters on a multi-rank engine (tp_size "
+                              f"{engine.cfg.mapping.tp_size}, pp_size {engine.cfg.mapping.pp_size}) are not supported "
+                              "yet; build it with one rank")
         pool = LoraPool(engine.model, engine.build, max_loras or DEFAULT_MAX_LORAS, max_tokens, engine.device,
                         engine.dtype)
         self = cls(pool, engine.cfg, engine.build.max_batch_size)
