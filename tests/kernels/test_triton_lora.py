@@ -12,13 +12,20 @@ if not torch.cuda.is_available():  # before the kernel module defines its @trito
 
 pytest.importorskip("triton")
 
-from trt_gpt.kernels.lora_ref import lora_add_ref  # noqa: E402
-from trt_gpt.kernels.triton_lora import lora_add  # noqa: E402
+from trt_gpt.kernels.lora_ref import lora_add_ref, segments  # noqa: E402
+from trt_gpt.kernels.triton_lora import lora_add as _triton_add  # noqa: E402
+
+
+def lora_add(x, y, idx, a, b):
+    """The Triton kernels driven as the pool drives them: per-token slots grouped into segments on the host."""
+    perm, seg = segments(idx.tolist()[:x.shape[0]], a.shape[0])
+    perm = torch.tensor(perm + [0] * (x.shape[0] - len(perm)), dtype=torch.int32, device=x.device)
+    return _triton_add(x, y, perm, torch.tensor(seg, dtype=torch.int32, device=x.device), a, b)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def case(dtype, t=6, k=40, n=36, r=24, slots=4, seed=0):
+def case(dtype, t=6, k=40, n=36, r=16, slots=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(t, k, generator=g).to(dtype)
     y = torch.randn(t, n, generator=g).to(dtype)
@@ -75,3 +82,25 @@ def test_bad_shapes_are_refused():
         lora_add(x[:, :10], y, idx, a, b)
     with pytest.raises(ValueError):
         lora_add_ref(x, y, idx[:2], a, b)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+def test_segments_longer_than_a_chunk(dtype, tol):
+    """37 interleaved tokens (segments of ~10 in 16-token chunks, tokens with no adapter between), output
+    and input sizes that leave tail blocks, rank 32 with one adapter zero-padded from rank 3."""
+    g = torch.Generator().manual_seed(5)
+    t, k, n, r, s = 37, 70, 50, 32, 3
+    x = torch.randn(t, k, generator=g).to(dtype)
+    y = torch.randn(t, n, generator=g).to(dtype)
+    a = (torch.randn(s, r, k, generator=g) * 0.3).to(dtype)
+    b = (torch.randn(s, n, r, generator=g) * 0.3).to(dtype)
+    a[2, 3:] = 0
+    b[2, :, 3:] = 0
+    idx = torch.randint(-1, s, (t,), generator=g, dtype=torch.int32)
+    want = expected(x, y, idx, a, b)
+    got = lora_add(*(v.to(DEVICE) for v in (x, y, idx, a, b))).double().cpu()
+    assert (got - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+def test_segments_group_tokens_by_slot():
+    assert segments([2, -1, 0, 2, 1, -1, 0], 3) == ([2, 6, 4, 0, 3], [0, 2, 3, 5])

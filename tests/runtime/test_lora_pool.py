@@ -124,7 +124,7 @@ def test_decode_graph_protocol_with_triton_kernel(setup, monkeypatch):
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     llm = LLM(setup.engine, device="cpu")
-    assert llm.executor.graphs is not None
+    assert llm.executor.graphs is not None and llm.lora.pool.triton
     keys = ["b", None, "a"]
     prompts = random_prompts(211, [4, 5, 3], seed=6)
     outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=UID[k]) for k in keys])

@@ -11,6 +11,7 @@ import torch
 
 
 def check_lora_args(x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """`slots`: one entry per token at least (the per-token slots, or the kernels' token permutation)."""
     t = x.shape[0]
     if x.dim() != 2 or y.dim() != 2 or y.shape[0] != t or slots.shape[0] < t:
         raise ValueError(f"lora: x {list(x.shape)}, y {list(y.shape)}, slots {list(slots.shape)} do not match")
@@ -18,6 +19,20 @@ def check_lora_args(x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor, a: to
         raise ValueError(f"lora: pool A {list(a.shape)} and B {list(b.shape)} do not match")
     if a.shape[2] != x.shape[1] or b.shape[1] != y.shape[1]:
         raise ValueError(f"lora: x {list(x.shape)} / y {list(y.shape)} do not fit A {list(a.shape)} / B {list(b.shape)}")
+
+
+def segments(slots: list[int], num_slots: int) -> tuple[list[int], list[int]]:
+    """(perm, seg): the tokens with an adapter grouped by slot, in token order within a slot, and slot s's
+    range perm[seg[s]:seg[s + 1]] (what the Triton kernels read instead of one slot per token)."""
+    by_slot: list[list[int]] = [[] for _ in range(num_slots)]
+    for t, s in enumerate(slots):
+        if s >= 0:
+            by_slot[s].append(t)
+    perm, seg = [], [0]
+    for toks in by_slot:
+        perm += toks
+        seg.append(len(perm))
+    return perm, seg
 
 
 def lora_add_ref(x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor, a: torch.Tensor,

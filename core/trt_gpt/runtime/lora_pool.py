@@ -1,10 +1,10 @@
 """Multi-LoRA at run time: a preallocated device slot pool attached to the model's linear layers, the
 per-token slot column of each step, and the adapters' residency (which adapter sits in which slot).
 
-Per decoder layer and target role the pool holds A [slots, max_rank, in] and B [slots, out, max_rank] (this
-rank's shard; ranks below max_rank zero-padded, the scale folded into B). Every targeted `Linear` gets
+Per decoder layer and target role the pool holds A [slots, R, in] and B [slots, out, R] (this rank's shard;
+R is max_lora_rank rounded up to a power of two >= 16, smaller ranks zero-padded; the scale folded into B). Every targeted `Linear` gets
 `layer.adapter`, which adds each token's delta with the gather-matmul kernel (Triton on CUDA, the torch
-reference with the torch attention backend) reading the step's slot column, -1 meaning no adapter. The pool tensors and the slot
+reference with the torch attention backend) reading the step's slot column (-1: no adapter), or for the kernels the tokens grouped by slot. The pool tensors and the slot
 column never move, so decode CUDA graphs captured once stay valid while adapters are loaded, swapped and
 removed: loading writes into a slot, a step writes its tokens' slots.
 
@@ -22,19 +22,21 @@ import torch
 
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
+from ..kernels.lora_ref import segments
 from ..lora.canonical import ROLES, LoraAdapter, roles_for_targets, shard
 
 DEFAULT_MAX_LORAS = 8
 
 
 class _SlotAdapter:
-    """`Linear.adapter` of one layer: y + B[slot] (A[slot] x) for each token, in place."""
+    """`Linear.adapter` of one layer: y + B[slot] (A[slot] x) for each token, in place. `cols` are the step's
+    fixed inputs the function reads: (slots,) for the torch reference, (perm, seg) for the Triton kernels."""
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, fn: Any):
-        self.a, self.b, self.slots, self.fn = a, b, slots, fn
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, cols: tuple[torch.Tensor, ...], fn: Any):
+        self.a, self.b, self.cols, self.fn = a, b, cols, fn
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.fn(x, y, self.slots, self.a, self.b)
+        return self.fn(x, y, *self.cols, self.a, self.b)
 
 
 def _layer_linears(layer: Any) -> dict[str, Any]:
@@ -53,26 +55,38 @@ class LoraPool:
         if num_slots < 1:
             raise TrtGptError(f"max_loras is {num_slots}, expected a positive integer")
         self.num_slots, self.max_rank, self.dtype = num_slots, build.max_lora_rank, dtype
+        # the kernels' tensor-core dots want a power-of-two rank of at least 16: the pool pads to one
+        self.pool_rank = max(16, 1 << (build.max_lora_rank - 1).bit_length())
         self.roles = roles_for_targets(build.lora_target_modules, "build_config.lora_target_modules")
-        self.token_slots = torch.full((max_tokens,), -1, dtype=torch.int32, device=device)
-        self._none_rows = max_tokens            # leading rows of token_slots known to hold -1
-        self._ring = [torch.empty(max_tokens, dtype=torch.int32, pin_memory=True) for _ in range(4)] \
+        # the step's fixed inputs in one int32 buffer (one upload): per-token slots [max_tokens] (the torch
+        # reference reads them), the tokens grouped by slot [max_tokens] and the groups' bounds [slots + 1]
+        # (the Triton kernels read these)
+        self._cols = torch.zeros(2 * max_tokens + num_slots + 1, dtype=torch.int32, device=device)
+        self._cols[:max_tokens] = -1
+        self.max_tokens = max_tokens
+        self.token_slots = self._cols[:max_tokens]
+        self.perm, self.seg = self._cols[max_tokens:2 * max_tokens], self._cols[2 * max_tokens:]
+        self._none_rows = max_tokens            # leading rows of token_slots known to hold -1 (and no segments)
+        self._ring = [torch.empty(self._cols.shape[0], dtype=torch.int32, pin_memory=True) for _ in range(4)] \
             if device.type == "cuda" else []
         self._events = [torch.cuda.Event() for _ in self._ring] if self._ring else None
         self._turn = 0
-        if getattr(model.backend, "name", "") == "triton":   # CUDA, or the interpreter in CPU tests
+        self.triton = getattr(model.backend, "name", "") == "triton"   # CUDA, or the interpreter in CPU tests
+        if self.triton:
             from ..kernels.triton_lora import lora_add as fn
+            cols: tuple[torch.Tensor, ...] = (self.perm, self.seg)
         else:
             from ..kernels.lora_ref import lora_add_ref as fn
+            cols = (self.token_slots,)
         self.tensors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         for li, layer in enumerate(model.transformer.layers):
             for role, lin in _layer_linears(layer).items():
                 if role not in self.roles:
                     continue
-                a = torch.zeros(num_slots, self.max_rank, lin.in_features, dtype=dtype, device=device)
-                b = torch.zeros(num_slots, lin.out_features, self.max_rank, dtype=dtype, device=device)
+                a = torch.zeros(num_slots, self.pool_rank, lin.in_features, dtype=dtype, device=device)
+                b = torch.zeros(num_slots, lin.out_features, self.pool_rank, dtype=dtype, device=device)
                 self.tensors[(li, role)] = (a, b)
-                lin.adapter = _SlotAdapter(a, b, self.token_slots, fn)
+                lin.adapter = _SlotAdapter(a, b, cols, fn)
         # the fused small-batch kernels read the layers' weights directly and have no adapter epilogue
         model.fused = None
 
@@ -88,28 +102,36 @@ class LoraPool:
                 b[slot, :, :r].copy_(wb, non_blocking=True)
 
     def stage(self, slots: list[int], rows: int) -> None:
-        """The step's per-token slots, -1 after them up to `rows` (padded graph rows)."""
-        n = min(max(rows, len(slots)), self.token_slots.shape[0])
+        """The step's per-token slots (-1 after them up to `rows`, padded graph rows) and their grouping."""
+        n = min(max(rows, len(slots)), self.max_tokens)
         if self._none_rows >= n and all(s < 0 for s in slots):
-            return      # the column already says "no adapter" for every row this step can read
-        host = self._host_buffer(n)
-        host.fill_(-1)
+            return      # the buffer already says "no adapter" for every row this step can read
+        perm, seg = segments(slots, self.num_slots)
+        host = self._host_buffer()
+        host[:n] = -1
         if slots:
             host[:len(slots)] = torch.tensor(slots, dtype=torch.int32)
-        self.token_slots[:n].copy_(host, non_blocking=host.is_pinned())
+        m = self.max_tokens
+        if perm:
+            host[m:m + len(perm)] = torch.tensor(perm, dtype=torch.int32)
+        host[2 * m:] = torch.tensor(seg, dtype=torch.int32)
+        pinned = host.is_pinned()
+        self.token_slots[:n].copy_(host[:n], non_blocking=pinned)
+        self._cols[m:m + len(perm)].copy_(host[m:m + len(perm)], non_blocking=pinned)
+        self.seg.copy_(host[2 * m:], non_blocking=pinned)
         if self._events is not None:
             self._events[self._turn].record()
-        self._none_rows = n if all(s < 0 for s in slots) else 0
+        self._none_rows = n if not perm else 0
 
-    def _host_buffer(self, n: int) -> torch.Tensor:
+    def _host_buffer(self) -> torch.Tensor:
         """A host buffer for the upload. On CUDA a ring of pinned ones, each reused only once its previous
         copy has finished (an event), so the copy does not wait for the device: overlapped decoding
         enqueues the next step while the current one runs."""
         if self._events is None:
-            return torch.empty(n, dtype=torch.int32)
+            return torch.empty(self._cols.shape[0], dtype=torch.int32)
         self._turn = (self._turn + 1) % len(self._ring)
         self._events[self._turn].synchronize()
-        return self._ring[self._turn][:n]
+        return self._ring[self._turn]
 
 class LoraManager:
     """Named adapters (host copies of this rank's shards) and their residency in the pool's slots."""
