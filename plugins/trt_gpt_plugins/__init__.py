@@ -8,7 +8,7 @@ from __future__ import annotations
 from trt_gpt.hookspecs import hookimpl
 
 from . import activations, positions, sources
-from .adapters import lora_nemo, lora_peft
+from .adapters import lora_nemo, lora_peft, prompt_tuning
 
 
 @hookimpl
@@ -32,3 +32,5 @@ def register_checkpoint_sources(register):
 def register_adapters(register):
     register(lora_peft.PeftLora())
     register(lora_nemo.NemoLora())
+    register(prompt_tuning.NpyPromptTable())
+    register(prompt_tuning.PeftPromptTable())

@@ -56,8 +56,14 @@ class VocabEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_local, hidden_local))
         self.shard_dim, self.vocab_start, self.tp = shard_dim, vocab_start, tp
+        # prompt tuning (runtime/prompt_tables.py): `prompt(ids, lookup)` embeds ids >= vocab from the
+        # request's table and the others with `lookup`; like Linear.adapter, not a wrapping module
+        self.prompt: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor] | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._lookup(ids) if self.prompt is None else self.prompt(ids, self._lookup)
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.shard_dim is None:
             return F.embedding(ids, self.weight)
         if self.shard_dim == 1:

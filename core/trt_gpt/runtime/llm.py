@@ -19,6 +19,7 @@ from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
 from .lookahead import Lookahead, PendingStep, lookahead_ok
 from .lora_pool import LoraRequests
+from .prompt_tables import PromptTables
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -79,7 +80,9 @@ class LLM:
                                   self.engine.kv_dtype, self.engine.device)
         # LoRA: the slot pool is attached to the layers before the executor captures its graphs
         self.lora = LoraRequests.for_engine(self.engine, max_loras, max_num_tokens or build.max_num_tokens)
-        self.engine.lora = self.lora
+        self.prompts = PromptTables.for_engine(self.engine, max_num_tokens or build.max_num_tokens)
+        # per-token inputs besides the tokens (adapter slots, prompt-table rows) the executor stages each step
+        self.engine.side_inputs = [x for x in (self.lora, self.prompts) if x is not None]
         self.executor = Executor(self.engine, self.cache)
         self.lookahead = Lookahead(self.executor) if Lookahead.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
@@ -99,7 +102,9 @@ class LLM:
         ids = self.tokenizer.encode(prompt, add_special_tokens) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise TrtGptError("empty prompt: at least one token is needed")
-        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        # with prompt tables, ids past the vocabulary are virtual tokens (checked against the request's table)
+        top = self.cfg.vocab_size + (self.prompts.size if self.prompts is not None else 0)
+        bad = [t for t in ids if not 0 <= t < top]
         if bad:
             raise TrtGptError(f"token id {bad[0]} out of the vocabulary (0..{self.cfg.vocab_size - 1})")
         if len(ids) > self.build.max_input_len:
@@ -132,7 +137,8 @@ class LLM:
             raise TrtGptError(f"prompt of {len(ids)} tokens leaves no room under max_seq_len {self.build.max_seq_len}")
         if params.max_tokens > room:
             params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
-        state = RequestSamplingState(params, ids)
+        # penalties and stop checks see the real tokens only (virtual ones have no logits)
+        state = RequestSamplingState(params, [t for t in ids if t < self.cfg.vocab_size])
         seq = Sequence(prompt_ids=ids, params=params, sampling=state, window=self._window(params))
         seq.output_ids = state.output_ids   # one list, appended to by check_stops
         if params.return_logits:
@@ -142,9 +148,44 @@ class LLM:
         seq.lookahead_ok = lookahead_ok(seq)
         if self.lora is None and params.lora not in (None, -1, "-1"):
             raise TrtGptError(f"sampling: 'lora' is {params.lora!r} but the engine was built without LoRA")
-        if self.lora is None or self.lora.admit(seq):   # else it waits for a LoRA slot (see step)
-            self.scheduler.add(seq)
+        try:
+            self._admit_prompt(seq)
+            if self.lora is None or self.lora.admit(seq):   # else it waits for a LoRA slot (see step)
+                self.scheduler.add(seq)
+        except TrtGptError:
+            self._forget(seq)      # a bad request fails alone, holding nothing
+            raise
         return seq
+
+    def _admit_prompt(self, seq: Sequence) -> None:
+        name = seq.params.prompt_table
+        if self.prompts is None:
+            if name is not None or any(t >= self.cfg.vocab_size for t in seq.prompt_ids):
+                raise TrtGptError("prompt tables need an engine built with --max_prompt_embedding_table_size")
+            return
+        self.prompts.admit(seq, None if name is None else str(name))
+
+    def add_prompt_table(self, name: str, table: str | Path | torch.Tensor, source: str | None = None,
+                         task: int = 0) -> None:
+        """A prompt-tuning table for requests naming it (`SamplingParams(prompt_table=name)`): a [virtual
+        tokens, hidden] tensor, or task `task` of a file/dir in a registered format (.npy [tasks, tokens,
+        hidden] as the reference's nemo_prompt_convert.py writes, a PEFT prompt-tuning adapter)."""
+        if self.prompts is None:
+            raise TrtGptError("add_prompt_table: the engine was built without --max_prompt_embedding_table_size")
+        where = f"prompt table '{name}'"
+        if not isinstance(table, torch.Tensor):
+            from ..lora.prompt_loading import load_prompt_tables
+
+            tasks = load_prompt_tables(table, source)
+            if not 0 <= task < len(tasks):
+                raise TrtGptError(f"{table}: task {task} requested, the file holds {len(tasks)} task(s)")
+            where, table = f"{table}", tasks[task]
+        self.prompts.add(str(name), table, where)
+
+    def remove_prompt_table(self, name: str) -> None:
+        if self.prompts is None:
+            raise TrtGptError("remove_prompt_table: the engine was built without prompt tables")
+        self.prompts.remove(str(name))
 
     def add_lora(self, name: str, path: str | Path, source: str | None = None) -> None:
         """Load a LoRA adapter (PEFT dir, NeMo archive, ...) for requests naming it (`SamplingParams(lora=name)`);
@@ -166,15 +207,18 @@ class LLM:
         if seq.status is Status.FINISHED:
             return
         self.scheduler.release(seq)
-        if self.lora is not None:
-            self.lora.forget(seq)
+        self._forget(seq)
         seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.scheduler.release(seq)
-        if self.lora is not None:
-            self.lora.forget(seq)
+        self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        """Release what a leaving request held: its LoRA slot, its prompt table."""
+        for side in self.engine.side_inputs:
+            side.forget(seq)
 
     @torch.inference_mode()  # the executor's logits are inference tensors; the sampler edits them in place
     def step(self) -> list[Sequence]:
@@ -344,14 +388,17 @@ class LLM:
                 self.cancel(s)
 
     @torch.inference_mode()
-    def score(self, token_lists: Seq[Seq[int]], lora: str | int | None = None) -> list[torch.Tensor]:
+    def score(self, token_lists: Seq[Seq[int]], lora: str | int | None = None,
+              prompt_table: str | None = None) -> list[torch.Tensor]:
         """float32 logits [len, vocab] at every position of each token list (one packed prefill), with the
-        LoRA adapter `lora` (a name or task uid) where given."""
-        seqs = [Sequence(prompt_ids=self._encode(t), params=SamplingParams(max_tokens=1, lora=lora))
+        LoRA adapter `lora` (a name or task uid) and the prompt table `prompt_table` where given."""
+        seqs = [Sequence(prompt_ids=self._encode(t), params=SamplingParams(max_tokens=1, lora=lora,
+                                                                             prompt_table=prompt_table))
                 for t in token_lists]
         outs: list[torch.Tensor] = []
         try:
             for seq in seqs:
+                self._admit_prompt(seq)
                 if self.lora is not None and not self.lora.admit(seq):
                     raise TrtGptError("score: every LoRA slot is held by running requests")
                 if lora not in (None, -1, "-1") and self.lora is None:
@@ -367,6 +414,5 @@ class LLM:
             for s in seqs:
                 self.cache.allocator.free(s.blocks)
                 s.blocks = []
-                if self.lora is not None:
-                    self.lora.forget(s)
+                self._forget(s)
         return outs

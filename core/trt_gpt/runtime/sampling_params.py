@@ -54,6 +54,8 @@ class SamplingParams:
       return_logits: return the generation logits along with the tokens.
       lora: the LoRA adapter of this request: a name given to `LLM.add_lora`, or the task uid of an
         adapter built into the engine (int or digits; -1 or None = no adapter).
+      prompt_table: the prompt-tuning table of this request (a name given to `LLM.add_prompt_table`);
+        its prompt's ids >= vocab_size are that table's virtual tokens.
     """
 
     max_tokens: int = 16
@@ -75,6 +77,7 @@ class SamplingParams:
     max_attention_window_size: int | None = None
     return_logits: bool = False
     lora: str | int | None = None
+    prompt_table: str | int | None = None
 
     # ---- derived flags used by the sampler to skip work on default rows ----
 
