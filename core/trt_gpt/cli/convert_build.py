@@ -98,6 +98,9 @@ def build_cmd(
         help="attn_qkv attn_q attn_k attn_v attn_dense mlp_h_to_4h mlp_gate mlp_4h_to_h (default: the adapters')."),
     lora_ckpt_source: str = typer.Option("auto", "--lora_ckpt_source", "--lora-ckpt-source",
                                          help="hf (PEFT) or nemo; auto detects."),
+    max_prompt_embedding_table_size: int = typer.Option(
+        0, "--max_prompt_embedding_table_size", "--max-prompt-embedding-table-size",
+        help="Prompt-tuning rows (virtual tokens of all tables together)."),
 ) -> None:
     """Build an engine directory for the given limits."""
     from ..build import build
@@ -106,7 +109,8 @@ def build_cmd(
         raise TrtGptError("build: give exactly one of --checkpoint_dir or --model_config")
     bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
                      max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width,
-                     max_lora_rank=max_lora_rank, lora_target_modules=lora_target_modules or None)
+                     max_lora_rank=max_lora_rank, lora_target_modules=lora_target_modules or None,
+                     max_prompt_embedding_table_size=max_prompt_embedding_table_size)
     cfg = ModelConfig.load(model_config) if model_config is not None else None
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,

@@ -18,7 +18,8 @@ from .summarize import summarize_cmd
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
 MULTI_VALUE_FLAGS = {"--input_text", "--input-text", "--stop_words", "--stop-words", "--bad_words", "--bad-words"}
 MULTI_VALUE_FLAGS |= {"--lora_dir", "--lora-dir", "--lora_target_modules", "--lora-target-modules",
-                      "--lora_task_uids", "--lora-task-uids"}   # LoRA (docs/lora.md)
+                      "--lora_task_uids", "--lora-task-uids",      # LoRA (docs/lora.md)
+                      "--num_prepend_vtokens", "--num-prepend-vtokens"}   # prompt tuning (docs/lora.md)
 
 
 def make_app() -> typer.Typer:

@@ -89,6 +89,13 @@ def run_cmd(
     # ---- LoRA (docs/lora.md)
     lora_task_uids: Optional[list[str]] = typer.Option(
         None, "--lora_task_uids", "--lora-task-uids", help="The engine's LoRA task uid of each input (-1: none)."),
+    prompt_table_path: Optional[Path] = typer.Option(
+        None, "--prompt_table_path", "--prompt-table-path", help=".npy [tasks, tokens, hidden] or a PEFT prompt dir."),
+    prompt_tasks: Optional[str] = typer.Option(None, "--prompt_tasks", "--prompt-tasks",
+                                               help="Task of each input, comma-separated (default 0)."),
+    num_prepend_vtokens: Optional[list[int]] = typer.Option(
+        None, "--num_prepend_vtokens", "--num-prepend-vtokens",
+        help="Virtual tokens put before each input (default: its task's whole table)."),
 ) -> None:
     """Generate text from prompts with an engine."""
     from ..runtime.llm import LLM
@@ -126,10 +133,15 @@ def run_cmd(
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
 
+    if prompt_table_path is not None:
+        ids, params = _prompt_tuning(llm, ids, params, prompt_table_path, prompt_tasks, num_prepend_vtokens)
+    elif prompt_tasks or num_prepend_vtokens:
+        raise TrtGptError("--prompt_tasks / --num_prepend_vtokens need --prompt_table_path")
     if lora_task_uids:
         if len(lora_task_uids) != len(ids):
             raise TrtGptError(f"--lora_task_uids: {len(lora_task_uids)} uids for {len(ids)} inputs (one per input)")
-        params = [dataclasses.replace(params, lora=u) for u in lora_task_uids]
+        params = [dataclasses.replace(p, lora=u)
+                  for p, u in zip(params if isinstance(params, list) else [params] * len(ids), lora_task_uids)]
 
     def beams_of(out) -> list[list[int]]:
         return out.beams if out.beams is not None else [out.token_ids]
@@ -167,3 +179,26 @@ def run_cmd(
         output_csv.parent.mkdir(parents=True, exist_ok=True)
         with open(output_csv, "w", newline="") as f:
             csv.writer(f).writerows(b["output_ids"] for r in results for b in r["beams"])
+
+
+def _prompt_tuning(llm, ids: list, params, path: Path, tasks: Optional[str], prepend: Optional[list[int]]):
+    """Every task of the table file added to the engine; each input gets its task's table and, as the
+    reference's run.py does with --num_prepend_vtokens, virtual tokens vocab_size.. put before it."""
+    from ..lora.prompt_loading import load_prompt_tables
+
+    tables = load_prompt_tables(path)
+    for i, t in enumerate(tables):
+        llm.add_prompt_table(str(i), t)
+    try:
+        task_ids = [int(t) for t in tasks.split(",")] if tasks else [0] * len(ids)
+    except ValueError:
+        raise TrtGptError(f"--prompt_tasks is {tasks!r}, expected comma-separated task indices") from None
+    if len(task_ids) != len(ids) or not all(0 <= t < len(tables) for t in task_ids):
+        raise TrtGptError(f"--prompt_tasks: {tasks!r} must name one of the {len(tables)} task(s) for each of the "
+                          f"{len(ids)} inputs")
+    counts = prepend or [tables[t].shape[0] for t in task_ids]
+    if len(counts) != len(ids):
+        raise TrtGptError(f"--num_prepend_vtokens: {len(counts)} counts for {len(ids)} inputs (one per input)")
+    vocab = llm.cfg.vocab_size
+    ids = [list(range(vocab, vocab + n)) + list(i) for n, i in zip(counts, ids)]
+    return ids, [dataclasses.replace(params, prompt_table=str(t)) for t in task_ids]

@@ -46,3 +46,30 @@ def test_milton_perplexity_matches_peft(tmp_path):
     print(f"milton ppl: base {base:.1f}, adapter {ours:.2f} (PEFT {theirs:.2f})")
     assert abs(ours - theirs) <= 1e-3 * theirs
     assert ours < 0.75 * base
+
+
+def test_prompt_milton_perplexity_matches_peft(tmp_path):
+    """The trained PEFT prompt-tuning adapter: the 16 virtual tokens before each window (ids vocab..vocab+15),
+    scored on the window's own tokens, equal PEFT's; lower than the base model's."""
+    from tokenizers import Tokenizer
+
+    from trt_gpt import LLM
+    from trt_gpt.lora.testing import peft_logits, peft_model
+    from trt_gpt.testing import engine_from_checkpoint
+
+    ids = Tokenizer.from_file(str(MODEL / "tokenizer.json")).encode(
+        (DATA / "text" / "milton_val.txt").read_text()[:40000]).ids
+    windows = [ids[i * WINDOW:(i + 1) * WINDOW] for i in range(WINDOWS)]
+    engine = engine_from_checkpoint(MODEL, tmp_path, max_input_len=WINDOW + 16, max_batch_size=4,
+                                    max_prompt_embedding_table_size=16)
+    llm = LLM(engine, device="cpu")
+    llm.add_prompt_table("milton", MODEL / "prompt-milton")
+    vocab = llm.cfg.vocab_size
+    virtual = list(range(vocab, vocab + 16))
+    ours = nll_ppl([s[16:] for s in llm.score([virtual + w for w in windows], prompt_table="milton")], windows)
+    base = nll_ppl(llm.score(windows), windows)
+    ref = peft_model(MODEL, MODEL / "prompt-milton")
+    theirs = nll_ppl([peft_logits(ref, w)[16:] for w in windows], windows)
+    print(f"milton ppl with the soft prompt: base {base:.1f}, engine {ours:.2f} (PEFT {theirs:.2f})")
+    assert abs(ours - theirs) <= 1e-3 * theirs
+    assert ours < 0.9 * base
