@@ -37,6 +37,7 @@ class VariantSpec:
     features: tuple[str, ...] = ()        # e.g. MHA, MQA, GQA, RoPE, sliding window, learned positions
     default_build: dict = field(default_factory=dict)
     weight_map: Callable[[ModelConfig], list] | None = None
+    hidden: bool = False                   # usable and detected, but listed only on request (test fixtures)
     plugin: str = ""                       # filled in by the registry
     distribution: str | None = None
     version: str | None = None

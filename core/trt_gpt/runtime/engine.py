@@ -1,6 +1,7 @@
 """Engine loading: config, model built on `meta`, weights assigned from the (mmap'd) rank file."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from ..checkpoint import engine_uses_random_weights, load_engine_config, load_ra
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
 from ..support import check_supported
+from ..kernels.kv_cache_spec import KVCacheSpec
 from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
@@ -38,6 +40,8 @@ class Engine:
         cfg.mapping = cfg.mapping.with_rank(rank)
         self.dtype = torch_dtype(cfg.dtype)
         check_supported(cfg, build, str(self.dir / "config.json"))
+        # what the KV cache stores (refused here, at load, where no kernel implements it)
+        self.kv_spec = KVCacheSpec.from_name(build.kv_cache_dtype, self.dtype)
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
         if self.random_weights:
@@ -54,14 +58,27 @@ class Engine:
         self.model = model
 
     def _backend(self, context_fp32_acc: bool):
-        # TRT_GPT_ATTENTION_BACKEND=torch|triton overrides the automatic choice (Triton on CUDA)
-        from ..kernels.backends import get_attention_backend
-
-        return get_attention_backend(self.device, self.dtype, context_fp32_acc)
+        return engine_attention_backend(self.device, self.dtype, context_fp32_acc, self.build.context_fmha)
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return torch_dtype(self.build.kv_cache_dtype) if self.build.kv_cache_dtype else self.dtype
+        return self.kv_spec.dtype
+
+
+def engine_attention_backend(device: torch.device, dtype: torch.dtype, context_fp32_acc: bool = True,
+                             context_fmha: bool = True):
+    """The attention an engine runs: the automatic choice (Triton on CUDA; TRT_GPT_ATTENTION_BACKEND=torch|triton
+    overrides it), or the unfused torch reference for an engine built with `--context_fmha disable`."""
+    from ..kernels.backends import ENV_VAR, get_attention_backend
+
+    if not context_fmha:
+        if os.environ.get(ENV_VAR, "").strip().lower() == "triton":
+            raise TrtGptError(f"{ENV_VAR}=triton: this engine was built with --context_fmha disable (unfused "
+                              "attention); rebuild it with --context_fmha enable to run the fused kernels")
+        from ..kernels.backends import torch_backend
+
+        return torch_backend()
+    return get_attention_backend(device, dtype, context_fp32_acc)
 
 
 def _rank_from_launch(engine_dir: Path, cfg: ModelConfig, tp_group: TPGroup | None) -> tuple[int, TPGroup | None]:

@@ -17,8 +17,8 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
-from .lookahead import Lookahead, PendingStep, lookahead_ok
 from .lora_pool import LoraRequests
+from .overlap import OverlappedScheduler, PendingStep, overlap_ok
 from .prompt_tables import PromptTables
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
@@ -75,16 +75,17 @@ class LLM:
         batch = max_batch_size or build.max_batch_size
         blocks = plan_num_blocks(per_block, build.tokens_per_block, self.engine.device,
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
-                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width)
+                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width,
+                                 min_tokens=build.max_seq_len)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
-                                  self.engine.kv_dtype, self.engine.device)
+                                  self.engine.kv_spec, self.engine.device)
         # LoRA: the slot pool is attached to the layers before the executor captures its graphs
         self.lora = LoraRequests.for_engine(self.engine, max_loras, max_num_tokens or build.max_num_tokens)
         self.prompts = PromptTables.for_engine(self.engine, max_num_tokens or build.max_num_tokens)
         # per-token inputs besides the tokens (adapter slots, prompt-table rows) the executor stages each step
         self.engine.side_inputs = [x for x in (self.lora, self.prompts) if x is not None]
         self.executor = Executor(self.engine, self.cache)
-        self.lookahead = Lookahead(self.executor) if Lookahead.enabled(self.executor) else None
+        self.overlap = OverlappedScheduler(self.executor) if OverlappedScheduler.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
         self._tokenizer: Tokenizer | None = None
         self._tok_args = (tokenizer_dir, vocab_file)
@@ -113,12 +114,12 @@ class LLM:
         return ids
 
     def _window(self, params: SamplingParams) -> int | None:
-        """The request's attention window: the tighter of its own and the model's sliding window."""
-        ws = [w for w in (params.max_attention_window_size, self.cfg.sliding_window) if w]
-        w = min(ws) if ws else None
+        """The request's attention window: its own `max_attention_window_size` when given, smaller or larger
+        than the model's sliding window (it overrides it, as the reference's does), else the model's."""
+        w = params.max_attention_window_size or self.cfg.sliding_window
         # A window that covers the longest possible sequence changes nothing; keeping it None lets the
         # request share a forward with unwindowed ones.
-        return None if w is None or (w >= self.build.max_seq_len and not self.cfg.sliding_window) else w
+        return None if w is None or w >= self.build.max_seq_len else w
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
                     add_special_tokens: bool = True) -> Sequence:
@@ -145,7 +146,7 @@ class LLM:
             seq.generation_logits = []
         if params.num_beams > 1:
             seq.beam_state = BeamSearchState(len(ids), params)
-        seq.lookahead_ok = lookahead_ok(seq)
+        seq.overlap_ok = overlap_ok(seq)
         if self.lora is None and params.lora not in (None, -1, "-1"):
             raise TrtGptError(f"sampling: 'lora' is {params.lora!r} but the engine was built without LoRA")
         try:
@@ -228,7 +229,7 @@ class LLM:
                 self.scheduler.add(seq)
         batch = self.scheduler.schedule()
         done: list[Sequence] = []
-        la = self.lookahead
+        la = self.overlap
         if la is not None:
             if batch and la.eligible(batch):
                 # enqueue this step, then read the previous one's tokens while the GPU runs it
@@ -253,7 +254,7 @@ class LLM:
         return done + self._advance(batch, logits)
 
     def _resolve(self, step: PendingStep) -> list[Sequence]:
-        seqs, tokens = Lookahead.tokens(step)
+        seqs, tokens = OverlappedScheduler.tokens(step)
         self._append_tokens(seqs, tokens)
         return seqs
 
