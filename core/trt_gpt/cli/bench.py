@@ -32,10 +32,10 @@ def bench_cmd(
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG with throughput and latency percentiles."),
     # ---- LoRA adapter mix (docs/lora.md); the engine needs --max_lora_rank at build
-    num_loras: int = typer.Option(0, "--num_loras", "--num-loras", help="Random adapters, requests round robin."),
-    lora_rank: int = typer.Option(16, "--lora_rank", "--lora-rank", help="Rank of the random adapters."),
-    lora_dir: Optional[list[Path]] = typer.Option(None, "--lora_dir", "--lora-dir", help="Real adapters instead."),
-    max_loras: Optional[int] = typer.Option(None, "--max_loras", "--max-loras", help="Device slots (default 8)."),
+    num_loras: int = typer.Option(0, "--num_loras", help="Random adapters, requests round robin."),
+    lora_rank: int = typer.Option(16, "--lora_rank", help="Rank of the random adapters."),
+    lora_dir: Optional[list[Path]] = typer.Option(None, "--lora_dir", help="Real adapters instead."),
+    max_loras: Optional[int] = typer.Option(None, "--max_loras", help="Device slots (default 8)."),
 ) -> None:
     """Benchmark an engine: output tok/s, req/s, TTFT and TPOT percentiles, peak GPU memory."""
     from rich.progress import Progress
