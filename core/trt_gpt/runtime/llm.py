@@ -195,6 +195,8 @@ class LLM:
 
         if self.lora is None:
             raise TrtGptError("add_lora: the engine was built without LoRA (--max_lora_rank / --lora_dir at build)")
+        if self.cfg.mapping.world_size > 1:
+            raise TrtGptError("add_lora: a multi-rank engine takes the adapters given at build (--lora_dir) only")
         self.lora.add(str(name), load_lora(path, self.cfg, self.build.max_lora_rank, self.lora.pool.roles, source,
                                            name=str(name)))
 

@@ -142,6 +142,7 @@ class LoraManager:
         self.resident: OrderedDict[str, int] = OrderedDict()   # name -> slot, least recently used first
         self.holders: dict[str, int] = {}                        # name -> requests holding it
         self.request_slot: dict[int, int] = {}                   # request id -> slot
+        self._owner: dict[int, str | None] = {}                  # ranks > 0: slot -> adapter it holds
         self.request_name: dict[int, str] = {}
 
     @classmethod
@@ -219,7 +220,32 @@ class LoraManager:
         slots: list[int] = []
         for seq, n in seqs:
             slots.extend([self.request_slot.get(seq.request_id, -1)] * n)
+        self.last_slots = slots
         self.pool.stage(slots, self.max_rows)
+
+    # ------------------------------------------------------------------ other tensor-parallel ranks
+    def wire(self) -> list[int]:
+        """What the other ranks need to stage rank 0's last step: each slot's adapter (its task uid, -1 for
+        none), the token count and the tokens' slots. Only adapters every rank loaded (the engine's own,
+        named by their uids) can be resident on a multi-rank engine."""
+        owners = [-1] * self.pool.num_slots
+        for name, slot in self.resident.items():
+            owners[slot] = int(name)
+        slots = getattr(self, "last_slots", [])
+        return owners + [len(slots)] + slots
+
+    def apply_wire(self, data: list[int]) -> list[int]:
+        """Make this rank's slots hold rank 0's adapters and stage its slots; returns the entries after ours."""
+        s = self.pool.num_slots
+        owners, n = data[:s], data[s]
+        slots, rest = data[s + 1:s + 1 + n], data[s + 1 + n:]
+        for slot, uid in enumerate(owners):
+            name = None if uid < 0 else str(uid)
+            if self._owner.get(slot) != name:
+                self.pool.write(slot, self.weights[name] if name is not None else {})
+                self._owner[slot] = name
+        self.pool.stage(slots, self.max_rows)
+        return rest
 
 
 def lora_name(value: Any) -> str | None:
@@ -255,11 +281,10 @@ class LoraRequests(LoraManager):
                 raise TrtGptError(f"max_loras is {max_loras} but the engine was built without LoRA "
                                   "(--max_lora_rank / --lora_dir at build)")
             return None
-        if engine.cfg.mapping.world_size > 1:
-            # the other ranks would run the step without its slot column: refuse rather than compute the base
-            raise TrtGptError(f"{engine.dir}: LoRA adapters on a multi-rank engine (tp_size "
-                              f"{engine.cfg.mapping.tp_size}, pp_size {engine.cfg.mapping.pp_size}) are not supported "
-                              "yet; build it with one rank")
+        if engine.cfg.mapping.pp_size > 1:
+            # a pipeline step runs in micro-batches, each of which would need its own slice of the columns
+            raise TrtGptError(f"{engine.dir}: LoRA adapters on a pipeline-parallel engine (pp_size "
+                              f"{engine.cfg.mapping.pp_size}) are not supported yet; use tensor parallelism")
         pool = LoraPool(engine.model, engine.build, max_loras or DEFAULT_MAX_LORAS, max_tokens, engine.device,
                         engine.dtype)
         self = cls(pool, engine.cfg, engine.build.max_batch_size)
