@@ -36,6 +36,7 @@ class Setup:
         }
         # uids 0 = a, 1 = b; c only added at run time
         self.engine = engine_from_checkpoint(self.hf, d, max_batch_size=8, tokens_per_block=4, max_lora_rank=8,
+                                             max_beam_width=3,
                                              lora_dirs=[self.loras["a"], self.loras["b"]])
         self.refs = {k: peft_model(self.hf, v) for k, v in self.loras.items()}
         self.refs[None] = peft_model(self.hf, None)
@@ -129,3 +130,16 @@ def test_decode_graph_protocol_with_triton_kernel(setup, monkeypatch):
     prompts = random_prompts(211, [4, 5, 3], seed=6)
     outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=UID[k]) for k in keys])
     assert [o.token_ids for o in outs] == [setup.greedy(k, p, 4) for k, p in zip(keys, prompts)]
+
+
+def test_beam_search_with_an_adapter(setup):
+    """Beams share their request's slot: the best beam equals PEFT's beam search (HF generate)."""
+    llm = LLM(setup.engine, device="cpu")
+    p = random_prompts(211, [6], seed=7)[0]
+    out = llm.generate([p], SamplingParams(max_tokens=5, num_beams=3, lora=0))[0]
+    ids = torch.tensor([p])
+    with torch.no_grad():
+        ref = setup.refs["a"].generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                                       min_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0,
+                                       eos_token_id=None)
+    assert out.token_ids == ref[0, len(p):].tolist()
