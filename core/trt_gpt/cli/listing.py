@@ -39,11 +39,17 @@ def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-re
 @plugins_app.command("list")
 def plugins_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List loaded plugins: name, distribution, version and the hooks each implements."""
+    from ..support import registered_adapters
+
     infos = get_plugins().infos()
+    adapters: dict[str, list[str]] = {}   # plugin -> "kind:format" of each adapter format it registers
+    for item, plugin in registered_adapters():
+        adapters.setdefault(plugin, []).append(f"{item.kind}:{item.name}")
     if as_json:
-        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        print(json.dumps([{**dataclasses.asdict(i), "adapters": adapters.get(i.name, [])} for i in infos], indent=2))
         return
-    table = Table("plugin", "distribution", "version", "hooks")
+    table = Table("plugin", "distribution", "version", "hooks", "adapters")
     for i in infos:
-        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks))
+        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks),
+                      ", ".join(adapters.get(i.name, [])))
     out_console.print(table)
