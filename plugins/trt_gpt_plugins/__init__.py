@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from trt_gpt.hookspecs import hookimpl
 
-from . import activations, positions, sources
+from . import activations, positions, quantizers, sources
 
 
 @hookimpl
@@ -25,3 +25,9 @@ def register_position_encodings(register):
 @hookimpl
 def register_checkpoint_sources(register):
     register("hf", sources.open_hf_dir)
+
+
+@hookimpl
+def register_quantizers(register):
+    for q in quantizers.QUANTIZERS:
+        register(q)
