@@ -75,12 +75,13 @@ class WeightOnlyMethod(LinearMethod):
         prequant = layer.prequant_scaling_factor if self.spec.awq else None
         return weight_only_linear(x, layer.weight, scale, self.spec.bits, bias, prequant)
 
-    def quantize(self, w: torch.Tensor, dtype: torch.dtype, prequant: torch.Tensor | None = None
-                 ) -> dict[str, torch.Tensor]:
-        """One float `[out, in]` weight -> this format's tensors (names relative to the layer)."""
+    def quantize(self, w: torch.Tensor, dtype: torch.dtype, prequant: torch.Tensor | None = None,
+                 clip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One float `[out, in]` weight -> this format's tensors (names relative to the layer); AWQ's
+        pre-quant scale and clipping ratios when given."""
         s = self.spec
         wf = w.float() if prequant is None else w.float() / prequant.float()[None, :]
-        q, scale = quantize_rtn(wf, s.bits, s.group_size, dtype)
+        q, scale = quantize_rtn(wf, s.bits, s.group_size, dtype, clip)
         out = {"weight": pack_int4(q) if s.bits == 4 else q, s.scale_name: scale}
         if prequant is not None:
             out["prequant_scaling_factor"] = prequant.to(dtype)
@@ -118,11 +119,12 @@ class WeightOnlyQuantizer:
             w = out.pop(f"{name}.weight", None)
             if w is None:
                 continue   # check_rank_tensors names the missing tensor
-            prequant = None
+            prequant = clip = None
             if spec.awq:
-                from .awq import awq_prequant
+                from .awq import awq_params
 
-                prequant = awq_prequant(w, stats.for_rank(name, lin.parallel, cfg), spec.group_size, dtype)
-            for k, t in lin.method.quantize(w, dtype, prequant).items():
+                prequant, clip = awq_params(w, stats.for_rank(name, lin.parallel, cfg), spec.group_size, dtype,
+                                            clip=lin.role != "qkv")
+            for k, t in lin.method.quantize(w, dtype, prequant, clip).items():
                 out[f"{name}.{k}"] = t
         return out

@@ -18,8 +18,8 @@ Storage, per linear layer of `[out, in]` (this tensor-parallel rank's local size
   scaled by s = 1 / p, the activation-aware scale), so that (x * p) W'^T = x W^T before rounding.
 
 Quantization (round-to-nearest, symmetric, no zero point): a scale per row (or row and group) is
-max|w| / qmax with qmax = 127 for INT8 and 7 for INT4 (the usual symmetric INT4 of TensorRT-LLM and
-AutoAWQ, so -8 is representable but never produced); the scale is first rounded to the model dtype, then
+max|w| / qmax with qmax = 127 for INT8 and 7 for INT4 (the symmetric INT4 of TensorRT-LLM and AutoAWQ:
+-8 is representable, and only AWQ's clipped ranges produce it); the scale is first rounded to the model dtype, then
 q = clamp(round(w / scale), qmin, qmax) in float32 with that stored scale (ties to even, torch.round),
 so dequantization uses exactly the scale the integers were chosen for. An all-zero row or group gets scale
 1 (its integers are 0). lm_head and the embeddings stay in float.
@@ -44,12 +44,16 @@ def check_group(in_features: int, group_size: int | None, where: str) -> None:
                           f"dimension {in_features} (per tensor-parallel rank); choose a group size that does")
 
 
-def scales_for(w: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """Symmetric scales of `w [out, in]`: `[out]` per channel, `[out, in // g]` per group; in `dtype`."""
+def scales_for(w: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype,
+               clip: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric scales of `w [out, in]`: `[out]` per channel, `[out, in // g]` per group; in `dtype`.
+    `clip` (same shape, in (0, 1]) shrinks each range to clip * max|w| (AWQ's clipping search)."""
     wf = w.float()
     if group_size is not None:
         wf = wf.reshape(wf.shape[0], -1, group_size)
     amax = wf.abs().amax(dim=-1)
+    if clip is not None:
+        amax = amax * clip
     scale = (amax / QMAX[bits]).to(dtype)
     # an all-zero row/group (or one whose scale underflows the dtype) quantizes to zeros with scale 1
     return torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -62,11 +66,11 @@ def expand_scale(scale: torch.Tensor, in_features: int) -> torch.Tensor:
     return scale.repeat_interleave(in_features // scale.shape[1], dim=1)
 
 
-def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype,
+                 clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest symmetric quantization of `w [out, in]` -> (integers int8 `[out, in]` unpacked,
-    scales in `dtype`)."""
-    scale = scales_for(w, bits, group_size, dtype)
+    scales in `dtype`); `clip` as in `scales_for`."""
+    scale = scales_for(w, bits, group_size, dtype, clip)
     q = torch.round(w.float() / expand_scale(scale.float(), w.shape[1]))
     return q.clamp(QMIN[bits], QMAX[bits]).to(torch.int8), scale
 
