@@ -131,8 +131,9 @@ def token_windows(texts: Sequence[str], encode: Callable[[str], list[int]], wind
 class _Recorder:
     """Forward hook of one linear layer: running abs-max / abs-sum of inputs, abs-max of outputs, sampled rows."""
 
-    def __init__(self, quota: int, gen: torch.Generator):
-        self.quota, self.gen = quota, gen
+    def __init__(self, limit: int, gen: torch.Generator):
+        self.limit, self.gen = limit, gen
+        self.quota = 0          # rows to sample from the next call (set per batch of windows)
         self.absmax = self.abssum = self.out_absmax = None
         self.tokens = 0
         self.samples: list[torch.Tensor] = []
@@ -154,8 +155,9 @@ class _Recorder:
             self.samples.append(x[rows.sort().values])
 
     def stats(self) -> LayerStats:
-        return LayerStats(self.absmax, (self.abssum / max(self.tokens, 1)).float(), self.out_absmax,
-                          torch.cat(self.samples) if self.samples else None, self.tokens)
+        samples = torch.cat(self.samples)[:self.limit] if self.samples else None
+        return LayerStats(self.absmax, (self.abssum / max(self.tokens, 1)).float(), self.out_absmax, samples,
+                          self.tokens)
 
 
 @torch.inference_mode()
@@ -170,9 +172,9 @@ def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_
     cfg = model.cfg
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    quota = math.ceil(max_samples / len(windows)) if max_samples else 0
+    per_window = math.ceil(max_samples / len(windows)) if max_samples else 0
     gen = torch.Generator().manual_seed(0)
-    recorders = {name: _Recorder(quota, gen) for name, _ in linears(model) if not name.endswith("lm_head")}
+    recorders = {name: _Recorder(max_samples, gen) for name, _ in linears(model) if not name.endswith("lm_head")}
     handles = [m.register_forward_hook(recorders[name]) for name, m in linears(model) if name in recorders]
     kvh, d = cfg.num_key_value_heads, cfg.head_size
     try:
@@ -180,6 +182,8 @@ def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_
         for b0 in range(0, len(windows), batch_windows):
             batch = windows[b0:b0 + batch_windows]
             n, length = len(batch), len(batch[0])
+            for r in recorders.values():
+                r.quota = per_window * n
             meta = AttentionMetadata(
                 cu_q_lens=torch.arange(0, (n + 1) * length, length, dtype=torch.int32, device=dev),
                 context_lens=torch.full((n,), length, dtype=torch.int32, device=dev),
