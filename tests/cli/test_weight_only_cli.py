@@ -97,3 +97,10 @@ def test_config_quantization_for_random_weights(tmp_path):
     assert_one_line_error(run_cli(*base, "--quantization", "w4a16", "--group_size", "48", "--output_path",
                                   tmp_path / "d.json", check=False), "group_size 48 does not divide")
     assert not (tmp_path / "d.json").exists()
+
+
+def test_plugins_list_shows_quantizers():
+    rows = {r["name"]: r for r in json.loads(run_cli("plugins", "list", "--json").stdout)}
+    assert rows["builtins"]["quantizers"] == ["W8A16", "W4A16", "W4A16_GPTQ", "W4A16_AWQ"]
+    assert "register_quantizers" in rows["builtins"]["hooks"]
+    assert "W4A16_AWQ" in run_cli("plugins", "list").stdout
