@@ -20,8 +20,8 @@ from trt_gpt.testing import random_prompts
 from wo_oracle import ATOL, MODELS, ROLES, canonical, dequantized_reference, hf_gpt2, integers_and_scale
 
 
-def quantized_engine(hf_dir, work, qcfg: QuantConfig, stats=None, tp_size: int = 1):
-    convert(hf_dir, work / "ckpt", dtype="float32", quantization=qcfg, stats=stats, tp_size=tp_size, overwrite=True)
+def quantized_engine(hf_dir, work, qcfg: QuantConfig, stats=None, tp_size: int = 1, dtype: str = "float32"):
+    convert(hf_dir, work / "ckpt", dtype=dtype, quantization=qcfg, stats=stats, tp_size=tp_size, overwrite=True)
     build(work / "engine", BuildConfig(max_input_len=64, tokens_per_block=16), checkpoint_dir=work / "ckpt",
           overwrite=True)
     return work / "ckpt", work / "engine"
@@ -56,6 +56,24 @@ def test_engine_equals_dequantized_float64(tmp_path, kind, fmt):
     with torch.no_grad():
         float_logits = hf.double()(torch.tensor([prompts[1]])).logits[0]
     assert (scores[1].double() - float_logits).abs().max() > 10 * ATOL
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_engine_near_dequantized_float64(tmp_path, dtype):
+    """fp16/bf16 checkpoints: scales stored in that dtype, integers chosen for the stored scale; the engine's
+    logits are within that dtype's arithmetic of the float64 reference on its own integers and scales."""
+    hf = hf_gpt2(tmp_path / "hf")
+    ckpt, engine = quantized_engine(tmp_path / "hf", tmp_path, QuantConfig(quant_algo="W4A16_GPTQ", group_size=32),
+                                    dtype=dtype)
+    t = load_file(str(ckpt / "rank0.safetensors"))
+    assert t["transformer.layers.0.mlp.fc.weights_scaling_factor"].dtype == getattr(torch, dtype)
+    ref = dequantized_reference(hf, "gpt2", ckpt, 4)
+    p = random_prompts(211, [17])[0]
+    got = LLM(engine, device="cpu").score([p])[0].double()
+    with torch.no_grad():
+        want = ref(torch.tensor([p])).logits[0]
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err < (0.01 if dtype == "float16" else 0.05), err
 
 
 def rtn(w: torch.Tensor, qmax: int, qmin: int, group: int | None) -> torch.Tensor:
