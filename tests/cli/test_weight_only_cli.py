@@ -50,7 +50,8 @@ def test_bad_weight_only_options(gpt2_dir, tmp_path):
     assert_one_line_error(convert(src, tmp_path / "out", "--use_weight_only", "--weight_only_precision", "int4",
                                   "--group_size", "48"), "group_size 48 does not divide", "64")
     assert_one_line_error(convert(src, tmp_path / "out", "--weight_only_precision", "int4"), "needs --use_weight_only")
-    assert_one_line_error(convert(src, tmp_path / "out", "--use_weight_only", "--awq"), "need --weight_only_precision int4")
+    assert_one_line_error(convert(src, tmp_path / "out", "--use_weight_only", "--awq"),
+                          "need --weight_only_precision int4")
     awq = ("--use_weight_only", "--weight_only_precision", "int4", "--awq")
     assert_one_line_error(convert(src, tmp_path / "out", *awq, "--calib_dataset", tmp_path / "none.txt"),
                           "none.txt", "not found")

@@ -83,7 +83,8 @@ def test_tp2_engine_equals_dequantized_float64(name, tp2_runs):
     ref.load_state_dict({k: v.double() for k, v in hf.state_dict().items()})
     for i in range(hf.config.num_hidden_layers):
         for role, path in oracle.ROLES.items():
-            oracle.set_canonical(ref, kind, i, role, full_weight(ranks, f"transformer.layers.{i}.{path}", role, bits, cfg))
+            w = full_weight(ranks, f"transformer.layers.{i}.{path}", role, bits, cfg)
+            oracle.set_canonical(ref, kind, i, role, w)
     logits = load_file(results[name]["logits_file"])
     for i, p in enumerate(prompts):
         with torch.no_grad():

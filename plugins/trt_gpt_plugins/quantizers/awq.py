@@ -91,7 +91,8 @@ def awq_params(w: torch.Tensor, stats, group_size: int | None, dtype: torch.dtyp
     if group_size is None:
         raise TrtGptError("W4A16_AWQ needs quantization.group_size")
     if stats.samples is None or stats.samples.shape[0] == 0:
-        raise TrtGptError("W4A16_AWQ: the calibration statistics hold no input samples (calibrate with max_samples > 0)")
+        raise TrtGptError("W4A16_AWQ: the calibration statistics hold no input samples "
+                          "(calibrate with max_samples > 0)")
     if stats.samples.shape[1] != w.shape[1]:
         raise TrtGptError(f"W4A16_AWQ: calibration samples have {stats.samples.shape[1]} input channels, the "
                           f"weight {w.shape[1]} (statistics of another model?)")

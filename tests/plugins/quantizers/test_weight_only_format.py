@@ -20,7 +20,8 @@ def test_int4_packing_layout_by_hand():
 
 
 def test_int4_roundtrip_all_values():
-    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 4)[:, torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 4)[:, perm]
     assert torch.equal(unpack_int4(pack_int4(q)), q)
 
 
