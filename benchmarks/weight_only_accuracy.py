@@ -50,7 +50,7 @@ def main() -> None:
         tmp = Path(d)
         model, held, calib = texts(a.model, a.data, tmp)
         ids = load_tokenizer(model).encode(held, add_special_tokens=False)
-        stats = calibrate(model, calib, calib_size=16, max_seq_length=a.window, max_samples=512)
+        stats = calibrate(model, calib, calib_size=64, max_seq_length=a.window, max_samples=4096)
         print(stats.summary(), flush=True)
         out = {}
         for name, q in FORMATS.items():

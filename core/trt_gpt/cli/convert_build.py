@@ -73,7 +73,7 @@ def _awq_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("calibrate", total=calib_size)
-        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=512,
+        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=4096,
                           variant=variant, device=device,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     err_console.print(stats.summary())

@@ -28,6 +28,7 @@ from ..config import ModelConfig
 from ..errors import TrtGptError
 
 DEFAULT_CALIB = "calib_default.jsonl"
+SAMPLE_BYTES = 32 << 20   # per layer cap on sampled input rows (float32): a 7B model's 128 layers stay near 4 GiB
 LAYER_PREFIX = "transformer.layers."
 
 
@@ -164,7 +165,8 @@ class _Recorder:
 def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_samples: int = 0,
                   batch_windows: int = 4, progress: Callable[[int, int], None] | None = None) -> CalibStats:
     """Run `model` (a float `GPTForCausalLM`, tp 1 and pp 1, after `setup_runtime`) over the windows and record
-    every linear layer's statistics; `max_samples` input rows per layer are kept (0: none)."""
+    every linear layer's statistics; `max_samples` input rows per layer are kept (0: none; at most
+    SAMPLE_BYTES of them a layer), drawn evenly from the windows."""
     from ..model.linear import linears
     from ..runtime.attn_metadata import AttentionMetadata
 
@@ -172,9 +174,9 @@ def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_
     cfg = model.cfg
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    per_window = math.ceil(max_samples / len(windows)) if max_samples else 0
     gen = torch.Generator().manual_seed(0)
-    recorders = {name: _Recorder(max_samples, gen) for name, _ in linears(model) if not name.endswith("lm_head")}
+    recorders = {name: _Recorder(min(max_samples, SAMPLE_BYTES // (4 * m.in_features)), gen)
+                 for name, m in linears(model) if not name.endswith("lm_head")}
     handles = [m.register_forward_hook(recorders[name]) for name, m in linears(model) if name in recorders]
     kvh, d = cfg.num_key_value_heads, cfg.head_size
     try:
@@ -183,7 +185,7 @@ def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_
             batch = windows[b0:b0 + batch_windows]
             n, length = len(batch), len(batch[0])
             for r in recorders.values():
-                r.quota = per_window * n
+                r.quota = math.ceil(r.limit / len(windows)) * n
             meta = AttentionMetadata(
                 cu_q_lens=torch.arange(0, (n + 1) * length, length, dtype=torch.int32, device=dev),
                 context_lens=torch.full((n,), length, dtype=torch.int32, device=dev),

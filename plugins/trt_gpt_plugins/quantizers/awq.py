@@ -24,7 +24,7 @@ from .weight_only_format import expand_scale, quantize_rtn
 GRID = 20           # alpha in {0, 1/20, ..., 1}
 S_RANGE = (1e-4, 1e4)
 CLIP_RATIOS = tuple(1 - i / 20 for i in range(10))   # 1.0 .. 0.55, AutoAWQ's max_shrink 0.5 on a 20-step grid
-ROW_CHUNK = 256     # output rows per step of the clipping search (bounds its [rows, tokens, groups] temporaries)
+ROW_CHUNK = 1024    # output rows per step of the clipping search (bounds its temporaries)
 
 
 @dataclass
@@ -44,17 +44,21 @@ def prequant_for(x_absmean: torch.Tensor, alpha: float, dtype: torch.dtype) -> t
 
 def search(w: torch.Tensor, x: torch.Tensor, x_absmean: torch.Tensor, group_size: int, dtype: torch.dtype,
            grid: int = GRID) -> AwqResult:
-    """The best pre-quant scale for weight `w [out, in]` given input rows `x [n, in]` (float32 arithmetic)."""
+    """The best pre-quant scale for weight `w [out, in]` given input rows `x [n, in]` (float32 arithmetic).
+
+    The objective mean_n,o (x_n . d_o)^2 with d = W - diag-scaled dequantized W is evaluated as
+    sum(d (x^T x) * d) / (n out): one [in, in] Gram matrix instead of an [n, out] product per alpha."""
     wf, xf = w.float(), x.float()
-    y = xf @ wf.T
+    gram = xf.T @ xf
+    denom = xf.shape[0] * wf.shape[0]
     errors: list[float] = []
     best: tuple[float, float, torch.Tensor] | None = None
     for i in range(grid + 1):
         alpha = i / grid
         p = prequant_for(x_absmean, alpha, dtype)
         q, scale = quantize_rtn(wf / p.float()[None, :], 4, group_size, dtype)
-        w_hat = q.float() * expand_scale(scale.float(), q.shape[1])
-        err = float(((xf * p.float()) @ w_hat.T - y).pow(2).mean())
+        d = wf - q.float() * expand_scale(scale.float(), q.shape[1]) * p.float()[None, :]
+        err = float(((d @ gram) * d).sum()) / denom
         errors.append(err)
         if best is None or err < best[0]:
             best = (err, alpha, p)
@@ -64,20 +68,21 @@ def search(w: torch.Tensor, x: torch.Tensor, x_absmean: torch.Tensor, group_size
 
 def clip_search(w: torch.Tensor, x: torch.Tensor, group_size: int, dtype: torch.dtype,
                 ratios: tuple[float, ...] = CLIP_RATIOS) -> torch.Tensor:
-    """Per output row and group the ratio of `ratios` minimising mean_n (x_g . (w_g - Q(w_g)))^2 -> `[out, in // g]`."""
+    """Per output row and group the ratio of `ratios` minimising mean_n (x_g . (w_g - Q(w_g)))^2 -> `[out, in // g]`
+    (evaluated through each group's [g, g] Gram matrix of the inputs)."""
     out_f, in_f = w.shape
     ng = in_f // group_size
     xg = x.float().reshape(x.shape[0], ng, group_size)
+    gram = torch.einsum("nkg,nkh->kgh", xg, xg) / x.shape[0]
     best = torch.ones(out_f, ng)
     for r0 in range(0, out_f, ROW_CHUNK):
         wc = w[r0:r0 + ROW_CHUNK].float()
-        ref = torch.einsum("nkg,okg->okn", xg, wc.reshape(-1, ng, group_size))
         best_err = torch.full((wc.shape[0], ng), float("inf"))
         for ratio in ratios:
             clip = torch.full((wc.shape[0], ng), ratio)
             q, scale = quantize_rtn(wc, 4, group_size, dtype, clip)
-            w_hat = (q.float() * expand_scale(scale.float(), in_f)).reshape(-1, ng, group_size)
-            err = (torch.einsum("nkg,okg->okn", xg, w_hat) - ref).pow(2).mean(-1)
+            d = (wc - q.float() * expand_scale(scale.float(), in_f)).reshape(-1, ng, group_size)
+            err = torch.einsum("okg,kgh,okh->ok", d, gram, d)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best[r0:r0 + ROW_CHUNK] = torch.where(better, clip, best[r0:r0 + ROW_CHUNK])

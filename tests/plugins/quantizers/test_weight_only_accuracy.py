@@ -56,7 +56,7 @@ def test_held_out_perplexity(tmp_path, case):
         pytest.skip(f"{model} not present")
     model, text, calib = CASES[case](tmp_path)
     ids = load_tokenizer(model).encode(text, add_special_tokens=False)
-    stats = calibrate(model, calib, calib_size=16, max_seq_length=WINDOW, max_samples=512)
+    stats = calibrate(model, calib, calib_size=64, max_seq_length=WINDOW, max_samples=4096)
 
     def ppl(q: QuantConfig | None) -> float:
         convert(model, tmp_path / "ckpt", dtype="float32", quantization=q, overwrite=True,
