@@ -9,7 +9,7 @@ import functools
 
 from trt_gpt.hookspecs import hookimpl
 
-from . import activations, positions, sources
+from . import activations, positions, quantizers, sources
 from .adapters import lora_nemo, lora_peft, prompt_tables
 
 
@@ -44,3 +44,9 @@ def register_adapters(register):
     register(lora_nemo.NemoLora())
     for fmt in prompt_tables.FORMATS:
         register(fmt)
+
+
+@hookimpl
+def register_quantizers(register):
+    for q in quantizers.QUANTIZERS:
+        register(q)
