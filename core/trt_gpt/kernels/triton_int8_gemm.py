@@ -1,0 +1,197 @@
+"""W8A8 INT8 GEMM in Triton: activation quantization (one program per row) and an INT8 x INT8 tensor-core
+GEMM with INT32 accumulation and a dequantizing epilogue. `int8_gemm_ref` defines the function (read its
+docstring for the exact arithmetic); this is that function on the GPU, and under TRITON_INTERPRET on CPU.
+
+Why a kernel of our own: on the H200 `torch._int_mm` is no faster than bf16 cuBLAS (shared GPU notes), so
+INT8 pays only through Triton's `tl.dot` on int8 operands, which lowers to Hopper's integer wgmma. Both
+operands are K-contiguous ([M, K] activations, [N, K] weights as the checkpoint stores them): the K-major
+layout integer wgmma requires, so no weight transposition is ever needed.
+
+The activation quantization is a kernel of its own rather than a prologue of the GEMM: a per-token scale
+needs the whole row's max before the first K tile, and a GEMM prologue would redo that pass once per N
+tile. Rounding half to even is `(y + 1.5 * 2^23) - 1.5 * 2^23` in fp32 (exact for |y| <= 127): Triton's
+interpreter has no `rint`, and this is the same instruction sequence on both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .int8_gemm_ref import INT8_MAX, check_int8_gemm, int8_gemm_ref, quantize_activations
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_xm, stride_qm,
+                       HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    if DYNAMIC:
+        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs = k0 + tl.arange(0, BLOCK_K)
+            mask = offs < K
+            x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SMOOTHER:
+                x = tl.math.div_rn(x, tl.load(smoother_ptr + offs, mask=mask, other=1.0).to(tl.float32))
+            amax = tl.maximum(amax, tl.abs(x))
+        a = tl.max(amax, axis=0)
+        scale = tl.where(a > 0, tl.math.div_rn(a, 127.0), 1.0)
+        tl.store(s_ptr + row, scale)
+    else:
+        scale = tl.load(static_ptr)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < K
+        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SMOOTHER:
+            x = tl.math.div_rn(x, tl.load(smoother_ptr + offs, mask=mask, other=1.0).to(tl.float32))
+        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -127.0), 127.0)
+        y = (y + 12582912.0) - 12582912.0   # 1.5 * 2^23: rounds half to even (module docstring)
+        tl.store(q_row + offs, y.to(tl.int8), mask=mask)
+
+
+def quantize_rows(x: torch.Tensor, act_scale: torch.Tensor | None = None,
+                  smoother: torch.Tensor | None = None, block_k: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`int8_gemm_ref.quantize_activations` in Triton: (x_q int8 [M, K], s_x fp32 [M] per token or [1])."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be a row-major [M, K] matrix, got {tuple(x.shape)} strides {x.stride()}")
+    m, k = x.shape
+    if smoother is not None and smoother.shape != (k,):
+        raise ValueError(f"smoother must be [{k}], got {tuple(smoother.shape)}")
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    dynamic = act_scale is None
+    s = torch.empty(m, dtype=torch.float32, device=x.device) if dynamic else act_scale.float().reshape(1)
+    if m == 0:
+        return q, s
+    if block_k is None:
+        block_k = 32 if x.device.type != "cuda" else min(4096, triton.next_power_of_2(k))
+    sm = smoother.contiguous() if smoother is not None else s
+    _quant_rows_kernel[(m,)](x, q, s, sm, s, k, x.stride(0), q.stride(0),
+                             HAS_SMOOTHER=smoother is not None, DYNAMIC=dynamic, BLOCK_K=block_k,
+                             num_warps=4 if block_k >= 1024 else 1)
+    return q, s
+
+
+@dataclass(frozen=True)
+class Int8GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    def as_list(self) -> list[int]:
+        return [self.block_m, self.block_n, self.block_k, self.group_m, self.num_warps, self.num_stages]
+
+
+def int8_gemm_config(m: int, n: int, k: int, device: torch.device) -> Int8GemmConfig:
+    """Tiles for an [m, k] x [n, k]^T INT8 product. Interpreter: small tiles so tests cross every tail.
+    GPU: few rows are a weight stream (narrow M tile, long K steps, enough N tiles to fill the SMs); many
+    rows are compute-bound (128-wide tiles, 8 warps). `benchmarks/w8a8_gemm.py --sweep` measures others."""
+    if device.type != "cuda":
+        return Int8GemmConfig(16, 16, 32, 2, 1, 1)
+    if m <= 16:
+        return Int8GemmConfig(16, 64, 256, 1, 4, 4)
+    if m <= 64:
+        return Int8GemmConfig(64, 64, 128, 4, 4, 4)
+    if m <= 256:
+        return Int8GemmConfig(128, 128, 128, 8, 8, 3)
+    return Int8GemmConfig(128, 256, 128, 8, 8, 3)
+
+
+@triton.jit
+def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+                      PER_TOKEN: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr):
+    # grouped program order: GROUP_M row tiles share each weight tile while it is in L2
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    # rows/columns past the edge read a valid row (wrapped) instead of masking every load; never stored
+    am = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
+    bn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    a_ptrs = a_ptr + am[:, None].to(tl.int64) * stride_am + rk[None, :]
+    b_ptrs = b_ptr + bn[:, None].to(tl.int64) * stride_bn + rk[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
+            b = tl.load(b_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+
+    # epilogue: (float32(acc) * s_x[m]) * s_w[n] + bias[n], one cast at the store
+    y = acc.to(tl.float32)
+    if PER_TOKEN:
+        y = y * tl.load(sa_ptr + am)[:, None]
+    else:
+        y = y * tl.load(sa_ptr)
+    if PER_CHANNEL:
+        y = y * tl.load(sb_ptr + bn)[None, :]
+    else:
+        y = y * tl.load(sb_ptr)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + bn).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :]
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def int8_gemm(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
+              bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+              config: Int8GemmConfig | None = None) -> torch.Tensor:
+    """`int8_gemm_ref.int8_gemm_ref` in Triton: x_q [M, K] int8, w_q [N, K] int8, s_x [M] or [1], s_w [N] or [1]."""
+    check_int8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype)
+    if x_q.stride(1) != 1 or w_q.stride(1) != 1:
+        raise ValueError("x_q and w_q must be K-contiguous (row-major [M, K] and [N, K])")
+    (m, k), n = x_q.shape, w_q.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
+    if m == 0 or n == 0:
+        return out
+    cfg = config or int8_gemm_config(m, n, k, x_q.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    _int8_gemm_kernel[grid](
+        x_q, w_q, out, s_x.contiguous(), s_w.contiguous(), bias if bias is not None else s_w, m, n, k,
+        x_q.stride(0), w_q.stride(0), out.stride(0),
+        PER_TOKEN=s_x.numel() == m and m > 1, PER_CHANNEL=s_w.numel() == n and n > 1, HAS_BIAS=bias is not None,
+        EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out
+
+
+def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None,
+                act_scale: torch.Tensor | None = None, smoother: torch.Tensor | None = None,
+                out_dtype: torch.dtype | None = None, config: Int8GemmConfig | None = None) -> torch.Tensor:
+    """A W8A8 linear layer on x [..., K]: on CUDA the Triton kernels, elsewhere the torch definition
+    (`int8_gemm_ref`, exact integer arithmetic); the two agree up to the final rounding."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        x_q, s_x = quantize_rows(x2.contiguous(), act_scale, smoother)
+        y = int8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype or x.dtype, config)
+    else:
+        x_q, s_x = quantize_activations(x2, act_scale, smoother)
+        y = int8_gemm_ref(x_q, w_q, s_x, s_w, bias, out_dtype or x.dtype)
+    return y.reshape(*lead, w_q.shape[0])
+
+
+__all__ = ["INT8_MAX", "Int8GemmConfig", "int8_gemm", "int8_gemm_config", "quantize_rows", "w8a8_linear"]

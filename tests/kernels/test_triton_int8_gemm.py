@@ -1,0 +1,125 @@
+"""The Triton W8A8 kernels (activation quantization, INT8 tensor-core GEMM) against the torch definition
+(`int8_gemm_ref`, itself checked against float64 in test_int8_gemm_ref) and against float64 arithmetic
+written here. Shapes are not multiples of the interpreter's 16x16x32 tiles, so every tail is exercised."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before the kernel module defines its @triton.jit functions
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from trt_gpt.kernels.int8_gemm_ref import int8_gemm_ref, quantize_activations, quantize_weight  # noqa: E402
+from trt_gpt.kernels.triton_int8_gemm import (Int8GemmConfig, int8_gemm, quantize_rows,  # noqa: E402
+                                              w8a8_linear)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_quantize_rows_ties_round_half_to_even():
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 200.0 / 254]], device=DEVICE)
+    x[0, 0] = 254.0                                # max 254: scale exactly 2
+    q, s = quantize_rows(x)
+    assert s.tolist() == [2.0]
+    # x / 2 = 127, .25, .75, 1.25, -.25, -.75, -1.25, 1.75, ~0.39 -> round half even after that
+    assert q.tolist() == [[127, 0, 1, 1, 0, -1, -1, 2, 0]]
+    q, _ = quantize_rows(torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5]], device=DEVICE))
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["per_token", "static", "smoother"])
+def test_quantize_rows_equals_the_definition(mode, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 100, generator=gen) * 3).to(dtype)
+    x[2] = 0
+    act = torch.tensor([0.02]) if mode == "static" else None
+    smoother = torch.rand(100, generator=gen) + 0.5 if mode == "smoother" else None
+    want_q, want_s = quantize_activations(x, act, smoother)
+    got_q, got_s = quantize_rows(x.to(DEVICE), act.to(DEVICE) if act is not None else None,
+                                 smoother.to(DEVICE) if smoother is not None else None)
+    assert torch.equal(got_s.cpu(), want_s) and torch.equal(got_q.cpu(), want_q)
+
+
+def case(m, n, k, per_token, per_channel, bias, out_dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x_q = torch.randint(-127, 128, (m, k), generator=gen).to(torch.int8)
+    w_q = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
+    s_x = torch.rand(m if per_token else 1, generator=gen) * 0.01 + 1e-3
+    s_w = torch.rand(n if per_channel else 1, generator=gen) * 0.01 + 1e-3
+    b = torch.randn(n, generator=gen).to(out_dtype) if bias else None
+    return x_q, w_q, s_x, s_w, b
+
+
+def on(dev, *ts):
+    return [t.to(dev) if t is not None else None for t in ts]
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_token,per_channel,bias", [(True, True, True), (False, True, False),
+                                                         (True, False, True), (False, False, False)])
+def test_int8_gemm_equals_the_definition(per_token, per_channel, bias, out_dtype):
+    x_q, w_q, s_x, s_w, b = case(37, 50, 100, per_token, per_channel, bias, out_dtype)
+    want = int8_gemm_ref(x_q, w_q, s_x, s_w, b, out_dtype)
+    got = int8_gemm(*on(DEVICE, x_q, w_q, s_x, s_w, b), out_dtype=out_dtype).cpu()
+    assert got.dtype == out_dtype and got.shape == (37, 50)
+    if DEVICE == "cpu" and out_dtype != torch.bfloat16:
+        assert torch.equal(got, want)   # the interpreter evaluates the epilogue in the definition's order
+    elif DEVICE == "cpu":               # the interpreter's fp32 -> bf16 cast truncates: one bf16 ulp apart
+        torch.testing.assert_close(got, want, rtol=2 ** -7, atol=0)
+    else:                               # the GPU may contract the bias add into an FMA
+        torch.testing.assert_close(got, want, rtol=2e-6 if out_dtype == torch.float32 else 1e-2, atol=1e-5)
+    # float64 from the definition: the integer sum, the two scales, the bias
+    want64 = (x_q.double() @ w_q.double().t()) * s_x.double().reshape(-1, 1) * s_w.double().reshape(1, -1)
+    if b is not None:
+        want64 += b.double()
+    tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[out_dtype]
+    torch.testing.assert_close(got.double(), want64, rtol=tol, atol=tol * want64.abs().max().item())
+
+
+def test_int8_gemm_single_row_and_even_k_and_other_tiles():
+    x_q, w_q, s_x, s_w, b = case(1, 33, 64, True, True, True, torch.float32, seed=1)
+    want = int8_gemm_ref(x_q, w_q, s_x, s_w, b, torch.float32)
+    got = int8_gemm(*on(DEVICE, x_q, w_q, s_x, s_w, b), out_dtype=torch.float32).cpu()
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=0)
+    x_q, w_q, s_x, s_w, b = case(40, 20, 96, True, True, False, torch.float32, seed=2)
+    cfg = Int8GemmConfig(32, 16, 32, 1, 4, 1)   # one more tile shape, group of one
+    got = int8_gemm(*on(DEVICE, x_q, w_q, s_x, s_w, b), out_dtype=torch.float32, config=cfg).cpu()
+    torch.testing.assert_close(got, int8_gemm_ref(x_q, w_q, s_x, s_w, b, torch.float32), rtol=2e-6, atol=0)
+
+
+def test_int8_gemm_accumulates_beyond_fp32_integers():
+    # |acc| up to 127^2 * 1088 = 17.5M > 2^24: an fp32 accumulator would lose the last bits; INT32 does not
+    k = 1088
+    x_q = torch.full((16, k), 127, dtype=torch.int8)
+    w_q = torch.full((16, k), 127, dtype=torch.int8)
+    w_q[:, 0] = 126                                      # makes the exact sum odd: 127^2 * 1087 + 127 * 126
+    one = torch.ones(1)
+    got = int8_gemm(*on(DEVICE, x_q, w_q, one, one), out_dtype=torch.float32).cpu()
+    exact = 127 * 127 * (k - 1) + 127 * 126
+    assert exact > 2 ** 24 and got[0, 0].item() == float(torch.tensor(float(exact), dtype=torch.float64).float())
+
+
+def test_w8a8_linear_device_paths_agree():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 48, generator=gen)
+    w, b = torch.randn(20, 48, generator=gen), torch.randn(20, generator=gen)
+    w_q, s_w = quantize_weight(w, per_channel=True)
+    cpu = w8a8_linear(x, w_q, s_w, b)
+    x_q, s_x = quantize_rows(x.reshape(21, 48).to(DEVICE))
+    kern = int8_gemm(*on(DEVICE, x_q, w_q, s_x, s_w, b), out_dtype=torch.float32).cpu()
+    assert cpu.shape == (3, 7, 20)
+    torch.testing.assert_close(kern, cpu.reshape(21, 20), rtol=2e-6, atol=1e-6)
+
+
+def test_bad_layouts_are_refused():
+    q = torch.zeros(8, 64, dtype=torch.int8, device=DEVICE)
+    one = torch.ones(1, device=DEVICE)
+    with pytest.raises(ValueError, match="K-contiguous"):
+        int8_gemm(q, torch.zeros(64, 8, dtype=torch.int8, device=DEVICE).t(), one, one)
+    with pytest.raises(ValueError, match="smoother"):
+        quantize_rows(torch.zeros(2, 64, device=DEVICE), smoother=torch.ones(63, device=DEVICE))
