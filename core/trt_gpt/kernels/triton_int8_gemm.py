@@ -123,9 +123,9 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, st
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    # rows/columns past the edge read a valid row (wrapped) instead of masking every load; never stored
-    am = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
-    bn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    # rows/columns past the edge read a valid row (wrapped) instead of masking every K step; never stored
+    am = rm % M
+    bn = rn % N
     a_ptrs = a_ptr + am[:, None].to(tl.int64) * stride_am + rk[None, :]
     b_ptrs = b_ptr + bn[:, None].to(tl.int64) * stride_bn + rk[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
