@@ -22,17 +22,22 @@ Scales. Weights: per output channel (`--per_channel`) or one per tensor, max|W| 
 token, dynamic at run time (`--per_token`), or one static per-tensor scale from calibration; after
 smoothing, channel j's range is max|X_j| / s_j, so the static scale needs no second calibration pass.
 
-All statistics here are of whole (unsharded) layers: s and the per-tensor scales couple every output row
-(column-parallel qkv/fc) or every input channel (row-parallel dense/proj), so they are computed before a
-state dict is cut for tensor-parallel ranks, and the results are sharded like the weights they belong to.
+Tensor parallelism: the quantizer runs on one rank's sharded state dict, so each rank smooths with its own
+weight rows (column-parallel qkv/fc/gate) or input slice (row-parallel dense/proj, whose statistics
+`CalibStats.for_rank` cuts to the slice) and folds its own s into its own copy of the norm. That is exact
+per rank: a rank's norm output feeds only that rank's qkv (or fc/gate) slice, and a row-parallel rank
+dequantizes its partial sum (with its own scales) before the all-reduce. Per-tensor scales are per rank
+for the same reason.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from trt_gpt.config import ModelConfig, QuantConfig
 from trt_gpt.errors import TrtGptError
+from trt_gpt.model.linear import Linear, LinearMethod, linears
 from trt_gpt.kernels.int8_gemm_ref import INT8_MAX, quantize_weight, scale_from_absmax
 
 # the paper's (and TensorRT-LLM's) floor on statistics and scales: a channel that never fired (max 0)
@@ -107,3 +112,118 @@ def quantize_linear(weight: torch.Tensor, act_absmax: torch.Tensor, per_channel:
     if smoother is not None:
         out["smoother"] = smoother.float()
     return out
+
+
+# ------------------------------------------------------------------ the quantizer plugin
+# TensorRT-LLM's quant_algo names -> (per-channel weight scales, per-token activation scales)
+QUANT_ALGOS = {
+    "W8A8_SQ_PER_CHANNEL": (True, False),
+    "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN": (True, False),
+    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": (True, True),
+    "W8A8_SQ_PER_TENSOR_PLUGIN": (False, False),
+    "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN": (False, True),
+}
+QUANTIZED_ROLES = ("qkv", "dense", "fc", "gate", "proj")
+SMOOTHER_ROLES = ("dense", "proj")      # no norm before them: the runtime divides their input
+
+
+def quant_algo(per_channel: bool, per_token: bool) -> str:
+    """The quant_algo name of a SmoothQuant setting (`convert --smoothquant α [--per_channel] [--per_token]`)."""
+    if per_channel and not per_token:
+        return "W8A8_SQ_PER_CHANNEL"
+    return next(k for k, v in QUANT_ALGOS.items() if v == (per_channel, per_token))
+
+
+class SmoothQuantMethod(LinearMethod):
+    """INT8 weights and activations: `weight` int8 [out, in], `per_channel_scale` fp32 [out] (or [1]),
+    `act_scale` fp32 [1] for static activation scales, `smoother` fp32 [in] for dense/proj."""
+    fused = False   # the fused small-batch decode kernels read float weights; these layers take the module path
+
+    def __init__(self, per_channel: bool, per_token: bool, smoother: bool):
+        self.per_channel, self.per_token, self.smoother = per_channel, per_token, smoother
+        self.name = f"w8a8_{'channel' if per_channel else 'tensor'}_{'token' if per_token else 'static'}"
+
+    def create_weights(self, layer: Linear, in_features: int, out_features: int) -> None:
+        layer.add_param("weight", (out_features, in_features), torch.int8)
+        layer.add_param("per_channel_scale", (out_features if self.per_channel else 1,), torch.float32)
+        if not self.per_token:
+            layer.add_param("act_scale", (1,), torch.float32)
+        if self.smoother:
+            layer.add_param("smoother", (in_features,), torch.float32)
+
+    def apply(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        from trt_gpt.kernels.triton_int8_gemm import w8a8_linear
+
+        return w8a8_linear(x, layer.weight, layer.per_channel_scale, bias, getattr(layer, "act_scale", None),
+                           getattr(layer, "smoother", None), out_dtype=x.dtype)
+
+
+def sq_settings(qcfg: QuantConfig) -> tuple[bool, bool, float]:
+    """(per_channel, per_token, alpha) of a SmoothQuant `quantization` block."""
+    per_channel, per_token = QUANT_ALGOS[qcfg.quant_algo]
+    alpha = getattr(qcfg, "smoothquant_val", None)
+    return per_channel, per_token, check_alpha(0.5 if alpha is None else alpha, "quantization.smoothquant_val")
+
+
+# the linear layers reading one input, with the norm that produces it (None: the runtime smoother)
+def _groups(prefix: str) -> list[tuple[str | None, list[str]]]:
+    return [("input_layernorm", [f"{prefix}attention.qkv"]), ("post_layernorm", [f"{prefix}mlp.fc", f"{prefix}mlp.gate"]),
+            (None, [f"{prefix}attention.dense"]), (None, [f"{prefix}mlp.proj"])]
+
+
+class SmoothQuantQuantizer:
+    """SmoothQuant W8A8 for qkv, dense, fc, gate and proj (lm_head and embeddings stay in float)."""
+    name = "smoothquant"
+    quant_algos = tuple(QUANT_ALGOS)
+    kv_cache_quant_algos = ()
+
+    def linear_method(self, cfg: ModelConfig, role: str, layer_idx: int | None) -> LinearMethod | None:
+        if role not in QUANTIZED_ROLES:
+            return None
+        per_channel, per_token, _ = sq_settings(cfg.quantization)
+        return SmoothQuantMethod(per_channel, per_token, role in SMOOTHER_ROLES)
+
+    def quantize(self, tensors: dict[str, torch.Tensor], cfg: ModelConfig,
+                 stats: Any | None = None) -> dict[str, torch.Tensor]:
+        """Smooth and quantize one rank's state dict. Without calibration statistics (random-weight engines)
+        s = 1 (no smoothing), which only per-token activation scales can run with."""
+        from trt_gpt.model import GPTForCausalLM
+
+        per_channel, per_token, alpha = sq_settings(cfg.quantization)
+        if stats is None and not per_token:
+            raise TrtGptError(f"quantization.quant_algo {cfg.quantization.quant_algo}: static per-tensor activation "
+                              "scales need calibration statistics (calibrate, or use per-token scales)")
+        with torch.device("meta"):
+            model = GPTForCausalLM(cfg)
+        lins = dict(linears(model))
+        out = dict(tensors)
+        for i in range(len(model.transformer.layers)):
+            for norm, names in _groups(f"transformer.layers.{i}."):
+                names = [n for n in names if n in lins]
+                quantized = [n for n in names if isinstance(lins[n].method, SmoothQuantMethod)]
+                if not quantized:
+                    continue
+                weights = [out[f"{n}.weight"].float() for n in names]
+                if stats is None:
+                    act = torch.ones(weights[0].shape[1])
+                    s = act
+                else:
+                    act = torch.stack([stats.for_rank(n, lins[n].parallel, cfg).in_absmax.float() for n in names]
+                                      ).amax(0)
+                    s = smoothing_scales(act, weights, alpha)
+                if norm is not None:
+                    nw = f"transformer.layers.{i}.{norm}"
+                    w2, b2 = fold_into_norm(s, out[f"{nw}.weight"], out.get(f"{nw}.bias"), cfg.norm_type)
+                    out[f"{nw}.weight"] = w2
+                    if b2 is not None:
+                        out[f"{nw}.bias"] = b2
+                for n, w in zip(names, weights):
+                    ws = scale_weight(s, w)
+                    if n not in quantized:      # a float layer sharing the norm takes the rewrite in float
+                        out[f"{n}.weight"] = ws.to(out[f"{n}.weight"].dtype)
+                        continue
+                    del out[f"{n}.weight"]
+                    for k, t in quantize_linear(ws, smoothed_absmax(act, s), per_channel, per_token,
+                                                s if norm is None else None).items():
+                        out[f"{n}.{k}"] = t
+        return out
