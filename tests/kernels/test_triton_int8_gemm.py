@@ -1,4 +1,4 @@
-"""The Triton W8A8 kernels (activation quantization, INT8 tensor-core GEMM) against the torch definition
+"""The Triton INT8 tensor-core GEMM against the torch definition
 (`int8_gemm_ref`, itself checked against float64 in test_int8_gemm_ref) and against float64 arithmetic
 written here. Shapes are not multiples of the interpreter's 16x16x32 tiles, so every tail is exercised."""
 from __future__ import annotations
@@ -13,36 +13,11 @@ if not torch.cuda.is_available():  # before the kernel module defines its @trito
 
 pytest.importorskip("triton")
 
-from trt_gpt.kernels.int8_gemm_ref import int8_gemm_ref, quantize_activations, quantize_weight  # noqa: E402
-from trt_gpt.kernels.triton_int8_gemm import (Int8GemmConfig, int8_gemm, quantize_rows,  # noqa: E402
-                                              w8a8_linear)
+from trt_gpt.kernels.int8_gemm_ref import int8_gemm_ref, quantize_weight  # noqa: E402
+from trt_gpt.kernels.triton_int8_gemm import Int8GemmConfig, int8_gemm, w8a8_linear  # noqa: E402
+from trt_gpt.kernels.triton_quant import quantize_rows  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def test_quantize_rows_ties_round_half_to_even():
-    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 200.0 / 254]], device=DEVICE)
-    x[0, 0] = 254.0                                # max 254: scale exactly 2
-    q, s = quantize_rows(x)
-    assert s.tolist() == [2.0]
-    # x / 2 = 127, .25, .75, 1.25, -.25, -.75, -1.25, 1.75, ~0.39 -> round half even after that
-    assert q.tolist() == [[127, 0, 1, 1, 0, -1, -1, 2, 0]]
-    q, _ = quantize_rows(torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5]], device=DEVICE))
-    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2]]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["per_token", "static", "smoother"])
-def test_quantize_rows_equals_the_definition(mode, dtype):
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(6, 100, generator=gen) * 3).to(dtype)
-    x[2] = 0
-    act = torch.tensor([0.02]) if mode == "static" else None
-    smoother = torch.rand(100, generator=gen) + 0.5 if mode == "smoother" else None
-    want_q, want_s = quantize_activations(x, act, smoother)
-    got_q, got_s = quantize_rows(x.to(DEVICE), act.to(DEVICE) if act is not None else None,
-                                 smoother.to(DEVICE) if smoother is not None else None)
-    assert torch.equal(got_s.cpu(), want_s) and torch.equal(got_q.cpu(), want_q)
 
 
 def case(m, n, k, per_token, per_channel, bias, out_dtype, seed=0):
@@ -121,5 +96,3 @@ def test_bad_layouts_are_refused():
     one = torch.ones(1, device=DEVICE)
     with pytest.raises(ValueError, match="K-contiguous"):
         int8_gemm(q, torch.zeros(64, 8, dtype=torch.int8, device=DEVICE).t(), one, one)
-    with pytest.raises(ValueError, match="smoother"):
-        quantize_rows(torch.zeros(2, 64, device=DEVICE), smoother=torch.ones(63, device=DEVICE))

@@ -112,5 +112,11 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: torc
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     s_x = fp8_scale(x2.float().abs().amax()) if act_scale is None else act_scale.float().reshape(1)
-    y = fp8_gemm(quantize_fp8(x2, s_x), w_q, s_x, s_w, bias, out_dtype or x.dtype)
+    if x2.is_cuda:   # one Triton pass instead of torch's cast, divide, clamp and convert kernels
+        from .triton_quant import quantize_rows_fp8
+
+        x_q = quantize_rows_fp8(x2.contiguous(), s_x)
+    else:
+        x_q = quantize_fp8(x2, s_x)
+    y = fp8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype or x.dtype)
     return y.reshape(*lead, w_q.shape[0])

@@ -1,16 +1,12 @@
-"""W8A8 INT8 GEMM in Triton: activation quantization (one program per row) and an INT8 x INT8 tensor-core
-GEMM with INT32 accumulation and a dequantizing epilogue. `int8_gemm_ref` defines the function (read its
-docstring for the exact arithmetic); this is that function on the GPU, and under TRITON_INTERPRET on CPU.
+"""W8A8 INT8 GEMM in Triton: an INT8 x INT8 tensor-core GEMM with INT32 accumulation and a dequantizing
+epilogue, after the activation quantization kernel (`triton_quant.quantize_rows`). `int8_gemm_ref`
+defines the function (read its docstring for the exact arithmetic); this is that function on the GPU,
+and under TRITON_INTERPRET on CPU.
 
 Why a kernel of our own: on the H200 `torch._int_mm` is no faster than bf16 cuBLAS (shared GPU notes), so
 INT8 pays only through Triton's `tl.dot` on int8 operands, which lowers to Hopper's integer wgmma. Both
 operands are K-contiguous ([M, K] activations, [N, K] weights as the checkpoint stores them): the K-major
 layout integer wgmma requires, so no weight transposition is ever needed.
-
-The activation quantization is a kernel of its own rather than a prologue of the GEMM: a per-token scale
-needs the whole row's max before the first K tile, and a GEMM prologue would redo that pass once per N
-tile. Rounding half to even is `(y + 1.5 * 2^23) - 1.5 * 2^23` in fp32 (exact for |y| <= 127): Triton's
-interpreter has no `rint`, and this is the same instruction sequence on both.
 """
 from __future__ import annotations
 
@@ -21,60 +17,7 @@ import triton
 import triton.language as tl
 
 from .int8_gemm_ref import INT8_MAX, check_int8_gemm, int8_gemm_ref, quantize_activations
-
-
-@triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_xm, stride_qm,
-                       HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, BLOCK_K: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xm
-    q_row = q_ptr + row * stride_qm
-    if DYNAMIC:
-        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs = k0 + tl.arange(0, BLOCK_K)
-            mask = offs < K
-            x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_SMOOTHER:
-                x = tl.math.div_rn(x, tl.load(smoother_ptr + offs, mask=mask, other=1.0).to(tl.float32))
-            amax = tl.maximum(amax, tl.abs(x))
-        a = tl.max(amax, axis=0)
-        scale = tl.where(a > 0, tl.math.div_rn(a, 127.0), 1.0)
-        tl.store(s_ptr + row, scale)
-    else:
-        scale = tl.load(static_ptr)
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < K
-        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_SMOOTHER:
-            x = tl.math.div_rn(x, tl.load(smoother_ptr + offs, mask=mask, other=1.0).to(tl.float32))
-        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -127.0), 127.0)
-        y = (y + 12582912.0) - 12582912.0   # 1.5 * 2^23: rounds half to even (module docstring)
-        tl.store(q_row + offs, y.to(tl.int8), mask=mask)
-
-
-def quantize_rows(x: torch.Tensor, act_scale: torch.Tensor | None = None,
-                  smoother: torch.Tensor | None = None, block_k: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`int8_gemm_ref.quantize_activations` in Triton: (x_q int8 [M, K], s_x fp32 [M] per token or [1])."""
-    if x.dim() != 2 or x.stride(1) != 1:
-        raise ValueError(f"x must be a row-major [M, K] matrix, got {tuple(x.shape)} strides {x.stride()}")
-    m, k = x.shape
-    if smoother is not None and smoother.shape != (k,):
-        raise ValueError(f"smoother must be [{k}], got {tuple(smoother.shape)}")
-    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
-    dynamic = act_scale is None
-    s = torch.empty(m, dtype=torch.float32, device=x.device) if dynamic else act_scale.float().reshape(1)
-    if m == 0:
-        return q, s
-    if block_k is None:
-        block_k = 32 if x.device.type != "cuda" else min(4096, triton.next_power_of_2(k))
-    sm = smoother.contiguous() if smoother is not None else s
-    _quant_rows_kernel[(m,)](x, q, s, sm, s, k, x.stride(0), q.stride(0),
-                             HAS_SMOOTHER=smoother is not None, DYNAMIC=dynamic, BLOCK_K=block_k,
-                             num_warps=4 if block_k >= 1024 else 1)
-    return q, s
+from .triton_quant import quantize_rows
 
 
 @dataclass(frozen=True)
