@@ -11,7 +11,7 @@ Shapes (N, K): qkv (5632, 4608), dense (4608, 4608), fc (18432, 4608), proj (460
   * fp8+q     - the whole FP8 layer with a static activation scale: quantize (torch ops) + _scaled_mm.
 Correctness first, at every (M, shape): our INT8 GEMM against the exact integer product (a float64 matmul
 of the integer values, exact below 2^53) with the definition's epilogue, the quantization kernel against
-the torch definition (bit-equal), _scaled_mm against the fp32 emulation of the same FP8 values (TF32
+the torch definitions (bit-equal, INT8 and FP8), _scaled_mm against the fp32 emulation of the same FP8 values (TF32
 off). Timing: each measurement replays a CUDA graph of `--reps` back-to-back calls (launch overhead
 excluded, as in our decode and prefill graphs) cycling through weight copies that total more than L2,
 so weights stream from HBM; median of --iters replays. Prints a TFLOP/s table; --out writes JSON.
@@ -44,8 +44,8 @@ from trt_gpt.kernels.fp8_ref import (fp8_gemm, fp8_gemm_ref, fp8_linear, fp8_sup
                                      quantize_fp8, quantize_weight_fp8)
 from trt_gpt.kernels.int8_gemm_ref import (int8_matmul_exact, quantize_activations,  # noqa: E402
                                            quantize_weight)
-from trt_gpt.kernels.triton_int8_gemm import (Int8GemmConfig, int8_gemm, int8_gemm_config,  # noqa: E402
-                                              quantize_rows, w8a8_linear)
+from trt_gpt.kernels.triton_int8_gemm import Int8GemmConfig, int8_gemm, int8_gemm_config, w8a8_linear  # noqa: E402
+from trt_gpt.kernels.triton_quant import quantize_rows, quantize_rows_fp8  # noqa: E402
 
 SHAPES = {"qkv": (5632, 4608), "dense": (4608, 4608), "fc": (18432, 4608), "proj": (4608, 18432)}
 DRY_SHAPES = {"qkv": (96, 64), "proj": (64, 128)}
@@ -124,10 +124,12 @@ def check(m: int, name: str, layer: dict, x: torch.Tensor, fp8_ok: bool) -> dict
     if fp8_ok:
         s_x = torch.tensor([float(x.abs().max()) / 448], device=x.device)
         x_f8 = quantize_fp8(x, s_x)
+        out["fp8_quant_rows_equal"] = bool(torch.equal(quantize_rows_fp8(x, s_x).view(torch.uint8),
+                                                       x_f8.view(torch.uint8)))
         got = fp8_gemm(x_f8, layer["w_f8"][0], s_x, layer["s_f8"][0], out_dtype=torch.float32)
         want = fp8_gemm_ref(x_f8, layer["w_f8"][0], s_x, layer["s_f8"][0], out_dtype=torch.float32)
         out["fp8_max_rel_err"] = float(((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item())
-        out["fp8_ok"] = out["fp8_max_rel_err"] <= 1e-4   # fp32 sums in another order
+        out["fp8_ok"] = out["fp8_max_rel_err"] <= 1e-4 and out["fp8_quant_rows_equal"]   # fp32 sums reordered
     return out
 
 
