@@ -8,11 +8,11 @@ Shapes (N, K): qkv (5632, 4608), dense (4608, 4608), fc (18432, 4608), proj (460
   * int8      - our Triton GEMM on pre-quantized int8 x (per-token x per-channel scales, bf16 out);
   * int8+q    - the whole W8A8 layer: per-token activation quantization kernel + our GEMM;
   * fp8       - torch._scaled_mm on pre-quantized e4m3 x (per-tensor scales, bf16 out);
-  * fp8+q     - the whole FP8 layer with a static activation scale: quantize (torch ops) + _scaled_mm.
+  * fp8+q     - the whole FP8 layer with a static activation scale: the Triton FP8 quantization + _scaled_mm.
 Correctness first, at every (M, shape): our INT8 GEMM against the exact integer product (a float64 matmul
-of the integer values, exact below 2^53) with the definition's epilogue, the quantization kernel against
-the torch definitions (bit-equal, INT8 and FP8), _scaled_mm against the fp32 emulation of the same FP8 values (TF32
-off). Timing: each measurement replays a CUDA graph of `--reps` back-to-back calls (launch overhead
+of the integer values, exact below 2^53) with the definition's epilogue, the quantization kernels against
+the torch definitions (bit-equal, INT8 and FP8), _scaled_mm against the fp32 emulation of the same FP8
+values (TF32 off). Timing: each measurement replays a CUDA graph of `--reps` back-to-back calls (launch overhead
 excluded, as in our decode and prefill graphs) cycling through weight copies that total more than L2,
 so weights stream from HBM; median of --iters replays. Prints a TFLOP/s table; --out writes JSON.
 
