@@ -76,12 +76,16 @@ def test_fp8_linear_matches_float64_definition(static, out_dtype):
 
 def test_capability_check(monkeypatch):
     assert fp8_supported("cpu") is None
+    fp8_ref._cuda_fp8_supported.cache_clear()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
     msg = fp8_supported("cuda:0")
     assert msg is not None and "8.0" in msg and "8.9" in msg and "A100" in msg and "\n" not in msg
+    fp8_ref._cuda_fp8_supported.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
-    assert fp8_supported("cuda:0") is None
+    assert fp8_supported("cuda") is None
+    fp8_ref._cuda_fp8_supported.cache_clear()
 
 
 def test_unsupported_gpu_is_refused_not_emulated(monkeypatch):

@@ -14,6 +14,8 @@ an emulated FP8 engine would be slower than the fp16 one it is meant to beat.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .int8_gemm_ref import FLOAT_OUT, scale_from_absmax
@@ -29,6 +31,12 @@ def fp8_supported(device: torch.device | str) -> str | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
+    return _cuda_fp8_supported(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)   # asked on every FP8 GEMM: keep the driver query off that path
+def _cuda_fp8_supported(index: int) -> str | None:
+    device = torch.device("cuda", index)
     if not hasattr(torch, "_scaled_mm"):
         return f"FP8 needs torch._scaled_mm, which torch {torch.__version__} does not have"
     cap = torch.cuda.get_device_capability(device)
