@@ -83,7 +83,7 @@ def phase2_configs(best: GemvConfig | None) -> list[GemvConfig]:
     """Other warp counts and num_stages around the phase-1 winner (each new config is a compile: keep few).
 
     On sm_90 with Triton 3.9 num_stages did not change the generated code (no tl.dot: nothing for the
-    pipeliner); it is swept anyway in case the lead's Triton differs.
+    pipeliner); it is swept anyway in case another Triton version differs.
     """
     if best is None:
         return []

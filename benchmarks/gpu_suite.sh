@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The issue-5 benchmark suite on one GPU: correctness first, then each target workload side by side with
-# HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART]
+# The GPU suite behind docs/benchmarks.md: correctness on the GPU first, then each workload of its tables, side
+# by side with HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART],
+# OUTDIR by convention benchmarks/results/<gpu>/<date>-<what>/
 # PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | prefill | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
@@ -40,7 +41,7 @@ if want kcheck; then  # the decode-attention and embedding kernels only (a quick
     tests/kernels/test_triton_argmax.py -k "${KCHECK_FILTER:-decode or split or embed or pick or argmax}" 2>&1 \
     | tee "$OUT/pytest-kcheck.log" | tail -3
 fi
-if want b1hf; then  # the two batch-1 targets alone, HF eager beside each
+if want b1hf; then  # the two small batch-1 workloads alone, HF eager beside each
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   bench sc1b_b1 santacoder --num_requests 6 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
@@ -147,7 +148,7 @@ if want small; then
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
-if want final || want all; then  # the 1B-class targets, HF eager beside each (HF's compiled path crashed here)
+if want final || want all; then  # the 1B-class workloads, HF eager beside each (HF's compiled path crashed here)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
@@ -155,7 +156,7 @@ if want final || want all; then  # the 1B-class targets, HF eager beside each (H
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1 --hf_eager
   bench sc1b_ifb1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
 fi
-if want large || want all; then  # the 7B targets (HF's 7B on this machine did not finish in a call)
+if want large || want all; then  # the 7B workloads (HF's 7B on this machine did not finish in a call)
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench sc2_7b_b1 sc2_7b --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
   bench sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1

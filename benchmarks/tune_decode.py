@@ -170,8 +170,8 @@ def pdl_ab(timer: StepTimer) -> None:
 def gap_probe(timer: StepTimer, llm: LLM) -> None:
     """Where the time between replays goes, in ms per step: the graph back to back (a staged graph's input
     stage kernel included, `triton_stage`); with an input copy before it and a picks copy after it (the
-    stream of the fifth session); with the input copy alone (the sixth session's: picks stored in host
-    memory by the graph, `triton_argmax.HostPicks`); and the real overlapped decoding loop (`LLM.step`,
+    stream without host picks); with the input copy alone (picks stored in host memory by the graph,
+    `triton_argmax.HostPicks`); and the real overlapped decoding loop (`LLM.step`,
     host work included)."""
     timer()                                   # (re)captures the graph of the current step
     g = timer.g
