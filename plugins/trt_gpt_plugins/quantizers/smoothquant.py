@@ -38,23 +38,12 @@ import torch
 from trt_gpt.config import ModelConfig, QuantConfig
 from trt_gpt.errors import TrtGptError
 from trt_gpt.model.linear import Linear, LinearMethod, linears
+from trt_gpt.quant.formats import SMOOTHQUANT_ALGOS, check_alpha
 from trt_gpt.kernels.int8_gemm_ref import INT8_MAX, quantize_weight, scale_from_absmax
 
 # the paper's (and TensorRT-LLM's) floor on statistics and scales: a channel that never fired (max 0)
 # must not give s = 0 or a division by zero
 EPS = 1e-5
-
-
-def check_alpha(alpha: float, where: str = "--smoothquant") -> float:
-    """alpha as a float in [0, 1], else a one-line TrtGptError naming `where`."""
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TrtGptError(f"{where}: the migration strength alpha must be a number in [0, 1], got {alpha!r}") \
-            from None
-    if not 0.0 <= a <= 1.0:   # NaN fails too
-        raise TrtGptError(f"{where}: the migration strength alpha must be in [0, 1], got {alpha}")
-    return a
 
 
 def smoothing_scales(act_absmax: torch.Tensor, weights: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -115,23 +104,8 @@ def quantize_linear(weight: torch.Tensor, act_absmax: torch.Tensor, per_channel:
 
 
 # ------------------------------------------------------------------ the quantizer plugin
-# TensorRT-LLM's quant_algo names -> (per-channel weight scales, per-token activation scales)
-QUANT_ALGOS = {
-    "W8A8_SQ_PER_CHANNEL": (True, False),
-    "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN": (True, False),
-    "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": (True, True),
-    "W8A8_SQ_PER_TENSOR_PLUGIN": (False, False),
-    "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN": (False, True),
-}
 QUANTIZED_ROLES = ("qkv", "dense", "fc", "gate", "proj")
 SMOOTHER_ROLES = ("dense", "proj")      # no norm before them: the runtime divides their input
-
-
-def quant_algo(per_channel: bool, per_token: bool) -> str:
-    """The quant_algo name of a SmoothQuant setting (`convert --smoothquant α [--per_channel] [--per_token]`)."""
-    if per_channel and not per_token:
-        return "W8A8_SQ_PER_CHANNEL"
-    return next(k for k, v in QUANT_ALGOS.items() if v == (per_channel, per_token))
 
 
 class SmoothQuantMethod(LinearMethod):
@@ -152,15 +126,17 @@ class SmoothQuantMethod(LinearMethod):
             layer.add_param("smoother", (in_features,), torch.float32)
 
     def apply(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        from trt_gpt.kernels.triton_int8_gemm import w8a8_linear
-
+        if x.is_cuda:
+            from trt_gpt.kernels.triton_int8_gemm import w8a8_linear
+        else:   # exact integer arithmetic in torch; Triton need not be installed
+            from trt_gpt.kernels.int8_gemm_ref import w8a8_linear_ref as w8a8_linear
         return w8a8_linear(x, layer.weight, layer.per_channel_scale, bias, getattr(layer, "act_scale", None),
                            getattr(layer, "smoother", None), out_dtype=x.dtype)
 
 
 def sq_settings(qcfg: QuantConfig) -> tuple[bool, bool, float]:
     """(per_channel, per_token, alpha) of a SmoothQuant `quantization` block."""
-    per_channel, per_token = QUANT_ALGOS[qcfg.quant_algo]
+    per_channel, per_token = SMOOTHQUANT_ALGOS[qcfg.quant_algo]
     alpha = getattr(qcfg, "smoothquant_val", None)
     return per_channel, per_token, check_alpha(0.5 if alpha is None else alpha, "quantization.smoothquant_val")
 
@@ -174,7 +150,7 @@ def _groups(prefix: str) -> list[tuple[str | None, list[str]]]:
 class SmoothQuantQuantizer:
     """SmoothQuant W8A8 for qkv, dense, fc, gate and proj (lm_head and embeddings stay in float)."""
     name = "smoothquant"
-    quant_algos = tuple(QUANT_ALGOS)
+    quant_algos = tuple(SMOOTHQUANT_ALGOS)
     kv_cache_quant_algos = ()
 
     def linear_method(self, cfg: ModelConfig, role: str, layer_idx: int | None) -> LinearMethod | None:

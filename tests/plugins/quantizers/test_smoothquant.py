@@ -8,8 +8,9 @@ import torch
 
 from trt_gpt.errors import TrtGptError
 from trt_gpt.kernels.int8_gemm_ref import w8a8_linear_ref
-from trt_gpt_plugins.quantizers.smoothquant import (check_alpha, fold_into_norm, quantize_linear, scale_weight,
-                                                    smoothed_absmax, smoothing_scales, static_act_scale)
+from trt_gpt.quant.formats import check_alpha
+from trt_gpt_plugins.quantizers.smoothquant import (fold_into_norm, quantize_linear, scale_weight, smoothed_absmax,
+                                                    smoothing_scales, static_act_scale)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x", None])

@@ -18,7 +18,7 @@ from trt_gpt.config import BuildConfig, QuantConfig
 from trt_gpt.convert import convert
 from trt_gpt.runtime.llm import LLM
 from trt_gpt.testing import random_prompts
-from trt_gpt_plugins.quantizers.smoothquant import quant_algo
+from trt_gpt.quant.formats import smoothquant_algo
 
 ALPHA = 0.5
 
@@ -35,7 +35,7 @@ def test_smoothquant_engine_matches_float64_definition(tmp_path, w8a8_plugins, p
     hf = hf_tiny(tmp_path / "hf")
     calib = random_prompts(211, [40, 33, 50], seed=3)
     absmax = record_absmax(hf, calib)
-    qcfg = QuantConfig(quant_algo=quant_algo(per_channel, per_token))
+    qcfg = QuantConfig(quant_algo=smoothquant_algo(per_channel, per_token))
     convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32", quantization=qcfg, stats=Stats(absmax),
             overwrite=True)
     build(tmp_path / "engine", BuildConfig(max_input_len=64, tokens_per_block=16), checkpoint_dir=tmp_path / "ckpt")
