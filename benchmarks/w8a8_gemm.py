@@ -140,7 +140,9 @@ def sweep_configs(m: int) -> list[Int8GemmConfig]:
     for bm, bn, bk, warps, stages in itertools.product((16, 32, 64, 128), (32, 64, 128, 256), (64, 128, 256),
                                                        (4, 8), (3, 4, 5)):
         smem = stages * (bm + bn) * bk
-        if bm > cap or smem > 220 * 1024 or (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 64 and warps == 8):
+        too_few_warps = bm * bn >= 128 * 256 and warps == 4
+        too_many_warps = bm * bn <= 64 * 64 and warps == 8
+        if bm > cap or smem > 220 * 1024 or too_few_warps or too_many_warps:
             continue
         out.append(Int8GemmConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages))
     return out

@@ -46,9 +46,26 @@ def _e4m3_bits(y):
     return sign | tl.where(er >= -6, normal, sub)
 
 
+INT8_KIND: tl.constexpr = tl.constexpr(1)
+FP8_KIND: tl.constexpr = tl.constexpr(2)
+
+
+@triton.jit
+def quantize_tile(y, KIND: tl.constexpr):
+    """A tile y = x / scale (fp32) as stored 8-bit values: KIND 1 int8 (saturate to +-127, round half to
+    even), KIND 2 float8e4nv (saturate to +-448, nearest e4m3, ties to even). The one device-side definition
+    of 8-bit quantization, for activations here and for any kernel that stores 8-bit values."""
+    if KIND == 2:
+        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        return _e4m3_bits(y).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    else:
+        y = tl.minimum(tl.maximum(y, -127.0), 127.0)
+        return ((y + 12582912.0) - 12582912.0).to(tl.int8)   # 1.5 * 2^23: rounds half to even
+
+
 @triton.jit
 def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_xm, stride_qm,
-                       HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, FP8: tl.constexpr,
+                       HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, KIND: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
@@ -67,13 +84,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < K
         y = tl.math.div_rn(_load_row_tile(x_row, smoother_ptr, offs, mask, HAS_SMOOTHER), scale)
-        if FP8:
-            y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-            tl.store(q_row + offs, _e4m3_bits(y).to(tl.uint8), mask=mask)
-        else:
-            y = tl.minimum(tl.maximum(y, -127.0), 127.0)
-            y = (y + 12582912.0) - 12582912.0   # 1.5 * 2^23: rounds half to even
-            tl.store(q_row + offs, y.to(tl.int8), mask=mask)
+        tl.store(q_row + offs, quantize_tile(y, KIND), mask=mask)
 
 
 def _launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, smoother: torch.Tensor | None, dynamic: bool,
@@ -85,7 +96,8 @@ def _launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, smoother: torch.T
         block_k = 32 if x.device.type != "cuda" else min(4096, triton.next_power_of_2(k))
     sm = smoother.contiguous() if smoother is not None else s
     _quant_rows_kernel[(m,)](x, q, s, sm, s, k, x.stride(0), q.stride(0), HAS_SMOOTHER=smoother is not None,
-                             DYNAMIC=dynamic, FP8=fp8, BLOCK_K=block_k, num_warps=4 if block_k >= 1024 else 1)
+                             DYNAMIC=dynamic, KIND=2 if fp8 else 1, BLOCK_K=block_k,
+                             num_warps=4 if block_k >= 1024 else 1)
 
 
 def _check(x: torch.Tensor, smoother: torch.Tensor | None) -> None:
@@ -112,5 +124,5 @@ def quantize_rows_fp8(x: torch.Tensor, scale: torch.Tensor, block_k: int | None 
     """`fp8_ref.quantize_fp8` in Triton for a row-major x [M, K] and a per-tensor scale: e4m3 [M, K]."""
     _check(x, None)
     q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    _launch(x, q.view(torch.uint8), scale.float().reshape(1), None, False, True, block_k)
+    _launch(x, q, scale.float().reshape(1), None, False, True, block_k)
     return q

@@ -143,7 +143,8 @@ def sq_settings(qcfg: QuantConfig) -> tuple[bool, bool, float]:
 
 # the linear layers reading one input, with the norm that produces it (None: the runtime smoother)
 def _groups(prefix: str) -> list[tuple[str | None, list[str]]]:
-    return [("input_layernorm", [f"{prefix}attention.qkv"]), ("post_layernorm", [f"{prefix}mlp.fc", f"{prefix}mlp.gate"]),
+    return [("input_layernorm", [f"{prefix}attention.qkv"]),
+            ("post_layernorm", [f"{prefix}mlp.fc", f"{prefix}mlp.gate"]),
             (None, [f"{prefix}attention.dense"]), (None, [f"{prefix}mlp.proj"])]
 
 
