@@ -8,6 +8,7 @@ Shapes (N, K): qkv (5632, 4608), dense (4608, 4608), fc (18432, 4608), proj (460
   * int8      - our Triton GEMM on pre-quantized int8 x (per-token x per-channel scales, bf16 out);
   * int8+q    - the whole W8A8 layer: per-token activation quantization kernel + our GEMM;
   * fp8       - torch._scaled_mm on pre-quantized e4m3 x (per-tensor scales, bf16 out);
+  * fp8_triton - the same product with our Triton kernel (fp8 tensor-core dots, fp32 accumulation);
   * fp8+q     - the whole FP8 layer with a static activation scale: the Triton FP8 quantization + _scaled_mm.
 Correctness first, at every (M, shape): our INT8 GEMM against the exact integer product (a float64 matmul
 of the integer values, exact below 2^53) with the definition's epilogue, the quantization kernels against
@@ -44,7 +45,8 @@ from trt_gpt.kernels.fp8_ref import (fp8_gemm, fp8_gemm_ref, fp8_linear, fp8_sup
                                      quantize_fp8, quantize_weight_fp8)
 from trt_gpt.kernels.int8_gemm_ref import (int8_matmul_exact, quantize_activations,  # noqa: E402
                                            quantize_weight)
-from trt_gpt.kernels.triton_int8_gemm import Int8GemmConfig, int8_gemm, int8_gemm_config, w8a8_linear  # noqa: E402
+from trt_gpt.kernels.triton_int8_gemm import (Int8GemmConfig, fp8_gemm_triton, int8_gemm,  # noqa: E402
+                                              int8_gemm_config, w8a8_linear)
 from trt_gpt.kernels.triton_quant import quantize_rows, quantize_rows_fp8  # noqa: E402
 
 SHAPES = {"qkv": (5632, 4608), "dense": (4608, 4608), "fc": (18432, 4608), "proj": (4608, 18432)}
@@ -129,7 +131,10 @@ def check(m: int, name: str, layer: dict, x: torch.Tensor, fp8_ok: bool) -> dict
         got = fp8_gemm(x_f8, layer["w_f8"][0], s_x, layer["s_f8"][0], out_dtype=torch.float32)
         want = fp8_gemm_ref(x_f8, layer["w_f8"][0], s_x, layer["s_f8"][0], out_dtype=torch.float32)
         out["fp8_max_rel_err"] = float(((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item())
-        out["fp8_ok"] = out["fp8_max_rel_err"] <= 1e-4 and out["fp8_quant_rows_equal"]   # fp32 sums reordered
+        got = fp8_gemm_triton(x_f8, layer["w_f8"][0], s_x, layer["s_f8"][0], out_dtype=torch.float32)
+        out["fp8_triton_max_rel_err"] = float(((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item())
+        out["fp8_ok"] = (out["fp8_max_rel_err"] <= 1e-4 and out["fp8_triton_max_rel_err"] <= 1e-4   # sums reordered
+                         and out["fp8_quant_rows_equal"])
     return out
 
 
@@ -148,6 +153,22 @@ def sweep_configs(m: int) -> list[Int8GemmConfig]:
     return out
 
 
+def sweep_point(time_it, fn, m: int, budget_s: float, dry_run: bool):
+    """(ms, config) of the fastest tile config of `fn(i, cfg)` for M rows within `budget_s` seconds, or None."""
+    deadline = time.time() + budget_s
+    best = None
+    for cfg in sweep_configs(m) if not dry_run else [Int8GemmConfig(16, 16, 32, 1, 1, 1)]:
+        if time.time() > deadline:
+            break
+        try:
+            t, _ = time_it(lambda i, cfg=cfg: fn(i, cfg))
+        except Exception:   # out of shared memory / registers: not a candidate
+            continue
+        if best is None or t < best[0]:
+            best = (t, cfg)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -155,7 +176,7 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     p.add_argument("--reps", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--iters", type=int, default=10, help="timed replays (median)")
-    p.add_argument("--sweep", action="store_true", help="also time Triton INT8 tile configs, report the best")
+    p.add_argument("--sweep", action="store_true", help="also time Triton INT8 / FP8 tile configs, report the best")
     p.add_argument("--sweep-budget", type=float, default=420.0, help="seconds the sweep may take in all")
     p.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes under the Triton interpreter")
     args = p.parse_args()
@@ -197,6 +218,8 @@ def main() -> None:
             if fp8_reason is None:
                 runs["fp8"] = lambda i: fp8_gemm(x_f8, L["w_f8"][i % copies], s_static, L["s_f8"][i % copies],
                                                  out_dtype=DTYPE)
+                runs["fp8_triton"] = lambda i: fp8_gemm_triton(x_f8, L["w_f8"][i % copies], s_static,
+                                                               L["s_f8"][i % copies], out_dtype=DTYPE)
                 runs["fp8+q"] = lambda i: fp8_linear(x, L["w_f8"][i % copies], L["s_f8"][i % copies],
                                                      act_scale=s_static)
             row = {"m": m, "shape": name, "n": n, "k": k, "ok": bool(c["int8_ok"] and c["quant_rows_equal"]
@@ -213,25 +236,21 @@ def main() -> None:
                              for meth in runs)
             print(f"M={m:5d} {name:5s} ok={row['ok']!s:5s} TFLOP/s  {cells}", flush=True)
             if args.sweep:
-                deadline = time.time() + args.sweep_budget / (len(shapes) * len(ms))   # an equal share a point
-                best = None
-                for cfg in sweep_configs(m) if not args.dry_run else [Int8GemmConfig(16, 16, 32, 1, 1, 1)]:
-                    if time.time() > deadline:
-                        break
-                    try:
-                        t, _ = time_it(lambda i, cfg=cfg: int8_gemm(x_q, L["w_q"][i % copies], s_x,
-                                                                    L["s_w"][i % copies], out_dtype=DTYPE,
-                                                                    config=cfg))
-                    except Exception:   # out of shared memory / registers: not a candidate
+                kernels = {"int8": lambda i, cfg: int8_gemm(x_q, L["w_q"][i % copies], s_x, L["s_w"][i % copies],
+                                                            out_dtype=DTYPE, config=cfg)}
+                if fp8_reason is None:
+                    kernels["fp8_triton"] = lambda i, cfg: fp8_gemm_triton(
+                        x_f8, L["w_f8"][i % copies], s_static, L["s_f8"][i % copies], out_dtype=DTYPE, config=cfg)
+                share = args.sweep_budget / (len(shapes) * len(ms) * len(kernels))   # an equal share each
+                for kind, fn in kernels.items():
+                    best = sweep_point(time_it, fn, m, share, args.dry_run)
+                    if best is None:
                         continue
-                    if best is None or t < best[0]:
-                        best = (t, cfg)
-                if best is not None:
-                    sweep[f"{m},{n},{k}"] = {"ms": best[0], "tflops": flop / best[0] / 1e9,
-                                             "config": best[1].as_list(),
-                                             "default_ms": row["int8"].get("ms")}
-                    print(f"    sweep best {best[1].as_list()} {flop / best[0] / 1e9:7.1f} TFLOP/s "
-                          f"(default {row['int8'].get('tflops', float('nan')):7.1f})", flush=True)
+                    sweep.setdefault(kind, {})[f"{m},{n},{k}"] = {
+                        "ms": best[0], "tflops": flop / best[0] / 1e9, "config": best[1].as_list(),
+                        "default_ms": row[kind].get("ms")}
+                    print(f"    sweep {kind} best {best[1].as_list()} {flop / best[0] / 1e9:7.1f} TFLOP/s "
+                          f"(default {row[kind].get('tflops', float('nan')):7.1f})", flush=True)
         del layer
         if device.type == "cuda":
             torch.cuda.empty_cache()

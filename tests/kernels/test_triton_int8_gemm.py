@@ -96,3 +96,25 @@ def test_bad_layouts_are_refused():
     one = torch.ones(1, device=DEVICE)
     with pytest.raises(ValueError, match="K-contiguous"):
         int8_gemm(q, torch.zeros(64, 8, dtype=torch.int8, device=DEVICE).t(), one, one)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp8_gemm_triton_equals_the_emulation(out_dtype, bias):
+    from trt_gpt.kernels.fp8_ref import fp8_gemm_ref, quantize_fp8, quantize_weight_fp8
+    from trt_gpt.kernels.triton_int8_gemm import fp8_gemm_triton
+
+    gen = torch.Generator().manual_seed(6)
+    x, w = torch.randn(37, 96, generator=gen), torch.randn(50, 96, generator=gen)   # K: whole 32-wide tiles
+    b = torch.randn(50, generator=gen).to(out_dtype) if bias else None
+    w_q, s_w = quantize_weight_fp8(w)
+    s_x = torch.tensor([0.01])
+    x_q = quantize_fp8(x, s_x)
+    want = fp8_gemm_ref(x_q, w_q, s_x, s_w, b, out_dtype)
+    got = fp8_gemm_triton(*on(DEVICE, x_q, w_q, s_x, s_w, b), out_dtype=out_dtype).cpu()
+    assert got.dtype == out_dtype and got.shape == (37, 50)
+    # fp32 sums in another order (products of e4m3 values are exact in fp32)
+    tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.float().abs().max().item())
+    with pytest.raises(ValueError, match="multiple of 16"):
+        fp8_gemm_triton(*on(DEVICE, x_q[:, :40], w_q[:, :40], s_x, s_w))

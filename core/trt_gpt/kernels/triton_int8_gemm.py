@@ -1,5 +1,6 @@
 """W8A8 INT8 GEMM in Triton: an INT8 x INT8 tensor-core GEMM with INT32 accumulation and a dequantizing
-epilogue, after the activation quantization kernel (`triton_quant.quantize_rows`). `int8_gemm_ref`
+epilogue, after the activation quantization kernel (`triton_quant.quantize_rows`). The same kernel with
+FP8 e4m3 operands and fp32 accumulation is an alternative to cuBLAS's FP8 GEMM (`fp8_gemm_triton`). `int8_gemm_ref`
 defines the function (read its docstring for the exact arithmetic); this is that function on the GPU,
 and under TRITON_INTERPRET on CPU.
 
@@ -10,6 +11,7 @@ layout integer wgmma requires, so no weight transposition is ever needed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +51,10 @@ def int8_gemm_config(m: int, n: int, k: int, device: torch.device) -> Int8GemmCo
 
 
 @triton.jit
-def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
-                      PER_TOKEN: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      GROUP_M: tl.constexpr):
+def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+                  PER_TOKEN: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr,
+                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
     # grouped program order: GROUP_M row tiles share each weight tile while it is in L2
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -71,7 +73,7 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, st
     bn = rn % N
     a_ptrs = a_ptr + am[:, None].to(tl.int64) * stride_am + rk[None, :]
     b_ptrs = b_ptr + bn[:, None].to(tl.int64) * stride_bn + rk[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FP8 else tl.int32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
@@ -79,31 +81,31 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, st
         else:
             a = tl.load(a_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
             b = tl.load(b_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
-        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32 if FP8 else tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
-    # epilogue: (float32(acc) * s_x[m]) * s_w[n] + bias[n], one cast at the store
+    # epilogue: INT8 (float32(acc) * s_x[m]) * s_w[n], FP8 acc * (s_x * s_w); + bias[n]; one cast at the store
     y = acc.to(tl.float32)
-    if PER_TOKEN:
-        y = y * tl.load(sa_ptr + am)[:, None]
+    if FP8:
+        y = y * (tl.load(sa_ptr) * tl.load(sb_ptr))
     else:
-        y = y * tl.load(sa_ptr)
-    if PER_CHANNEL:
-        y = y * tl.load(sb_ptr + bn)[None, :]
-    else:
-        y = y * tl.load(sb_ptr)
+        if PER_TOKEN:
+            y = y * tl.load(sa_ptr + am)[:, None]
+        else:
+            y = y * tl.load(sa_ptr)
+        if PER_CHANNEL:
+            y = y * tl.load(sb_ptr + bn)[None, :]
+        else:
+            y = y * tl.load(sb_ptr)
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + bn).to(tl.float32)[None, :]
     c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :]
     tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def int8_gemm(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
-              bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-              config: Int8GemmConfig | None = None) -> torch.Tensor:
-    """`int8_gemm_ref.int8_gemm_ref` in Triton: x_q [M, K] int8, w_q [N, K] int8, s_x [M] or [1], s_w [N] or [1]."""
-    check_int8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype)
+def _launch(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
+            out_dtype: torch.dtype, config: Int8GemmConfig | None, fp8: bool) -> torch.Tensor:
     if x_q.stride(1) != 1 or w_q.stride(1) != 1:
         raise ValueError("x_q and w_q must be K-contiguous (row-major [M, K] and [N, K])")
     (m, k), n = x_q.shape, w_q.shape[0]
@@ -111,14 +113,38 @@ def int8_gemm(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torc
     if m == 0 or n == 0:
         return out
     cfg = config or int8_gemm_config(m, n, k, x_q.device)
+    if fp8 and k % cfg.block_k:   # a masked fp8 load has no zero to fill with: K tiles must divide K
+        bk = next((b for b in (cfg.block_k // 2, cfg.block_k // 4, 32, 16) if b >= 16 and k % b == 0), None)
+        if bk is None:
+            raise ValueError(f"the Triton FP8 GEMM needs K a multiple of 16, got {k}")
+        cfg = dataclasses.replace(cfg, block_k=bk)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    _int8_gemm_kernel[grid](
+    _gemm8_kernel[grid](
         x_q, w_q, out, s_x.contiguous(), s_w.contiguous(), bias if bias is not None else s_w, m, n, k,
         x_q.stride(0), w_q.stride(0), out.stride(0),
         PER_TOKEN=s_x.numel() == m and m > 1, PER_CHANNEL=s_w.numel() == n and n > 1, HAS_BIAS=bias is not None,
-        EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        FP8=fp8, EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
+
+
+def int8_gemm(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
+              bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+              config: Int8GemmConfig | None = None) -> torch.Tensor:
+    """`int8_gemm_ref.int8_gemm_ref` in Triton: x_q [M, K] int8, w_q [N, K] int8, s_x [M] or [1], s_w [N] or [1]."""
+    check_int8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype)
+    return _launch(x_q, w_q, s_x, s_w, bias, out_dtype, config, fp8=False)
+
+
+def fp8_gemm_triton(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
+                    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+                    config: Int8GemmConfig | None = None) -> torch.Tensor:
+    """`fp8_ref.fp8_gemm_ref` in Triton (fp8 tensor-core dots, fp32 accumulation; sums in another order than
+    the emulation's): x_q [M, K] and w_q [N, K] float8_e4m3fn, per-tensor s_x and s_w."""
+    from .fp8_ref import check_fp8_gemm
+
+    check_fp8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype)
+    return _launch(x_q, w_q, s_x, s_w, bias, out_dtype, config, fp8=True)
 
 
 def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None,
@@ -137,4 +163,5 @@ def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: tor
     return y.reshape(*lead, w_q.shape[0])
 
 
-__all__ = ["INT8_MAX", "Int8GemmConfig", "int8_gemm", "int8_gemm_config", "quantize_rows", "w8a8_linear"]
+__all__ = ["INT8_MAX", "Int8GemmConfig", "fp8_gemm_triton", "int8_gemm", "int8_gemm_config", "quantize_rows",
+           "w8a8_linear"]
