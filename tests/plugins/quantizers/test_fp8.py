@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from test_fp8_ref import e4m3_round_64
-from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax
+from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
 
 from trt_gpt.build import build
 from trt_gpt.config import BuildConfig, QuantConfig
@@ -49,7 +49,7 @@ def test_fp8_engine_matches_float64_definition(tmp_path, w8a8_plugins):
                 return (e4m3_round_64(inp[0] / s_x) * s_x,)
             m.register_forward_pre_hook(pre)
 
-    llm = LLM(tmp_path / "engine")
+    llm = LLM(tmp_path / "engine", device="cpu")   # the exact integer / emulated FP8 path
     prompts = random_prompts(211, [12, 30, 7], seed=9)
     worst = 0.0
     for p, got in zip(prompts, llm.score(prompts)):

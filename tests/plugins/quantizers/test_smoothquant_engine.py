@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
-from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax
+from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
 from test_int8_gemm_ref import round_half_even_64
 
 from trt_gpt.build import build
@@ -62,7 +62,7 @@ def test_smoothquant_engine_matches_float64_definition(tmp_path, w8a8_plugins, p
                 return (fake_quant(inp[0] / s, static),)
             m.register_forward_pre_hook(pre)
 
-    llm = LLM(tmp_path / "engine")
+    llm = LLM(tmp_path / "engine", device="cpu")   # the exact integer / emulated FP8 path
     prompts = random_prompts(211, [12, 30, 7], seed=9)
     worst = 0.0
     for p, got in zip(prompts, llm.score(prompts)):
