@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from trt_gpt.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_decode_attention,  # noqa: E402
                                               paged_prefill_attention)
-from trt_gpt.runtime.attn_metadata import AttentionMetadata  # noqa: E402
+from trt_gpt.kernels.metadata import AttentionMetadata  # noqa: E402
 
 MODELS = {
     "santacoder": dict(heads=16, kv_heads=1, head_dim=128),      # MQA

@@ -2,7 +2,10 @@
 # The GPU suite behind docs/benchmarks.md: correctness on the GPU first, then each workload of its tables, side
 # by side with HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART],
 # OUTDIR by convention benchmarks/results/<gpu>/<date>-<what>/
-# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | prefill | timeline | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | timeline | pdl | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# `check` is the GPU-only paths' test run (CUDA-graph capture, PDL, bf16 kernels, the fused layers): tests/gpu,
+# every kernel test, the fused-layer model tests and the runtime suite with the engine on CUDA; it ends with
+# one line "gpu check: PASSED" or "gpu check: FAILED (...)" and exits non-zero on a failure.
 set -uo pipefail
 OUT=${1:-benchmarks/results}; PART=${2:-all}
 want() { [[ ",$PART," == *",$1,"* ]]; }   # PART may list several: step,large
@@ -32,9 +35,18 @@ bench() {  # name engine extra-args...
 }
 
 if want check || want all; then
-  python3 -m pytest -x tests/gpu tests/kernels 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
+  failed=()
+  python3 -m pytest tests/gpu tests/kernels tests/model 2>&1 | tee "$OUT/pytest-gpu.log" | grep -v "^W1" | tail -40
+  [[ ${PIPESTATUS[0]} == 0 ]] || failed+=("tests/gpu tests/kernels tests/model: $OUT/pytest-gpu.log")
   # the runtime suite with the engine on the GPU (HF stays the oracle on CPU): real CUDA graphs + overlap
-  TRT_GPT_TEST_DEVICE=cuda python3 -m pytest -x tests/runtime 2>&1 | tee "$OUT/pytest-runtime-cuda.log" | tail -5
+  TRT_GPT_TEST_DEVICE=cuda python3 -m pytest tests/runtime 2>&1 | tee "$OUT/pytest-runtime-cuda.log" | tail -5
+  [[ ${PIPESTATUS[0]} == 0 ]] || failed+=("tests/runtime on cuda: $OUT/pytest-runtime-cuda.log")
+  if [[ ${#failed[@]} == 0 ]]; then
+    echo "gpu check: PASSED on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+  else
+    echo "gpu check: FAILED (${failed[*]})"
+    [[ $PART == check ]] && exit 1
+  fi
 fi
 if want kcheck; then  # the decode-attention and embedding kernels only (a quick check after a change)
   timeout ${KCHECK_TIMEOUT:-120} python3 -m pytest -x tests/kernels/test_triton_attention.py tests/kernels/test_triton_embed.py \
@@ -74,40 +86,14 @@ for m in sys.argv[2:]:
 print(f"merged GEMV table: {len(table)} shapes -> {out / 'gemv-tuned.json'}")
 PY
 fi
-if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning); SPLIT_SWEEP, ARGMAX_AB=1, PDL_AB=1, MHA_AB=1, GAP_PROBE=1 (GAP_TRACE=1) add A/B timings
+if want step; then  # batch-1 decode: end-to-end bench and the graph's step time (no tuning); SPLIT_SWEEP, ARGMAX_AB=1, MHA_AB=1, GAP_PROBE=1 (GAP_TRACE=1) add A/B timings
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
   engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
   for m in ${TUNE_MODELS:-santacoder gpt2m}; do
     [[ ${STEP_BENCH:-1} == 1 ]] && bench step_${m}_b1 $m --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
     python3 benchmarks/tune_decode.py /tmp/eng-$m --out /tmp/step-$m.json --budget-s 0 ${SPLIT_SWEEP:+--split-sweep $SPLIT_SWEEP} \
-      ${ARGMAX_AB:+--argmax-ab} ${PDL_AB:+--pdl-ab} ${MHA_AB:+--mha-ab} ${GAP_PROBE:+--gap-probe} \
+      ${ARGMAX_AB:+--argmax-ab} ${MHA_AB:+--mha-ab} ${GAP_PROBE:+--gap-probe} \
       ${GAP_TRACE:+--gap-trace /tmp/trace-$m.json} 2>&1 | grep -E "^start:|^decode split|^picks from|^PDL release|^MHA|^gap|Error|error"
-  done
-fi
-if want prefill; then  # the fused prompt GEMM: GPU tests, tiles tuned in the prefill graph, then the b1 bench A/B
-  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
-  [[ ${PREFILL_TESTS:-1} == 1 ]] && timeout 300 python3 -m pytest -x tests/kernels/test_triton_gemm_small.py \
-    tests/model/test_fused_decode.py tests/gpu 2>&1 | tee "$OUT/pytest-prefill.log" | tail -3
-  for m in ${PREFILL_MODELS:-gpt2m}; do
-    [[ $m == santacoder ]] && engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
-    for len in ${PREFILL_LENS:-128}; do
-      python3 benchmarks/tune_prefill.py /tmp/eng-$m --out "$OUT/gemm-tuned-$m-$len.json" --prompt_len $len \
-        --budget-s ${PREFILL_BUDGET:-120} ${PREFILL_TABLE:+--table $PREFILL_TABLE} ${PREFILL_KERNELS:+--kernels} 2>&1 \
-        | grep -v "^W1" | tee "$OUT/tune-prefill-$m-$len.log" | grep -v "^  "
-    done
-  done
-  python3 - "$OUT" <<'PY'
-import glob, json, sys
-merged = {}
-for f in sorted(glob.glob(sys.argv[1] + "/gemm-tuned-*.json")):
-    if not f.endswith("-trials.json"):
-        merged.update(json.load(open(f)))
-json.dump(merged, open(sys.argv[1] + "/gemm-tuned.json", "w"), indent=1)
-print("merged GEMM table:", merged)
-PY
-  for r in $(seq ${PREFILL_AB_ROUNDS:-2}); do
-    TRT_GPT_FUSED_PREFILL_TOKENS=0 bench pf_off_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
-    TRT_GPT_FUSED_PREFILL_TOKENS=512 TRT_GPT_GEMM_CONFIGS=$OUT/gemm-tuned.json bench pf_on_r$r gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
   done
 fi
 if want timeline; then  # where a batch-1 request's time goes: TTFT, decode steps, GPU idle between them (TIMELINE_MODELS)
@@ -147,6 +133,16 @@ if want small; then
   bench sc1b_b1 santacoder --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 1
   bench sc1b_ifb1024 santacoder --num_requests 1024 --input_len 128 --output_len 128 --compare_hf --hf_batch_size 64 --hf_eager
+fi
+if want b1ab; then  # batch-1 decode without HF, for A/B runs of two trees
+  engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096
+  engine gpt2m 50257 1024 24 16 16 4096 learned_absolute 1024 1024
+  bench sc1b_b1 santacoder --num_requests 6 --concurrency 1 --input_len 128 --output_len 128
+  bench gpt2m_b1 gpt2m --num_requests 8 --concurrency 1 --input_len 128 --output_len 128
+fi
+if want ifbab; then  # 1,024-request in-flight batching without HF, for A/B runs of two trees
+  engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
+  bench sc1b_ifb1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128
 fi
 if want final || want all; then  # the 1B-class workloads, HF eager beside each (HF's compiled path crashed here)
   engine santacoder 49280 2048 24 16 1 8192 learned_absolute 2048 4096

@@ -1,4 +1,4 @@
-"""Where a decode step's time goes (GPU): scheduler, input packing, forward (graph replay), sampling.
+"""Where a decode step's time goes (GPU): scheduler, the executor step (packing + graph replay), sampling.
 
 Usage: python benchmarks/profile_decode.py ENGINE_DIR BATCH [--trace]
 Prints per-phase milliseconds (each phase synchronised) and, with --trace, torch.profiler's top ops.
@@ -23,7 +23,7 @@ def main() -> None:
     llm = LLM(engine, max_batch_size=max(batch, 1))
     g = llm.executor.graphs
     print(f"backend={llm.engine.model.backend.name} graphs={g.sizes if g else None}")
-    overlap, llm.lookahead = llm.lookahead, None   # phases are timed on the synchronous path
+    overlap, llm.overlap = llm.overlap, None   # phases are timed on the synchronous path
     params = SamplingParams(max_tokens=400, min_tokens=400, end_id=None)
     for _ in range(batch):
         llm.add_request(list(range(1, 129)), params)
@@ -31,13 +31,10 @@ def main() -> None:
         llm.step()
     for _ in range(5):
         llm.step()
-    phases = {"schedule": 0.0, "build_inputs": 0.0, "forward": 0.0, "executor.step": 0.0, "advance": 0.0}
+    phases = {"schedule": 0.0, "executor.step": 0.0, "advance": 0.0}
     n = 30
     for _ in range(n):
         t = time.perf_counter(); b = llm.scheduler.schedule(); phases["schedule"] += ms(t)
-        t = time.perf_counter(); ids, pos, meta, cu = llm.executor.build_inputs(b); phases["build_inputs"] += ms(t)
-        t = time.perf_counter(); llm.executor.forward(ids, pos, meta, None, None); phases["forward"] += ms(t)
-        # the forward above rewrote this step's KV slots with identical values: harmless
         t = time.perf_counter(); logits = llm.executor.step(b); phases["executor.step"] += ms(t)
         t = time.perf_counter(); llm._advance(b, logits); phases["advance"] += ms(t)
     print("  ".join(f"{k}={v / n:.3f}ms" for k, v in phases.items()))
@@ -46,7 +43,7 @@ def main() -> None:
         llm.step()
     print(f"llm.step (synchronous, unsynchronised loop) = {ms(t) / n:.3f} ms/step, batch {batch}")
     if overlap is not None:
-        llm.lookahead = overlap
+        llm.overlap = overlap
         for _ in range(3):
             llm.step()
         t = time.perf_counter()

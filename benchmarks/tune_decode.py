@@ -157,16 +157,6 @@ def mha_ab(timer: StepTimer) -> None:
                                          "padded dots": lambda: setattr(td, "MHA_WITHOUT_DOT", False)})
 
 
-def pdl_ab(timer: StepTimer) -> None:
-    """Step time with each kernel releasing its PDL dependents after its own wait (TRT_GPT_PDL=1), as it
-    starts (early), or as it starts in all kernels but the GEMVs (early-small); the setting the process
-    started with applies afterwards."""
-    start = os.environ.get("TRT_GPT_PDL", "1")
-    order = [start] + [m for m in ("1", "early", "early-small") if m != start]
-    interleaved(timer, "PDL release", {f"TRT_GPT_PDL={m}": (lambda m=m: os.environ.__setitem__("TRT_GPT_PDL", m))
-                                       for m in order})
-
-
 def gap_probe(timer: StepTimer, llm: LLM) -> None:
     """Where the time between replays goes, in ms per step: the graph back to back (a staged graph's input
     stage kernel included, `triton_stage`); with an input copy before it and a picks copy after it (the
@@ -289,8 +279,6 @@ def main() -> None:
                     help="time the step with the greedy picks fused into the lm_head and with torch.argmax")
     ap.add_argument("--mha-ab", action="store_true",
                     help="time MHA decode attention in registers against the padded tensor-core dots")
-    ap.add_argument("--pdl-ab", action="store_true",
-                    help="time the step with PDL dependents released after each kernel's wait and at its start")
     ap.add_argument("--gap-trace", default="",
                     help="with --gap-probe: also trace the decoding loop on the GPU into this Chrome trace file")
     ap.add_argument("--gap-probe", action="store_true",
@@ -312,8 +300,6 @@ def main() -> None:
         split_sweep(timer, args.split_sweep)
     if args.argmax_ab:
         argmax_ab(timer, llm)
-    if args.pdl_ab:
-        pdl_ab(timer)
     if args.mha_ab:
         mha_ab(timer)
     base = timer()

@@ -15,10 +15,6 @@ from .errors import TrtGptError
 from .mapping import Mapping
 
 DTYPES = ("float32", "float16", "bfloat16")
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "squared-relu", "silu", "swiglu", "geglu",
-               "fast-swiglu")
-NORMS = ("layernorm", "layernorm1p", "rmsnorm")
-POSITION_TYPES = ("learned_absolute", "rope_gpt_neox")
 
 
 @dataclass
@@ -110,11 +106,12 @@ class ModelConfig:
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "a positive integer")
         need(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
-        acts = set(ACTIVATIONS) | set(_registered_activations())
-        need(self.hidden_act in acts, "hidden_act", f"one of {', '.join(sorted(acts))}")
-        need(self.norm_type in NORMS, "norm_type", f"one of {', '.join(NORMS)}")
-        need(self.position_embedding_type in POSITION_TYPES, "position_embedding_type",
-             f"one of {', '.join(POSITION_TYPES)}")
+        # The names come from the plugin registries (built-ins register theirs the same way), so a plugin's
+        # activation, norm or position encoding is a valid config value once that plugin is loaded.
+        for fld, hook in (("hidden_act", "register_activations"), ("norm_type", "register_norms"),
+                          ("position_embedding_type", "register_position_encodings")):
+            names = _registered(hook)
+            need(getattr(self, fld) in names, fld, f"one of {', '.join(sorted(names))} (registered by plugins)")
         need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
              f"a divisor of num_attention_heads ({self.num_attention_heads})")
         need(0.0 < self.rotary_pct <= 1.0, "rotary_pct", "in (0, 1]")
@@ -193,11 +190,11 @@ class BuildConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _registered_activations() -> list[str]:
-    """Activations plugins added through `register_activations` (imported late: plugins import config)."""
+def _registered(hook: str) -> list[str]:
+    """The names registered through `hook` by the loaded plugins (imported late: plugins import config)."""
     from .plugins import named_registry
 
-    return list(named_registry("register_activations"))
+    return list(named_registry(hook))
 
 
 def read_json(path: str | Path) -> Any:

@@ -25,6 +25,7 @@ from typing import Any, Iterator, NoReturn
 import torch
 import torch.distributed as dist
 
+from .env import env_setting, positive_float
 from .errors import TrtGptError
 from .mapping import Mapping
 from .model.parallel import TPGroup
@@ -120,16 +121,7 @@ def launch_world_size() -> int:
 
 
 def timeout_s(env: str = TIMEOUT_ENV, default: float = 30.0) -> float:
-    v = os.environ.get(env)
-    if not v:
-        return default
-    try:
-        t = float(v)
-    except ValueError:
-        t = -1.0
-    if t <= 0:
-        raise TrtGptError(f"environment variable {env}={v!r}: expected a positive number of seconds")
-    return t
+    return env_setting(env, positive_float, default)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,16 @@ def register_activations(register: Callable[[str, Callable[..., Any]], None]) ->
 
 
 @hookspec
+def register_norms(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add normalisation layers, looked up by ``ModelConfig.norm_type``.
+
+    :param register: call ``register(name, factory)`` where ``factory(size, eps) -> torch.nn.Module`` maps
+        [..., size] to the same shape; its parameters are the checkpoint's ``weight`` (and ``bias``) of
+        every norm (``input_layernorm``, ``post_layernorm``, ``ln_f``).
+    """
+
+
+@hookspec
 def register_position_encodings(register: Callable[[str, Any], None]) -> None:
     """Add position encodings, looked up by ``ModelConfig.position_embedding_type``.
 

@@ -21,6 +21,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .env import env_setting, flag
 
 GROUP = "trt_gpt"
 BUILTIN = "builtins"
@@ -59,7 +60,7 @@ class Plugins:
         self.pm.check_pending()
 
     def _load_entry_points(self) -> None:
-        if os.environ.get("TRT_GPT_DISABLE_AUTOLOAD", "") not in ("", "0"):
+        if env_setting("TRT_GPT_DISABLE_AUTOLOAD", flag, False):
             return
         allow = os.environ.get("TRT_GPT_PLUGINS")
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}

@@ -1,9 +1,11 @@
 """Built-in plugins shipped with the core, registered through the same hooks as third-party ones.
 
-Activations, position encodings and checkpoint sources live here so that a variant package needing
+Activations, norms, position encodings and checkpoint sources live here so that a variant package needing
 a new one adds it the same way (a hookimpl), never as model code.
 """
 from __future__ import annotations
+
+import functools
 
 from trt_gpt.hookspecs import hookimpl
 
@@ -14,6 +16,14 @@ from . import activations, positions, sources
 def register_activations(register):
     for name, fn in activations.ACTIVATIONS.items():
         register(name, fn)
+
+
+@hookimpl
+def register_norms(register):
+    from trt_gpt.model.layers import Norm
+
+    for kind in Norm.KINDS:
+        register(kind, functools.partial(Norm, kind=kind))
 
 
 @hookimpl

@@ -10,7 +10,7 @@ import torch
 from trt_gpt import distributed
 from trt_gpt.distributed import RankInfo, discover
 from trt_gpt.errors import TrtGptError
-from trt_gpt.runtime.attn_metadata import AttentionMetadata
+from trt_gpt.kernels.metadata import AttentionMetadata
 from trt_gpt.runtime.step_plan import StepPlan, merge_logits
 
 LAUNCH_PREFIXES = ("PMI_", "OMPI_", "PMIX_", "SLURM_", "MV2_", "MPI_LOCAL")

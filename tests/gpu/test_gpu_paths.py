@@ -62,7 +62,7 @@ def test_gpu_overlap_fused_and_prefill_graphs_equal_cpu(engines):
     fp32, _ = engines
     cpu = LLM(fp32, device="cpu")
     gpu = LLM(fp32, device="cuda")
-    assert gpu.lookahead is not None and gpu.engine.model.fused is not None
+    assert gpu.overlap is not None and gpu.engine.model.fused is not None
     assert gpu.executor.prefill_graphs is not None
     params = SamplingParams(max_tokens=24)
     for p in random_prompts(512, [33, 33, 33, 33], seed=7):
@@ -71,23 +71,22 @@ def test_gpu_overlap_fused_and_prefill_graphs_equal_cpu(engines):
     assert all(graph is not None for _, graph, _ in gpu.executor.prefill_graphs.entries.values())
 
 
-@pytest.mark.parametrize("pdl", ["1", "early"])
-def test_gpu_early_release_and_prefetched_tiles_equal_cpu(engines, monkeypatch, pdl):
+def test_gpu_early_release_and_prefetched_tiles_equal_cpu(engines, monkeypatch):
     """Every fused GEMV with the tile options the tuned H200 table uses (dependents released as the kernel
-    starts, two K tiles loaded before the wait; K = 128 or 512 takes two tiles or two plus a loop), then
-    every kernel releasing early: batch-1 overlapped decoding through the CUDA graphs, staged inputs
-    included, still yields the CPU path's greedy tokens."""
+    starts, two K tiles loaded before the wait; K = 128 or 512 takes two tiles or two plus a loop):
+    batch-1 overlapped decoding through the CUDA graphs, staged inputs included, still yields the CPU path's
+    greedy tokens."""
     from trt_gpt import LLM, SamplingParams
     from trt_gpt.kernels import triton_gemv
     from trt_gpt.kernels.gemv_configs import GemvConfig
 
-    monkeypatch.setenv("TRT_GPT_PDL", pdl)
+    monkeypatch.setenv("TRT_GPT_PDL", "1")
     forced = GemvConfig(block_n=4, block_k=64, num_warps=4, num_stages=1, early_release=True, prefetch_tiles=2)
     monkeypatch.setattr(triton_gemv, "gemv_config", lambda *args: forced)
     fp32, _ = engines
     cpu = LLM(fp32, device="cpu")
     gpu = LLM(fp32, device="cuda")
-    assert gpu.lookahead is not None and gpu.engine.model.fused is not None and gpu.executor.graphs.staged_sizes
+    assert gpu.overlap is not None and gpu.engine.model.fused is not None and gpu.executor.graphs.staged_sizes
     params = SamplingParams(max_tokens=30)
     for p in random_prompts(512, [9, 40], seed=3):
         assert gpu.generate([p], params)[0].token_ids == cpu.generate([p], params)[0].token_ids

@@ -1,5 +1,5 @@
 """Cases and the float64 oracle shared by the tests of the fused linear kernels (the decode GEMV,
-`test_triton_gemv`, and the prompt GEMM, `test_triton_gemm_small`): the documented math composed from plain
+`test_triton_gemv`): the documented math composed from plain
 torch ops, sharing no code with the kernels or their torch reference."""
 from __future__ import annotations
 

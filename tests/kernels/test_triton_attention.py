@@ -17,12 +17,11 @@ if not torch.cuda.is_available():  # before the kernel modules define their @tri
 pytest.importorskip("triton")
 
 from trt_gpt.errors import TrtGptError  # noqa: E402
-from trt_gpt.kernels.attention_ref import paged_attention_ref, write_kv_cache  # noqa: E402
+from trt_gpt.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from trt_gpt.kernels.backends import ENV_VAR, get_attention_backend  # noqa: E402
 from trt_gpt.kernels.triton_attention import (choose_num_splits, paged_attention_triton,  # noqa: E402
-                                              paged_decode_attention, paged_prefill_attention,
-                                              write_kv_cache_triton)
-from trt_gpt.runtime.attn_metadata import AttentionMetadata  # noqa: E402
+                                              paged_decode_attention, paged_prefill_attention)
+from trt_gpt.kernels.metadata import AttentionMetadata  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HEAD_CONFIGS = [(4, 4), (8, 2), (4, 1)]          # MHA, GQA, MQA as (heads, kv_heads)
@@ -212,33 +211,6 @@ def test_choose_num_splits_fills_the_gpu():
     assert choose_num_splits(1, 16, 256, num_sms=132, block_d=128) == 2       # too wide for one tile
     assert choose_num_splits(2, 16, 256, num_sms=132, block_d=64) == 2        # 32 pairs: the split rule again
     assert choose_num_splits(1, 1, 256, num_sms=132, block_n=128, min_tokens=128) == 2
-
-
-# ---- KV write ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("src_dtype,cache_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16)])
-def test_write_kv_cache_matches_reference(src_dtype, cache_dtype):
-    gen = torch.Generator().manual_seed(5)
-    k = torch.randn(6, 3, 80, generator=gen).to(src_dtype)
-    v = torch.randn(6, 3, 80, generator=gen).to(src_dtype)
-    k_cache = torch.randn(4, 3, 16, 80, generator=gen).to(cache_dtype)
-    v_cache = torch.randn(4, 3, 16, 80, generator=gen).to(cache_dtype)
-    slots = torch.tensor([0, 17, 63, 5, 40, 31])
-    kt, vt, kr, vr = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
-    k, v, kt, vt, slots = (x.to(DEVICE) for x in (k, v, kt, vt, slots))
-    write_kv_cache_triton(k, v, kt, vt, slots)
-    kt, vt = kt.cpu(), vt.cpu()
-    k, v, slots = k.cpu(), v.cpu(), slots.cpu()
-    write_kv_cache(k, v, kr, vr, slots)
-    assert torch.equal(kt, kr) and torch.equal(vt, vr)
-
-
-def test_write_kv_cache_skips_negative_slots():
-    k = torch.ones(2, 1, 32, device=DEVICE)
-    k_cache = torch.zeros(2, 1, 16, 32, device=DEVICE)
-    v_cache = torch.zeros(2, 1, 16, 32, device=DEVICE)
-    write_kv_cache_triton(k, k, k_cache, v_cache, torch.tensor([3, -1], device=DEVICE))
-    assert k_cache.sum().item() == 32 and k_cache[0, 0, 3].eq(1).all()
 
 
 # ---- backend registry ----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_strided_x_and_in_place_residual():
 def test_kv_write_epilogue_stores_k_and_v_into_their_slots(impl, cache_dtype):
     # 3 q heads and 2 kv heads of 10: N = 30 + 20 + 20 = 70, so 8-wide column blocks straddle the q|k and
     # k|v boundaries. Row 1 is padding (slot -1); unowned cache entries are NaN and must stay so.
-    from trt_gpt.kernels.triton_gemv import KVWrite
+    from trt_gpt.kernels.kv_store import KVWrite
     heads, kv_heads, d, bs = 3, 2, 10, 4
     x, w, b, kw = make(3, heads * d + 2 * kv_heads * d, 24, torch.float32, norm="layernorm", seed=12)
     kc = torch.full((5, kv_heads, bs, d), float("nan"), dtype=cache_dtype, device=DEVICE)
@@ -143,7 +143,7 @@ def test_kv_write_epilogue_stores_k_and_v_into_their_slots(impl, cache_dtype):
 
 
 def test_kv_write_shape_errors():
-    from trt_gpt.kernels.triton_gemv import KVWrite
+    from trt_gpt.kernels.kv_store import KVWrite
     x, w, b, _ = make(1, 70, 24, torch.float32, seed=13)
     kc = torch.zeros(5, 2, 4, 10, device=DEVICE)
     with pytest.raises(ValueError, match="N = q_cols"):
@@ -199,18 +199,16 @@ def test_cuda_graph_capture():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch needs a GPU")
-@pytest.mark.parametrize("setting,early_tile", [("1", False), ("1", True), ("early", False), ("early-small", False)])
-def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch, setting, early_tile):
+@pytest.mark.parametrize("early_tile", [False, True])
+def test_pdl_is_used_on_hopper_and_matches_serial(monkeypatch, early_tile):
     """On sm_90+ the kernels launch with PDL (so every GPU test here exercises it), with dependents released
-    after each kernel's wait or as it starts (the env setting, or a tile's early_release); results equal a
-    serial launch."""
-    from trt_gpt.kernels.triton_common import PDL_AFTER_WAIT, PDL_AT_START, use_pdl
+    after each kernel's wait or, with a tile's early_release, as it starts; results equal a serial launch."""
+    from trt_gpt.kernels.triton_common import PDL_AFTER_WAIT, use_pdl
 
     dev = torch.device("cuda")
-    monkeypatch.setenv("TRT_GPT_PDL", setting)
+    monkeypatch.setenv("TRT_GPT_PDL", "1")
     if torch.cuda.get_device_capability()[0] >= 9:
-        assert use_pdl(dev, gemv=True) == (PDL_AT_START if setting == "early" else PDL_AFTER_WAIT)
-        assert use_pdl(dev, gemv=False) == (PDL_AFTER_WAIT if setting == "1" else PDL_AT_START)
+        assert use_pdl(dev) == PDL_AFTER_WAIT
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, 512, device=dev, generator=g).half()
     w = torch.randn(777, 512, device=dev, generator=g).half() * 0.05

@@ -18,7 +18,6 @@ pytest.importorskip("triton")
 
 import trt_gpt.kernels.triton_rope_kv as rope_kv  # noqa: E402
 from trt_gpt.config import ModelConfig  # noqa: E402
-from trt_gpt.kernels.attention_ref import write_kv_cache  # noqa: E402
 from trt_gpt.kernels.triton_rope_kv import rope_write_kv_ref, rope_write_kv_triton  # noqa: E402
 from trt_gpt_plugins.positions import RotaryEmbedding  # noqa: E402
 
@@ -60,13 +59,17 @@ def make_case(tokens: int, heads: int, kv_heads: int, head_dim: int, dtype: torc
 
 
 def expected(qkv, heads, kv_heads, head_dim, positions, slots, cache, rope: RotaryEmbedding):
-    """The unfused path: split qkv, RotaryEmbedding.apply, write_kv_cache of the non-padding tokens."""
+    """The unfused path: split qkv, RotaryEmbedding.apply, then each non-padding token's k and v stored at its
+    slot (block, offset) in the cache dtype."""
     x = qkv.reshape(qkv.shape[0], heads + 2 * kv_heads, head_dim)
     q, k = rope.apply(x[:, :heads], x[:, heads:heads + kv_heads], positions.long())
     v = x[:, heads + kv_heads:]
     kc, vc = cache.clone(), cache.clone()
-    keep = slots >= 0
-    write_kv_cache(k[keep], v[keep], kc, vc, slots[keep].long())
+    bs = cache.shape[2]
+    for t, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            kc[slot // bs, :, slot % bs] = k[t].to(kc.dtype)
+            vc[slot // bs, :, slot % bs] = v[t].to(vc.dtype)
     return q, kc, vc
 
 

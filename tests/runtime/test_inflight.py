@@ -9,6 +9,7 @@ import torch
 
 from trt_gpt import SamplingParams
 from trt_gpt.errors import TrtGptError
+from trt_gpt.kernels.kv_cache_spec import KVCacheSpec
 from trt_gpt.runtime.kv_cache import BlockAllocator, PagedKVCache, plan_num_blocks
 from trt_gpt.runtime.sequence import Status
 from trt_gpt.testing import random_prompts, run_arrivals
@@ -126,7 +127,7 @@ def test_block_refcounts_and_copy():
     with pytest.raises(RuntimeError):
         alloc.free([a[0]])
     assert alloc.allocate(5) is None and alloc.num_free == 4
-    cache = PagedKVCache(2, 3, 1, 2, 4, torch.float32, torch.device("cpu"))
+    cache = PagedKVCache(2, 3, 1, 2, 4, KVCacheSpec(torch.float32), torch.device("cpu"))
     for k, v in cache.layers:
         k.normal_(), v.normal_()
     before = [(k.clone(), v.clone()) for k, v in cache.layers]

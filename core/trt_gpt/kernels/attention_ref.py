@@ -7,17 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.attn_metadata import AttentionMetadata
-
-
-def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor) -> None:
-    """Scatter this step's K/V ([T, kv_heads, head]) into the paged caches ([blocks, kv_heads, block, head])."""
-    nb, kvh, bs, hd = k_cache.shape
-    block = slot_mapping // bs
-    off = slot_mapping % bs
-    k_cache[block, :, off] = k.to(k_cache.dtype)
-    v_cache[block, :, off] = v.to(v_cache.dtype)
+from .kv_cache_spec import dequantize
+from .metadata import AttentionMetadata
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -29,10 +20,12 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
 
 
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-                        scale: float, sliding_window: int | None = None) -> torch.Tensor:
+                        scale: float, sliding_window: int | None = None,
+                        kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of packed queries q [T, heads, head] over the paged cache; returns [T, heads, head].
 
-    Computed in float32 whatever the input dtype, then cast back.
+    Computed in float32 whatever the input dtype, then cast back; cached values are read through
+    `kv_cache_spec.dequantize` (`kv_scales`: this layer's (K, V) scales of an 8-bit cache).
     """
     heads = q.shape[1]
     kvh = k_cache.shape[1]
@@ -40,13 +33,14 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     out = torch.empty_like(q)
     q_lens = meta.q_lens_host or (meta.cu_q_lens[1:] - meta.cu_q_lens[:-1]).tolist()
     ctx_lens = meta.context_lens_host or meta.context_lens.tolist()
+    ks, vs = kv_scales if kv_scales is not None else (None, None)
     start = 0
     for b, (ql, cl) in enumerate(zip(q_lens, ctx_lens)):
         if ql == 0:
             continue
         qb = q[start:start + ql].float().transpose(0, 1)                     # [H, ql, D]
-        kb = gather_kv(k_cache, meta.block_tables[b], cl).float().repeat_interleave(group, 0)
-        vb = gather_kv(v_cache, meta.block_tables[b], cl).float().repeat_interleave(group, 0)
+        kb = dequantize(gather_kv(k_cache, meta.block_tables[b], cl), ks).repeat_interleave(group, 0)
+        vb = dequantize(gather_kv(v_cache, meta.block_tables[b], cl), vs).repeat_interleave(group, 0)
         scores = torch.matmul(qb, kb.transpose(1, 2)) * scale                 # [H, ql, cl]
         qpos = torch.arange(cl - ql, cl, device=q.device)[:, None]
         kpos = torch.arange(cl, device=q.device)[None, :]

@@ -14,9 +14,11 @@ from typing import Callable
 
 import torch
 
+from ..env import choice, env_setting
 from ..errors import TrtGptError
-from ..runtime.attn_metadata import AttentionMetadata
-from .attention_ref import paged_attention_ref, write_kv_cache
+from .metadata import AttentionMetadata
+from .attention_ref import paged_attention_ref
+from .kv_cache_spec import write_kv_ref
 
 ENV_VAR = "TRT_GPT_ATTENTION_BACKEND"
 BACKEND_NAMES = ("torch", "triton")
@@ -58,14 +60,15 @@ def _triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str 
     return None
 
 
-def _torch_backend() -> AttentionBackend:
-    return AttentionBackend("torch", write_kv_cache, paged_attention_ref)
+def torch_backend() -> AttentionBackend:
+    return AttentionBackend("torch", write_kv_ref, paged_attention_ref)
 
 
 def _triton_backend(context_fp32_acc: bool = True) -> AttentionBackend:
     # Imported lazily: importing defines the @triton.jit kernels, which must happen after TRITON_INTERPRET
     # is set, and keeps `import trt_gpt` working where triton is absent.
-    from .triton_attention import paged_attention_triton, write_kv_cache_triton
+    from .kv_store import write_kv_cache_triton
+    from .triton_attention import paged_attention_triton
     from .triton_rope_kv import rope_write_kv_triton
     return AttentionBackend("triton", write_kv_cache_triton,
                             functools.partial(paged_attention_triton, context_fp32_acc=context_fp32_acc),
@@ -87,19 +90,17 @@ def get_attention_backend(device: torch.device | str, dtype: torch.dtype,
     than the torch reference, so TRITON_INTERPRET alone does not switch a CPU run over.
     """
     device = torch.device(device)
-    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    forced = env_setting(ENV_VAR, choice(*BACKEND_NAMES), "")
     if forced:
-        if forced not in BACKEND_NAMES:
-            raise TrtGptError(f"{ENV_VAR}={forced!r}: expected one of {', '.join(BACKEND_NAMES)}")
         if forced == "triton":
             reason = _triton_unavailable_reason(device, dtype)
             if reason is not None:
                 raise TrtGptError(f"{ENV_VAR}=triton: the Triton attention backend is unavailable: {reason}")
             return _triton_backend(context_fp32_acc)
-        return _torch_backend()
+        return torch_backend()
     if device.type == "cuda" and _triton_unavailable_reason(device, dtype) is None:
         return _triton_backend(context_fp32_acc)
-    return _torch_backend()
+    return torch_backend()
 
 
 # The name the package docstring (kernels/__init__.py) uses for the same selection.

@@ -1,21 +1,30 @@
-"""The decode-step embedding in torch: the reference of `triton_embed` and the module path's token feed.
+"""The input embedding, token row [* multiplier] [+ position row], in torch: the one implementation.
 
-Torch only (no Triton import), so the model can use `fed_ids` on every machine.
+`embed_ref` is what the model's module path runs (with its tensor-parallel `VocabEmbedding` as the token
+lookup) and the reference of `triton_embed.embed`, the one-kernel specialisation the fused layers use. Both
+take the same arguments, including `feed` (a row's token taken from the previous step's on-device picks).
+A new input source (e.g. prompt-tuning rows: ids >= vocab read a per-request table) belongs in this pair
+of functions, once in each. Torch only (no Triton import), so the model uses it on every machine.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 
 def check_embed_args(ids: torch.Tensor, wte: torch.Tensor, positions: torch.Tensor | None,
-                     wpe: torch.Tensor | None, feed: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    """Shape checks shared by the kernel and the reference (ValueError naming the argument)."""
+                     wpe: torch.Tensor | None, feed: tuple[torch.Tensor, torch.Tensor] | None,
+                     sharded: bool = False) -> None:
+    """Shape checks shared by the kernel and the reference (ValueError naming the argument); `sharded`: the
+    token table may hold a slice of the hidden size (a tensor-parallel lookup gathers the rest)."""
     if ids.dim() != 1 or wte.dim() != 2 or wte.stride(1) != 1:
         raise ValueError(f"embed: ids must be [T] and the table [V, H] contiguous along H, got "
                          f"{tuple(ids.shape)} and {tuple(wte.shape)}")
     if (positions is None) != (wpe is None):
         raise ValueError("embed: positions and the position table go together")
-    if wpe is not None and (positions.shape != ids.shape or wpe.dim() != 2 or wpe.shape[1] != wte.shape[1]
+    if wpe is not None and (positions.shape != ids.shape or wpe.dim() != 2
+                            or (wpe.shape[1] != wte.shape[1] and not sharded)
                             or wpe.dtype != wte.dtype or wpe.stride(1) != 1):
         raise ValueError(f"embed: the position table must be [P, {wte.shape[1]}] {wte.dtype}, positions [T]")
     if feed is not None and (feed[0].shape != ids.shape or feed[1].dim() != 1):
@@ -32,10 +41,15 @@ def fed_ids(ids: torch.Tensor, feed: tuple[torch.Tensor, torch.Tensor] | None) -
 
 def embed_ref(ids: torch.Tensor, wte: torch.Tensor, positions: torch.Tensor | None = None,
               wpe: torch.Tensor | None = None, multiplier: float = 1.0,
-              feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """`embed` with torch ops, in the module path's order."""
-    check_embed_args(ids, wte, positions, wpe, feed)
-    hidden = torch.nn.functional.embedding(fed_ids(ids, feed).long(), wte)
+              feed: tuple[torch.Tensor, torch.Tensor] | None = None,
+              lookup: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """hidden [T, H] = wte[token] [* multiplier] [+ wpe[position]], each step rounded to the table's dtype.
+
+    `feed = (rows, picks)`: a row i with rows[i] > 0 embeds picks[rows[i] - 1] instead of ids[i].
+    `lookup` replaces the plain row gather (the model passes its tensor-parallel `VocabEmbedding`)."""
+    check_embed_args(ids, wte, positions, wpe, feed, sharded=lookup is not None)
+    tokens = fed_ids(ids, feed).long()
+    hidden = lookup(tokens) if lookup is not None else torch.nn.functional.embedding(tokens, wte)
     if multiplier != 1.0:
         hidden = hidden * multiplier
     if wpe is not None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .triton_gemv import KVWrite, NormArgs, _check_args, _check_kv_write
+from .kv_cache_spec import write_kv_ref
+from .kv_store import KVWrite, check_kv_write_out
+from .triton_gemv import NormArgs, _check_args
 
 
 def apply_norm_ref(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
@@ -37,10 +39,10 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, residual_scale: float = 1.0,
                      out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
-    """`fused_linear`'s (and `triton_gemm_small.fused_gemm`'s) math in torch for x [M, K] of any M: fp32
+    """`fused_linear`'s math in torch for x [M, K] of any M: fp32
     accumulation and epilogue, one cast at the end."""
     m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual, max_m=None)
-    _check_kv_write(kv_write, m, n, x.device)
+    check_kv_write_out(kv_write, m, n, x.device)
     h = (apply_norm_ref(x, norm) if norm is not None else x).float()
 
     def project(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -53,11 +55,8 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         y = residual.float() + residual_scale * y
     y = y.to(out_dtype or x.dtype)
     if kv_write is not None:
-        from .attention_ref import write_kv_cache
-
         kvw, d = kv_write, kv_write.head_dim
         _, k, v = y.split([kvw.q_cols, kvw.kv_heads * d, kvw.kv_heads * d], dim=-1)
-        keep = kvw.slots >= 0   # padding rows write nothing
-        write_kv_cache(k.reshape(m, kvw.kv_heads, d)[keep], v.reshape(m, kvw.kv_heads, d)[keep], kvw.k_cache,
-                       kvw.v_cache, kvw.slots[keep])
+        write_kv_ref(k.reshape(m, kvw.kv_heads, d), v.reshape(m, kvw.kv_heads, d), kvw.k_cache, kvw.v_cache,
+                     kvw.slots)
     return y

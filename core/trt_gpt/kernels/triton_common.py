@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime.attn_metadata import AttentionMetadata
+from ..env import env_setting, flag
+from .metadata import AttentionMetadata
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -34,10 +35,10 @@ def _pdl_supported(device_index: int) -> bool:
 
 
 PDL_AFTER_WAIT = 1   # use_pdl modes: dependents released after the kernel's own gdc_wait (default)
-PDL_AT_START = 2     # dependents released as the kernel starts (TRT_GPT_PDL=early)
+PDL_AT_START = 2     # dependents released as the kernel starts (a tuned GEMV option, `GemvConfig.early_release`)
 
 
-def use_pdl(device: torch.device, gemv: bool = False) -> int:
+def use_pdl(device: torch.device) -> int:
     """How kernels on `device` launch: 0 without programmatic dependent launch (PDL), else its mode
     (Hopper and later; truthy).
 
@@ -52,19 +53,16 @@ def use_pdl(device: torch.device, gemv: bool = False) -> int:
       launch without PDL (a torch op, a copy), which starts only after everything before it completed;
     * `gdc_launch_dependents()` (`pdl_release`) after the kernel's own `gdc_wait()` (mode
       PDL_AFTER_WAIT): only the immediately preceding kernel can then still be running when a kernel
-      starts. TRT_GPT_PDL=early (PDL_AT_START) releases as each kernel starts instead, so several
-      kernels ahead may prefetch while one runs (safe by the rule above; measured in docs/benchmarks.md);
-      TRT_GPT_PDL=early-small does so in every kernel but the GEMVs (`gemv=True`).
+      starts. A GEMV whose tuned tile says `early_release` releases as it starts instead (PDL_AT_START;
+      safe by the rule above). Releasing at start in every kernel was measured slower (docs/benchmarks.md).
 
     TRT_GPT_PDL=0 turns PDL off.
     """
-    setting = os.environ.get(PDL_ENV, "1")
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or setting == "0":
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or not env_setting(PDL_ENV, flag, True):
         return 0
     if not _pdl_supported(device.index if device.index is not None else torch.cuda.current_device()):
         return 0
-    early = setting == "early" or (setting == "early-small" and not gemv)
-    return PDL_AT_START if early else PDL_AFTER_WAIT
+    return PDL_AFTER_WAIT
 
 
 def pdl_launch(device: torch.device) -> dict:

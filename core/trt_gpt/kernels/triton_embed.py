@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .embed_ref import check_embed_args
-from .triton_common import PDL_AFTER_WAIT, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
+from .triton_common import next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 
 MAX_BLOCK_H = 1024
 
@@ -62,10 +62,10 @@ def embed(ids: torch.Tensor, wte: torch.Tensor, positions: torch.Tensor | None =
         return out
     block_h = min(MAX_BLOCK_H, next_pow2(h))
     dummy = ids
-    # Never released early (TRT_GPT_PDL=early): in a decode graph this kernel follows the input stage
+    # Released after its wait, never at start: in a decode graph this kernel follows the input stage
     # (triton_stage), and the kernels after it read the staged inputs before their own wait, so they may
     # start only once this one's wait has made the stage's writes visible.
-    pdl = min(use_pdl(wte.device), PDL_AFTER_WAIT)
+    pdl = use_pdl(wte.device)
     _embed_kernel[(t, triton.cdiv(h, block_h))](
         ids, feed[0] if feed is not None else dummy, feed[1] if feed is not None else dummy,
         positions if positions is not None else dummy, wte, wpe if wpe is not None else wte, out,

@@ -16,7 +16,7 @@ activations through memory. One kernel family covers every linear layer of a dec
   stores it, so fused and unfused decode agree bit-for-bit up to summation order.
 
 * the qkv projection can also store its K and V columns straight into the paged KV cache (`KVWrite`),
-  rounded exactly as the separate cache-write kernel would store them, which removes that kernel;
+  through the cache's one store helper (`kv_store`), which removes the separate cache-write kernel;
 * the lm_head can also leave each row's greedy pick (`ArgmaxOut`, see triton_argmax): its epilogue reduces
   its own tile, and one small kernel reduces the tiles' partials;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from .gemv_configs import GemvConfig, gemv_config, interpreter_config
+from .kv_store import KVWrite, check_kv_write_out, store_kv_columns
 from .triton_argmax import ArgmaxOut, argmax_partials, check_argmax_out, finish_argmax, store_tile_argmax
 from .triton_common import (PDL_AT_START, SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait,
                             use_pdl)
@@ -56,21 +57,6 @@ class NormArgs:
     weight: torch.Tensor
     bias: torch.Tensor | None
     eps: float
-
-
-@dataclass(frozen=True)
-class KVWrite:
-    """Also scatter the output's K and V columns into the paged caches [blocks, kv_heads, block_size, D].
-
-    The output row is [q (q_cols) | k (kv_heads * head_dim) | v (kv_heads * head_dim)], as the fused qkv
-    projection produces it; row i goes to cache slot `slots[i]` (negative: padding, not written).
-    """
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    slots: torch.Tensor
-    q_cols: int
-    kv_heads: int
-    head_dim: int
 
 
 def _check_vec(t: torch.Tensor | None, length: int, name: str, device: torch.device) -> None:
@@ -371,25 +357,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
     if ARGMAX:   # on the stored (rounded) values: the pick is the argmax of the logits the caller sees
         store_tile_argmax(y.to(tl.float32), rows, offs_n, M, vocab, PV, PI, pid, stride_p)
     if KV_WRITE:
-        _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
-                  HEAD_DIM, CACHE_BLOCK)
-
-
-@triton.jit
-def _store_kv(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
-              HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr):
-    """The K/V columns of the rounded output tile y [M_PAD, BLOCK_N] into their cache slots (int64 [M_PAD])."""
-    c = offs_n - q_cols                       # column within [k | v]; negative for q columns
-    is_k = (c >= 0) & (c < kv_cols)
-    is_v = (c >= kv_cols) & (offs_n < N)
-    c = tl.where(is_v, c - kv_cols, tl.maximum(c, 0))
-    col_off = (c // HEAD_DIM) * stride_ch + c % HEAD_DIM
-    row_ok = (rows < M) & (slot >= 0)          # negative slots are padding rows: nothing is written
-    slot = tl.maximum(slot, 0)
-    row_off = (slot // CACHE_BLOCK) * stride_cb + (slot % CACHE_BLOCK) * stride_ct
-    dst = row_off[:, None] + col_off[None, :]
-    tl.store(KC + dst, y.to(KC.dtype.element_ty), mask=row_ok[:, None] & is_k[None, :])
-    tl.store(VC + dst, y.to(VC.dtype.element_ty), mask=row_ok[:, None] & is_v[None, :])
+        store_kv_columns(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
+                         HEAD_DIM, CACHE_BLOCK)
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -406,7 +375,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     each row's greedy pick over its first `argmax.vocab` columns.
     """
     m, n, k = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
-    _check_kv_write(kv_write, m, n, x.device)
+    check_kv_write_out(kv_write, m, n, x.device)
     check_argmax_out(argmax, m, n, x.device)
     out_dtype = out_dtype or x.dtype
     if out is None:
@@ -423,7 +392,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     # Overlapping a GEMV's start with its predecessor's tail pays for small weights, where the tail is a
     # large part of the kernel (H100, batch 1: SantaCoder-1B decode 1.25 -> 1.12 ms a token, GPT-2 medium
     # 0.70 -> 0.59), but not for StarCoder2-7B's (5.49 -> 5.57 ms): only weights up to PDL_MAX_WEIGHT.
-    pdl = use_pdl(x.device, gemv=True) if n * k <= PDL_MAX_WEIGHT else 0
+    pdl = use_pdl(x.device) if n * k <= PDL_MAX_WEIGHT else 0
     if pdl and cfg.early_release:
         pdl = PDL_AT_START
     dummy = x  # never dereferenced: the matching HAS_* constexpr is False
@@ -476,22 +445,3 @@ def _stats_tile(m: int, k: int, cfg: GemvConfig) -> int:
     if whole == k and whole * next_pow2(m) <= 1024 * cfg.num_warps:
         return max(whole, cfg.block_k)
     return cfg.block_k
-
-
-def _check_kv_write(kvw: KVWrite | None, m: int, n: int, device: torch.device) -> None:
-    if kvw is None:
-        return
-    kc, vc = kvw.k_cache, kvw.v_cache
-    kv_cols = kvw.kv_heads * kvw.head_dim
-    if n != kvw.q_cols + 2 * kv_cols:
-        raise ValueError(f"fused_linear: kv_write needs N = q_cols + 2 * kv_heads * head_dim = "
-                         f"{kvw.q_cols + 2 * kv_cols}, got N={n}")
-    if (kc.dim() != 4 or kc.shape != vc.shape or kc.stride() != vc.stride() or kc.stride(3) != 1
-            or tuple(kc.shape[1::2]) != (kvw.kv_heads, kvw.head_dim)):
-        raise ValueError(f"fused_linear: kv_write caches must both be [blocks, {kvw.kv_heads}, block_size, "
-                         f"{kvw.head_dim}] with one layout, contiguous in head_dim; got {tuple(kc.shape)}")
-    if kc.shape[2] & (kc.shape[2] - 1):
-        raise ValueError(f"fused_linear: cache block_size must be a power of two, got {kc.shape[2]}")
-    if kvw.slots.shape != (m,) or kvw.slots.device != device or kc.device != device:
-        raise ValueError(f"fused_linear: kv_write.slots must be [{m}] on {device} (one slot per row), "
-                         f"got {tuple(kvw.slots.shape)}")

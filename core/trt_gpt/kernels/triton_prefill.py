@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime.attn_metadata import AttentionMetadata
+from .metadata import AttentionMetadata
 from .triton_common import check_attention_args, dot_precision, kv_tile_offsets, next_pow2
 
 LOG2E = 1.4426950408889634

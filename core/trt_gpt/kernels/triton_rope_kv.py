@@ -1,9 +1,9 @@
 """Fused RoPE + paged KV-cache write: one Triton kernel between the qkv GEMM and attention.
 
 Without it a RoPE layer runs ~16 tiny torch kernels (gather cos/sin, casts, cat, mul, add) and then
-`write_kv_cache_triton`; at batch-1 decode each costs a few microseconds of launch. `rope_write_kv_triton`
+`kv_store.write_kv_cache_triton`; at batch-1 decode each costs a few microseconds of launch. `rope_write_kv_triton`
 reads the fused qkv rows once, rotates q and k (GPT-NeoX rotate-half over the first `rotary_dim` dims of
-every head), returns q and scatters rotated k and plain v into the paged cache.
+every head), returns q and scatters rotated k and plain v into the paged cache (`kv_store.store_kv`).
 
 Design: the heads of a qkv row ([q heads | k heads | v heads]) are treated as one list of
 heads + 2*kv_heads heads. The grid is (token, head chunk): each program loads a [BLOCK_H, head_dim] tile
@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .kv_cache_spec import write_kv_ref
+from .kv_store import slot_offset, store_kv
 from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 
 __all__ = ["rope_write_kv_triton", "rope_write_kv_ref"]
@@ -74,15 +76,13 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
 
     # Negative slots mark padding tokens (e.g. a CUDA graph captured for a larger batch): no cache write.
     if slot >= 0:
-        blk = slot // BLOCK_SIZE
-        off = slot % BLOCK_SIZE
         is_v = offs_h >= HEADS + KV_HEADS
         is_k = is_rot & (offs_h >= HEADS)
         kv_head = tl.where(is_v, offs_h - HEADS - KV_HEADS, offs_h - HEADS)   # negative on q rows (masked)
-        dst = blk * stride_cb + off * stride_ct + kv_head[:, None] * stride_ch + offs_d[None, :]
-        # k was rounded to the qkv dtype above, as RotaryEmbedding followed by write_kv_cache does.
-        tl.store(KC + dst, y.to(KC.dtype.element_ty), mask=mask & is_k[:, None])
-        tl.store(VC + dst, y.to(VC.dtype.element_ty), mask=mask & is_v[:, None])
+        dst = slot_offset(slot, stride_cb, stride_ct, BLOCK_SIZE) + kv_head[:, None] * stride_ch + offs_d[None, :]
+        # k was rounded to the qkv dtype above, as RotaryEmbedding followed by the cache write does.
+        store_kv(KC, VC, dst, y, y, mask & is_k[:, None], mask & is_v[:, None])
+
 
 def _check_args(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, positions: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, k_cache: torch.Tensor,
@@ -172,11 +172,7 @@ def rope_write_kv_ref(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: in
     q = _rotate_ref(x[:, :heads], c, s, rotary_dim)
     k = _rotate_ref(x[:, heads:heads + kv_heads], c, s, rotary_dim)
     v = x[:, heads + kv_heads:]
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()
-    bs = k_cache.shape[2]
-    k_cache[slots // bs, :, slots % bs] = k[keep].to(k_cache.dtype)
-    v_cache[slots // bs, :, slots % bs] = v[keep].to(v_cache.dtype)
+    write_kv_ref(k, v, k_cache, v_cache, slot_mapping)
     if q_out is None:
         return q
     q_out.copy_(q)

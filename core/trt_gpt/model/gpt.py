@@ -7,6 +7,7 @@ packed batch (no padding) and a paged KV cache described by AttentionMetadata.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -16,28 +17,15 @@ from torch import nn
 from ..checkpoint import torch_dtype
 from ..config import ModelConfig, QuantConfig
 from ..errors import TrtGptError
-from ..kernels.attention_ref import paged_attention_ref, write_kv_cache
+from ..kernels.backends import torch_backend
 from ..plugins import named_registry
-from ..runtime.attn_metadata import AttentionMetadata
+from ..kernels.metadata import AttentionMetadata
 from ..weights import padded_vocab_size
-from ..kernels.embed_ref import fed_ids
-from .fused_decode import FusedDecode
-from .layers import Norm, VocabEmbedding, get_activation
+from ..kernels.embed_ref import embed_ref
+from .fused_layers import FusedLayers
+from .layers import VocabEmbedding, get_activation, make_norm
 from .linear import make_linear, param_dtypes
 from .parallel import TPGroup
-
-
-class TorchAttentionBackend:
-    """The reference backend: correct everywhere, used on CPU and as the oracle for the kernels."""
-    name = "torch"
-
-    @staticmethod
-    def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
-        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-
-    @staticmethod
-    def attention(q, k_cache, v_cache, meta, scale, sliding_window):
-        return paged_attention_ref(q, k_cache, v_cache, meta, scale, sliding_window)
 
 
 def attention_scale(cfg: ModelConfig, layer_idx: int) -> float:
@@ -108,9 +96,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, tp: TPGroup):
         super().__init__()
         self.residual_multiplier = cfg.residual_multiplier
-        self.input_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.input_layernorm = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
         self.attention = Attention(cfg, layer_idx, tp)
-        self.post_layernorm = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+        self.post_layernorm = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
         self.mlp = MLP(cfg, tp, layer_idx)
 
     def forward(self, x, positions, meta, kv, rope, backend, window) -> torch.Tensor:
@@ -140,7 +128,7 @@ class Transformer(nn.Module):
                 self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in self.layer_range)
         if mp.is_last_pp_rank:
-            self.ln_f = Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_epsilon)
+            self.ln_f = make_norm(cfg.norm_type, cfg.hidden_size, cfg.norm_epsilon)
 
 
 class GPTForCausalLM(nn.Module):
@@ -159,8 +147,8 @@ class GPTForCausalLM(nn.Module):
             raise TrtGptError(f"position_embedding_type '{cfg.position_embedding_type}' has no registered encoder")
         self._pos_factory = encoders[cfg.position_embedding_type]
         self.rope = None
-        self.backend: Any = TorchAttentionBackend()
-        self.fused: FusedDecode | None = None   # the small-batch fast path, set up by setup_runtime
+        self.backend: Any = torch_backend()   # the reference until setup_runtime picks one
+        self.fused: FusedLayers | None = None   # the small-batch fast path, set up by setup_runtime
 
     def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:
         """Create non-persistent state (rotary tables) once the weights are on `device`."""
@@ -168,7 +156,7 @@ class GPTForCausalLM(nn.Module):
         self.rope = None if getattr(enc, "learned", False) else enc
         if backend is not None:
             self.backend = backend
-        self.fused = FusedDecode.create(self, self.backend)
+        self.fused = FusedLayers.create(self, self.backend)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor | None = None,
@@ -182,17 +170,14 @@ class GPTForCausalLM(nn.Module):
         cfg = self.cfg
         t = self.transformer
         window = window if window is not None else cfg.sliding_window
-        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0], meta.is_decode) \
-            else None
+        fused = self.fused if self.fused is not None and self.fused.applies(positions.shape[0]) else None
         if cfg.mapping.is_first_pp_rank:
-            if fused is not None:
-                hidden = fused.embed(t, input_ids, positions, cfg.embedding_multiplier, feed)
-            else:
-                hidden = t.vocab_embedding(fed_ids(input_ids, feed))
-                if cfg.embedding_multiplier != 1.0:
-                    hidden = hidden * cfg.embedding_multiplier
-                if hasattr(t, "position_embedding"):
-                    hidden = hidden + t.position_embedding(positions)
+            # one function, `embed_ref` (the module path, through the parallel lookup), or its one-kernel
+            # specialisation on the fused path
+            wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
+            embed = fused.embed_kernel if fused is not None else functools.partial(embed_ref, lookup=t.vocab_embedding)
+            hidden = embed(input_ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
+                           cfg.embedding_multiplier, feed)
         for i, (layer, kv) in enumerate(zip(t.layers, kv_caches)):
             if fused is not None:
                 hidden = fused.layer(i, layer, hidden, positions, meta, kv, self.rope, self.backend, window)
@@ -209,8 +194,7 @@ class GPTForCausalLM(nn.Module):
             head = self.fused
         # the fused head picks from the logits it writes: only where no scaling follows (a division could
         # round two logits into a tie that torch.argmax would break differently)
-        fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0
-                                and hidden.shape[0] <= head.gemv_rows) else None
+        fused_picks = picks if (head is not None and head.fuse_argmax and cfg.logits_scaling == 1.0) else None
         if head is not None:
             logits = head.head(self.lm_head, hidden, cfg.vocab_size, fused_picks,
                                host_picks if fused_picks is not None else None)[..., :cfg.vocab_size]

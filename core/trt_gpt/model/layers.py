@@ -31,8 +31,12 @@ class Norm(nn.Module):
     decode step's GPU time). rmsnorm follows HF's order: normalise in float32, cast, then scale.
     """
 
-    def __init__(self, size: int, kind: str, eps: float):
+    KINDS = ("layernorm", "layernorm1p", "rmsnorm")   # registered by the built-in plugins (register_norms)
+
+    def __init__(self, size: int, eps: float, kind: str = "layernorm"):
         super().__init__()
+        if kind not in self.KINDS:
+            raise TrtGptError(f"norm kind '{kind}' is not one of {', '.join(self.KINDS)}")
         self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.empty(size))
         self.bias = nn.Parameter(torch.empty(size)) if kind != "rmsnorm" else None
@@ -48,6 +52,14 @@ class Norm(nn.Module):
                 self._gamma = (w.float() + 1).to(w.dtype)
             w = self._gamma
         return F.layer_norm(x, (x.shape[-1],), w, self.bias, self.eps)
+
+def make_norm(name: str, size: int, eps: float) -> nn.Module:
+    """The norm registered as `name` (ModelConfig.norm_type) for [..., size] activations."""
+    norms = named_registry("register_norms")
+    if name not in norms:
+        raise TrtGptError(f"norm_type '{name}' has no registered norm (known: {', '.join(sorted(norms))})")
+    return norms[name](size, eps)
+
 
 class VocabEmbedding(nn.Module):
     """Token embedding; with parallel embedding, dim 0 splits the vocab and dim 1 the hidden size."""

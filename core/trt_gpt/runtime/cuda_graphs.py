@@ -14,7 +14,7 @@ Only the Triton attention backend is captured (the torch reference synchronises 
 
 Every graph reads one static int32 input buffer, which the executor fills through a pinned host mirror,
 and leaves its greedy picks (argmax) in a static buffer that overlapped decoding
-(lookahead.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
+(overlap.py) feeds to the next step without a round trip through the host: the buffer's `feed` row
 names, per row, the previous replay's pick that is its input token, and the graph's embedding reads it
 there (no gather kernel between replays). The graph also stores the picks straight into one of two pinned
 host buffers, the one the upload's `aux[0]` names (`triton_argmax.HostPicks`): the host reads its tokens
@@ -35,13 +35,14 @@ a graph: it is how the protocol is tested on machines without CUDA (Triton kerne
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .attn_metadata import AttentionMetadata
+from ..env import choice, env_setting, flag
+from ..kernels.metadata import AttentionMetadata
+from .step_layout import StepLayout
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
                  640, 768, 896, 1024)
@@ -75,12 +76,13 @@ class DecodeGraphs:
         self.sizes = sorted({s for s in sizes if s <= max_batch} | {max_batch})
         n = self.sizes[-1]
         self.n, self.max_blocks, self.max_seq_len = n, max_blocks, max_seq_len
-        # [ids | pos | slots | ctx | feed | aux | tables n*max_blocks], regions of p >= n entries: 16-byte
-        # aligned; aux[0] names the host picks buffer of the step
-        p = self.p = (n + 3) // 4 * 4
-        self.static = torch.zeros(6 * p + n * max_blocks, dtype=torch.int32, device=device)
-        self.ids, self.pos, self.slots, self.ctx, self.feed = (self.static[i * p:i * p + n] for i in range(5))
-        self.tables = self.static[6 * p:].view(n, max_blocks)
+        # [ids | positions | slots | ctx | feed | aux | tables n*max_blocks] (step_layout); aux[0] names the
+        # host picks buffer of the step
+        lay = self.layout = StepLayout.for_decode_graphs(n, max_blocks)
+        self.static = torch.zeros(lay.size, dtype=torch.int32, device=device)
+        self.ids, self.pos, self.slots, self.ctx, self.feed = (
+            lay.view(self.static, name, n) for name in ("ids", "positions", "slots", "ctx", "feed"))
+        self.tables = lay.view(self.static, "tables").view(n, max_blocks)
         self.slots.fill_(-1)
         self.ctx.fill_(1)
         pinned = device.type == "cuda"
@@ -97,16 +99,16 @@ class DecodeGraphs:
             self.tok_host = self.tok_host.pin_memory()
         self.tok_events = [new_event(), new_event()]
         self._tok_i = 0
-        index = self.static[5 * p:5 * p + 1]
+        index = lay.view(self.static, "aux", 1)
         reachable = self._pinned_reachable(index)
         # the graphs store their picks in host memory, unless TRT_GPT_HOST_PICKS=0 (a copy after each replay)
         self.host_picks = None
-        if reachable and os.environ.get("TRT_GPT_HOST_PICKS", "1") != "0":
+        if reachable and env_setting("TRT_GPT_HOST_PICKS", flag, True):
             from ..kernels.triton_argmax import HostPicks
 
             self.host_picks = HostPicks(self.tok_host, index)
         # small graphs read their inputs from the mirrors, unless TRT_GPT_GRAPH_INPUTS=copy
-        staged = reachable and os.environ.get("TRT_GPT_GRAPH_INPUTS", "stage") != "copy"
+        staged = reachable and env_setting("TRT_GPT_GRAPH_INPUTS", choice("stage", "copy"), "stage") == "stage"
         self.staged_sizes = STAGED_SIZES if staged else 0
         self.caps = sorted({c for c in CONTEXT_CAPS if c < max_seq_len} | {max_seq_len})
         Key = tuple[int, int, int]   # (batch size, context cap, mirror the graph reads; 0 if not staged)
@@ -144,9 +146,10 @@ class DecodeGraphs:
         return self._views[j]
 
     def _make_views(self, j: int) -> tuple:
-        h, p, n = self.mirrors[j].numpy(), self.p, self.n
-        rows = (*(h[i * p:i * p + n] for i in range(4)), h[6 * p:].reshape(n, self.max_blocks))
-        return rows, h[4 * p:4 * p + n], h[5 * p:6 * p]
+        h, n, lay = self.mirrors[j].numpy(), self.n, self.layout
+        rows = (*(lay.view(h, name, n) for name in ("ids", "positions", "slots", "ctx")),
+                lay.view(h, "tables").reshape(n, self.max_blocks))
+        return rows, lay.view(h, "feed", n), lay.view(h, "aux")
 
     def _mirrors_read(self, size: int) -> tuple[int, ...]:
         """The mirrors whose graphs a batch size has: both where the graph stages its inputs, else one."""
@@ -204,9 +207,6 @@ class DecodeGraphs:
             graph.replay()
         return out[:b]
 
-    def applicable(self, meta: AttentionMetadata, window: int | None, n_rows: int) -> bool:
-        return meta.is_decode and window == self.window and n_rows == meta.num_seqs <= self.sizes[-1]
-
     def fits(self, n_rows: int, window: int | None) -> bool:
         """Whether a step of `n_rows` one-token sequences under `window` can replay a graph."""
         return window == self.window and 0 < n_rows <= self.sizes[-1]
@@ -255,9 +255,9 @@ class DecodeGraphs:
         return out
 
     def upload_len(self, b: int) -> int:
-        """Entries of the one upload of a `b`-row step: the six row regions and the first b table rows are
+        """Entries of the one upload of a `b`-row step: the row regions and the first b table rows are
         contiguous."""
-        return 6 * self.p + b * self.max_blocks
+        return self.layout.offsets["tables"] + b * self.max_blocks
 
     def run_greedy(self, fill: Fill, b: int, src: list[int]) -> tuple[torch.Tensor, Any]:
         """`run_packed`, its argmax picks landing in a host buffer without waiting (stored there by the
@@ -275,7 +275,7 @@ class DecodeGraphs:
         return host, ev
 
     def stash_picks(self, picks: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Picks of a step run outside the graphs (a prompt's last chunk, `Lookahead.hold`), put where the
+        """Picks of a step run outside the graphs (a prompt's last chunk, `OverlappedScheduler.hold`), put where the
         next graph's input feed reads them; returns (host int32 [b], event), as `run_greedy` does."""
         b = picks.shape[0]
         self.tokens_out[:b].copy_(picks)
@@ -285,25 +285,3 @@ class DecodeGraphs:
         ev = self.tok_events[self._tok_i]
         ev.record()
         return host, ev
-
-    def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Logits [b, vocab] of a decode step from device tensors; valid until the next replay."""
-        b = ids.shape[0]
-        host_ctx = meta.context_lens_host
-        key = self.key_for(b, max(host_ctx) if host_ctx else self.max_seq_len)
-        size = key[0]
-        self.ids[:b].copy_(ids)
-        self.feed.zero_()
-        self.pos[:b].copy_(pos)
-        self.ctx[:b].copy_(meta.context_lens)
-        self.tables[:b].copy_(meta.block_tables)
-        self.slots[:b].copy_(meta.slot_mapping)
-        if size > b:  # padding rows: attend to one cached slot, write nothing
-            self.ctx[b:size].fill_(1)
-            self.slots[b:size].fill_(-1)
-        if size > self.staged_sizes:
-            return self._replay(self.entry(key), b)
-        j = self._next_mirror()   # a staged graph reads its inputs from a mirror: put them there first
-        n_up = self.upload_len(size)
-        self.mirrors[j][:n_up].copy_(self.static[:n_up])
-        return self._launch(key, j, b)

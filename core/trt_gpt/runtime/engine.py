@@ -9,6 +9,7 @@ from ..checkpoint import engine_uses_random_weights, load_engine_config, load_ra
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
 from ..support import check_supported
+from ..kernels.kv_cache_spec import KVCacheSpec
 from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
@@ -38,6 +39,8 @@ class Engine:
         cfg.mapping = cfg.mapping.with_rank(rank)
         self.dtype = torch_dtype(cfg.dtype)
         check_supported(cfg, build, str(self.dir / "config.json"))
+        # what the KV cache stores (refused here, at load, where no kernel implements it)
+        self.kv_spec = KVCacheSpec.from_name(build.kv_cache_dtype, self.dtype)
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
         if self.random_weights:
@@ -61,7 +64,7 @@ class Engine:
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        return torch_dtype(self.build.kv_cache_dtype) if self.build.kv_cache_dtype else self.dtype
+        return self.kv_spec.dtype
 
 
 def _rank_from_launch(engine_dir: Path, cfg: ModelConfig, tp_group: TPGroup | None) -> tuple[int, TPGroup | None]:

@@ -9,44 +9,30 @@ order.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .attn_metadata import AttentionMetadata
+from ..env import choice, env_setting, flag
+from ..kernels.metadata import AttentionMetadata
 from .engine import Engine
 from .kv_cache import PagedKVCache
 from .sequence import Sequence
 from .staging import PinnedStaging
+from .step_layout import StepLayout
 
 # From this many decode rows on, whole-array numpy beats per-row work (measured crossover ~24-32 on CPU).
 _BULK_DECODE_ROWS = 32
 
 
-def _aligned_offsets(*sizes: int) -> tuple[int, ...]:
-    """Start offsets (in int32 elements) of consecutive regions of `sizes`, each a multiple of 4 (16 bytes),
-    after the first region's; the total size last."""
-    offs, o = [], 0
-    for n in sizes:
-        offs.append(o)
-        o += (n + 3) // 4 * 4
-    return (*offs[1:], o)
-
-
 @dataclass
 class _Layout:
-    """Where each input of a packed step lives in its int32 buffer, plus the host-side lengths."""
+    """A packed step: its buffer's regions (step_layout) plus the host-side lengths."""
+    regions: StepLayout
     total: int
     nseq: int
     nb: int
-    o_pos: int
-    o_slots: int
-    o_rows: int
-    o_cu: int
-    o_ctx: int
-    o_tab: int
     q_lens: list[int]
     ctx_lens: list[int]
     cu: list[int]
@@ -69,7 +55,7 @@ class Executor:
         self.staging = PinnedStaging(self.device)
         self.graphs = self._capture_graphs()
         self.prefill_graphs = None
-        if self.graphs is not None and os.environ.get("TRT_GPT_PREFILL_GRAPHS", "1") != "0":
+        if self.graphs is not None and env_setting("TRT_GPT_PREFILL_GRAPHS", flag, True):
             from .prefill_graphs import PrefillGraphs
 
             self.prefill_graphs = PrefillGraphs(self.graphs.eager, getattr(self.graphs, "pool", None))
@@ -79,7 +65,7 @@ class Executor:
         reference synchronises with the host), not disabled by TRT_GPT_CUDA_GRAPHS=0. With
         TRT_GPT_CUDA_GRAPHS=eager the same static-buffer protocol runs without capture, on any device
         (how CI tests it, and overlapped decoding on top of it, without a GPU)."""
-        mode = os.environ.get("TRT_GPT_CUDA_GRAPHS", "1")
+        mode = env_setting("TRT_GPT_CUDA_GRAPHS", choice("1", "0", "eager"), "1")
         if getattr(self.engine.model.backend, "name", "") != "triton" or mode == "0":
             return None
         if self.device.type != "cuda" and mode != "eager":
@@ -107,16 +93,12 @@ class Executor:
         q_lens = [n for _, n in batch]
         total = sum(q_lens)
         nb = self.max_blocks
-        # layout: ids[T] pos[T] slots[T] rows[B] cu[B+1] ctx[B] tables[B*nb], each region starting on a
-        # 16-byte boundary: Triton specialises kernels on pointer alignment, so unaligned views (offsets
-        # that depend on T and B) would compile a new kernel variant for a new batch shape mid-serving.
-        o_pos, o_slots, o_rows, o_cu, o_ctx, o_tab, size = _aligned_offsets(total, total, total, nseq, nseq + 1,
-                                                                            nseq, nseq * nb)
-        host, buf = self.staging.take(size)
+        regions = StepLayout.for_step(total, nseq, nb)
+        host, buf = self.staging.take(regions.size)
         buf[:] = 0
-        ids, pos, slots = buf[:total], buf[o_pos:o_pos + total], buf[o_slots:o_slots + total]
-        rows, cu, ctx = buf[o_rows:o_rows + nseq], buf[o_cu:o_cu + nseq + 1], buf[o_ctx:o_ctx + nseq]
-        tables = buf[o_tab:o_tab + nseq * nb].reshape(nseq, nb)
+        ids, pos, slots = (regions.view(buf, c) for c in ("ids", "positions", "slots"))
+        rows, cu, ctx = (regions.view(buf, c) for c in ("rows", "cu", "ctx"))
+        tables = regions.view(buf, "tables").reshape(nseq, nb)
         if total == nseq:
             self._pack_decode(batch, ids, pos, slots, ctx, tables)
             cu[:] = np.arange(nseq + 1, dtype=np.int32)
@@ -155,20 +137,18 @@ class Executor:
             rows[:] = cu[1:] - 1
             ctx[:] = starts + qn
             ctx_lens = ctx.tolist()
-        lay = _Layout(total, nseq, nb, o_pos, o_slots, o_rows, o_cu, o_ctx, o_tab, q_lens, ctx_lens,
-                      [0] + cu[1:].tolist())
+        lay = _Layout(regions, total, nseq, nb, q_lens, ctx_lens, [0] + cu[1:].tolist())
         return host, lay
 
     @staticmethod
     def _views(d: torch.Tensor, lay: "_Layout"):
         """(ids, positions, metadata, last-token rows) as views of the device copy `d` of a packed step."""
-        t, b, nb = lay.total, lay.nseq, lay.nb
+        r, b, nb = lay.regions, lay.nseq, lay.nb
         meta = AttentionMetadata(
-            cu_q_lens=d[lay.o_cu:lay.o_cu + b + 1], context_lens=d[lay.o_ctx:lay.o_ctx + b],
-            block_tables=d[lay.o_tab:lay.o_tab + b * nb].view(b, nb), slot_mapping=d[lay.o_slots:lay.o_slots + t],
-            max_q_len=max(lay.q_lens), max_context_len=max(lay.ctx_lens), q_lens_host=lay.q_lens,
-            context_lens_host=lay.ctx_lens)
-        return d[:t], d[lay.o_pos:lay.o_pos + t], meta, d[lay.o_rows:lay.o_rows + b]
+            cu_q_lens=r.view(d, "cu"), context_lens=r.view(d, "ctx"), block_tables=r.view(d, "tables").view(b, nb),
+            slot_mapping=r.view(d, "slots"), max_q_len=max(lay.q_lens), max_context_len=max(lay.ctx_lens),
+            q_lens_host=lay.q_lens, context_lens_host=lay.ctx_lens)
+        return r.view(d, "ids"), r.view(d, "positions"), meta, r.view(d, "rows")
 
     def _pack_decode(self, batch, ids, pos, slots, ctx, tables, src: list[int] | None = None,
                      prev_rows: dict[int, int] | None = None) -> None:
@@ -225,9 +205,8 @@ class Executor:
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 logits_rows: torch.Tensor | None, window: int | None) -> torch.Tensor:
-        """The model on one packed batch (the piece a decode CUDA graph replaces)."""
-        if self.graphs is not None and self.graphs.applicable(meta, window, input_ids.shape[0]):
-            return self.graphs.run(input_ids, positions, meta)  # every row is a last token: no row selection
+        """The model on one packed batch, eagerly (decode steps that fit the CUDA graphs never get here: `_run`
+        packs them straight into the graphs' input mirror)."""
         return self.engine.model(input_ids, positions, meta, self.cache.layers, logits_rows=logits_rows,
                                  window=window)
 

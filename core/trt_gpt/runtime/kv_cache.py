@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TrtGptError
+from ..kernels.kv_cache_spec import KVCacheSpec
 
 
 class BlockAllocator:
@@ -52,13 +53,16 @@ class BlockAllocator:
 
 
 class PagedKVCache:
-    """K and V pools for this rank's layers: each [num_blocks, kv_heads, block_size, head_size]."""
+    """K and V pools for this rank's layers: each [num_blocks, kv_heads, block_size, head_size] of the
+    spec's storage dtype (`spec`: the `KVCacheSpec` every writer and reader of these pools follows)."""
 
     def __init__(self, num_layers: int, num_blocks: int, kv_heads: int, block_size: int, head_size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 spec: KVCacheSpec, device: torch.device):
         if num_blocks < 1:
             raise TrtGptError("kv cache: not enough memory for a single block "
                               "(lower max_batch_size/max_seq_len or raise --kv_cache_free_gpu_memory_fraction)")
+        self.spec = spec
+        dtype = spec.dtype
         self.block_size = block_size
         self.num_blocks = num_blocks
         shape = (num_blocks, kv_heads, block_size, head_size)

@@ -17,7 +17,7 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
-from .lookahead import Lookahead, PendingStep, lookahead_ok
+from .overlap import OverlappedScheduler, PendingStep, overlap_ok
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -74,9 +74,9 @@ class LLM:
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
                                  cap_tokens=batch * build.max_seq_len * build.max_beam_width)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
-                                  self.engine.kv_dtype, self.engine.device)
+                                  self.engine.kv_spec, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
-        self.lookahead = Lookahead(self.executor) if Lookahead.enabled(self.executor) else None
+        self.overlap = OverlappedScheduler(self.executor) if OverlappedScheduler.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
         self._tokenizer: Tokenizer | None = None
         self._tok_args = (tokenizer_dir, vocab_file)
@@ -134,7 +134,7 @@ class LLM:
             seq.generation_logits = []
         if params.num_beams > 1:
             seq.beam_state = BeamSearchState(len(ids), params)
-        seq.lookahead_ok = lookahead_ok(seq)
+        seq.overlap_ok = overlap_ok(seq)
         self.scheduler.add(seq)
         return seq
 
@@ -154,7 +154,7 @@ class LLM:
         """Run one executor step; returns the requests that got a new token (or finished)."""
         batch = self.scheduler.schedule()
         done: list[Sequence] = []
-        la = self.lookahead
+        la = self.overlap
         if la is not None:
             if batch and la.eligible(batch):
                 # enqueue this step, then read the previous one's tokens while the GPU runs it
@@ -179,7 +179,7 @@ class LLM:
         return done + self._advance(batch, logits)
 
     def _resolve(self, step: PendingStep) -> list[Sequence]:
-        seqs, tokens = Lookahead.tokens(step)
+        seqs, tokens = OverlappedScheduler.tokens(step)
         self._append_tokens(seqs, tokens)
         return seqs
 

@@ -44,10 +44,10 @@ class Sequence:
     beam_state: Any = None            # sampler.BeamSearchState
     beam_results: list[tuple[list[int], float]] | None = None
     num_preemptions: int = 0
-    # Overlapped decoding (runtime/lookahead.py): tokens computed on the GPU but not yet on the host, and
+    # Overlapped decoding (runtime/overlap.py): tokens computed on the GPU but not yet on the host, and
     # whether this request's tokens can be picked on the GPU (greedy, no logits processor, no logits out).
     inflight: int = 0
-    lookahead_ok: bool = False
+    overlap_ok: bool = False
 
     def token_slice(self, start: int, n: int) -> list[int]:
         """tokens[start:start+n] without building the whole list (decode reads only the last token)."""

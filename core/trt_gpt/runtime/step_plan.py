@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attn_metadata import AttentionMetadata
+from ..kernels.metadata import AttentionMetadata
 
 OP_STOP, OP_STEP = 0, 1
 # header: op, tokens, seqs, block-table width, logits rows (-1: all), window (-1: none), max_q_len,

@@ -1,4 +1,4 @@
-"""Overlapped decoding (runtime/lookahead.py) on the static-buffer decode protocol, without a GPU: the
+"""Overlapped decoding (runtime/overlap.py) on the static-buffer decode protocol, without a GPU: the
 Triton kernels interpreted and `TRT_GPT_CUDA_GRAPHS=eager` (the protocol of the CUDA graphs, minus the
 capture). Every output must equal HF generate and the synchronous runtime's, whatever finishes,
 arrives, samples or gets preempted in between, and no cache block may leak."""
@@ -39,7 +39,7 @@ def _spy_launches(llm) -> list[int]:
 
 
 def _assert_clean(llm) -> None:
-    assert llm.lookahead.pending is None or all(s.status is Status.FINISHED for s in llm.lookahead.pending.seqs)
+    assert llm.overlap.pending is None or all(s.status is Status.FINISHED for s in llm.overlap.pending.seqs)
     assert not llm.scheduler.has_work
     assert llm.cache.allocator.num_free == llm.cache.num_blocks
 
@@ -57,7 +57,7 @@ def test_overlap_equals_hf_with_stops_arrivals_and_sampling(tiny_gpt2_engine, ov
     arrivals = [0, 0, 3, 3, 4, 9, 12]
 
     llm = tiny.llm(max_batch_size=4)
-    assert llm.lookahead is not None and llm.executor.graphs is not None
+    assert llm.overlap is not None and llm.executor.graphs is not None
     launches = _spy_launches(llm)
     got = run_arrivals(llm, prompts, params, arrivals)
     _assert_clean(llm)
@@ -71,7 +71,7 @@ def test_overlap_equals_hf_with_stops_arrivals_and_sampling(tiny_gpt2_engine, ov
             ref = ref[:ref.index(sp.end_id) + 1]
         assert g == ref, f"request {i}"
     sync = tiny.llm(max_batch_size=4)
-    sync.lookahead = None
+    sync.overlap = None
     assert run_arrivals(sync, prompts, params, arrivals) == got
 
 
@@ -129,7 +129,7 @@ def test_context_capped_graphs_switch_as_contexts_grow(tiny_gpt2_engine, overlap
 
 
 def test_held_prompt_steps_feed_the_first_decode_step(tiny_gpt2_engine, overlap_env):
-    """A prompt step that ends every prompt in it is held (`Lookahead.hold`): its argmax picks stay on the
+    """A prompt step that ends every prompt in it is held (`OverlappedScheduler.hold`): its argmax picks stay on the
     device as the next decode step's input and reach the host one step later. Outputs still equal HF's,
     one-token requests included (their only token is the held pick), and a sampling request's prompt is not
     held."""
@@ -137,7 +137,7 @@ def test_held_prompt_steps_feed_the_first_decode_step(tiny_gpt2_engine, overlap_
     prompts = random_prompts(VOCAB, [7, 12, 5, 9], seed=31)
     hf = [tiny.hf_generate(p, max_new_tokens=8, min_new_tokens=8) for p in prompts]
     llm = tiny.llm(max_batch_size=4)
-    la = llm.lookahead
+    la = llm.overlap
     held: list[int] = []
     orig = la.hold
     la.hold = lambda batch, logits: held.append(len(batch)) or orig(batch, logits)
@@ -151,3 +151,18 @@ def test_held_prompt_steps_feed_the_first_decode_step(tiny_gpt2_engine, overlap_
     assert len(llm.generate([prompts[0]], sampled)[0].token_ids) == 3
     assert len(held) == 5
     _assert_clean(llm)
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("TRT_GPT_OVERLAP", "yes please", "expected 0 or 1"),
+    ("TRT_GPT_CUDA_GRAPHS", "on", "expected one of 1, 0, eager"),
+    ("TRT_GPT_HOST_PICKS", "2", "expected 0 or 1"),
+    ("TRT_GPT_GRAPH_INPUTS", "stag", "expected one of stage, copy"),
+    ("TRT_GPT_PREFILL_GRAPHS", "off-ish", "expected 0 or 1"),
+])
+def test_a_malformed_runtime_setting_is_an_error(tiny_gpt2_engine, overlap_env, monkeypatch, var, value, expected):
+    from trt_gpt.errors import TrtGptError
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(TrtGptError, match=f"environment variable {var}='{value}': {expected}"):
+        tiny_gpt2_engine.llm(max_batch_size=2)

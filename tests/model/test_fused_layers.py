@@ -1,4 +1,4 @@
-"""The small-batch fused path (model/fused_decode.py: fused GEMV kernels + fused RoPE/cache write) computes
+"""The small-batch fused path (model/fused_layers.py: fused GEMV kernels + fused RoPE/cache write) computes
 the model's function: HF transformers' logits and greedy tokens for GPT-2 and StarCoder2 checkpoints, and
 the module path (itself HF-verified per variant) for the configurations no tiny HF model here has (gated
 MLP, rmsnorm, layernorm1p, residual multipliers, no biases). Triton kernels run interpreted without a GPU."""
@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Starcoder2Config, Starcode
 
 from trt_gpt.config import ModelConfig
 from trt_gpt.model import GPTForCausalLM, random_weights
-from trt_gpt.runtime.attn_metadata import AttentionMetadata
+from trt_gpt.kernels.metadata import AttentionMetadata
 from trt_gpt.testing import assert_parity, engine_from_checkpoint, random_prompts, save_tiny
 
 pytest.importorskip("triton")
@@ -22,7 +22,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def fused_env(monkeypatch):
     monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
     monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "4")
-    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", "16")   # prompt steps of 5-16 tokens: the prompt GEMM
     monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "0")
     if DEVICE == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -37,12 +36,10 @@ HF_MODELS = {
 }
 
 
-@pytest.mark.parametrize("prefill_tokens", ["16", "0"])
 @pytest.mark.parametrize("name", list(HF_MODELS))
-def test_fused_path_matches_hf(tmp_path, fused_env, monkeypatch, name, prefill_tokens):
+def test_fused_path_matches_hf(tmp_path, fused_env, monkeypatch, name):
     from trt_gpt import LLM
 
-    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", prefill_tokens)
     cls, cfg = HF_MODELS[name]
     hf = save_tiny(cls, cfg, tmp_path / "hf")
     engine = engine_from_checkpoint(tmp_path / "hf", tmp_path, max_input_len=16, max_seq_len=32, max_batch_size=2)
@@ -53,18 +50,13 @@ def test_fused_path_matches_hf(tmp_path, fused_env, monkeypatch, name, prefill_t
     orig_layer, orig_head = fused.layer, fused.head
     fused.layer = lambda *a, **k: layers.append(1) or orig_layer(*a, **k)
     fused.head = lambda lm, hidden, *a, **k: heads.append(hidden.shape[0]) or orig_head(lm, hidden, *a, **k)
-    # One at a time: scoring, prefill, then two decode steps. The 3-token prompt is within the decode GEMV's
-    # 4 rows, so all of it takes the fused layers. The 11-token prompt's steps take them only with
-    # TRT_GPT_FUSED_PREFILL_TOKENS=16 (the tensor-core GEMM, `triton_gemm_small`, scoring head included);
-    # with 0 its prefill runs the module path's layers and then the fused head on its one last-token row.
+    # One at a time: scoring, prefill, then two decode steps. The 3-token prompt is within the fused path's
+    # 4 rows, so all of it takes the fused layers. The 11-token prompt's scoring and prefill run the module
+    # path's layers, and its prefill then the fused head on its one last-token row.
     for prompt in random_prompts(97, [3, 11], seed=2):
         assert_parity(hf, engine, [prompt], n_greedy=3, llm=llm, atol=1e-4)
-    if prefill_tokens == "16":
-        assert len(layers) == 2 * 2 * (1 + 1 + 2)      # prompts x layers x (score + prefill + 2 decode steps)
-        assert heads == [3, 1, 1, 1, 11, 1, 1, 1]
-    else:
-        assert len(layers) == 2 * (1 + 1 + 2) + 2 * 2
-        assert heads == [3, 1, 1, 1, 1, 1, 1]
+    assert len(layers) == 2 * (1 + 1 + 2) + 2 * 2
+    assert heads == [3, 1, 1, 1, 1, 1, 1]
 
 
 def test_fused_head_picks_feed_overlapped_decoding(tmp_path, fused_env, monkeypatch):
@@ -100,7 +92,9 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("prompt_len", [3, 12])     # the GEMV's rows; the GEMM's (and two cache blocks)
+# 3: the prompt step takes the fused layers too; 12: the prompt runs the module path's layers, then the fused
+# decode step reads two cache blocks
+@pytest.mark.parametrize("prompt_len", [3, 12])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fused_path_matches_module_path(fused_env, name, prompt_len):
     from trt_gpt.kernels.backends import get_attention_backend
@@ -147,20 +141,27 @@ def test_fused_path_matches_module_path(fused_env, name, prompt_len):
     assert (ref - got).abs().max().item() <= 1e-4
 
 
-def test_bad_prompt_gemm_table_is_an_engine_load_error(tmp_path, fused_env, monkeypatch):
+def test_bad_rows_setting_and_gemv_table_are_engine_load_errors(tmp_path, fused_env, monkeypatch):
     from trt_gpt.errors import TrtGptError
     from trt_gpt.kernels.backends import get_attention_backend
-    from trt_gpt.model.fused_decode import FusedDecode
+    from trt_gpt.kernels import gemv_configs
+    from trt_gpt.model.fused_layers import FusedLayers
 
-    bad = tmp_path / "gemm.json"
-    bad.write_text('{"128,3072": [1]}')
-    monkeypatch.setenv("TRT_GPT_GEMM_CONFIGS", str(bad))
     cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                       intermediate_size=40, max_position_embeddings=32)
     with torch.device("meta"):
         model = GPTForCausalLM(cfg)
     backend = get_attention_backend(DEVICE, torch.float32)
-    with pytest.raises(TrtGptError, match="TRT_GPT_GEMM_CONFIGS=.*gemm.json"):
-        FusedDecode.create(model, backend)
-    monkeypatch.setenv("TRT_GPT_FUSED_PREFILL_TOKENS", "0")   # the table is only read when the path is on
-    assert FusedDecode.create(model, backend) is not None
+    assert FusedLayers.create(model, backend) is not None
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "four")
+    with pytest.raises(TrtGptError, match="TRT_GPT_FUSED_DECODE_ROWS='four': expected a non-negative integer"):
+        FusedLayers.create(model, backend)
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "0")
+    assert FusedLayers.create(model, backend) is None
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "1")
+    bad = tmp_path / "gemv.json"
+    bad.write_text('{"1,3072": [1]}')
+    monkeypatch.setenv("TRT_GPT_GEMV_CONFIGS", str(bad))
+    monkeypatch.setattr(gemv_configs, "_loaded_from", [])
+    with pytest.raises(TrtGptError, match="TRT_GPT_GEMV_CONFIGS=.*gemv.json"):
+        FusedLayers.create(model, backend)

@@ -1,4 +1,7 @@
-"""Overlapped decoding: enqueue decode step n+1 before reading step n's tokens on the host.
+"""Overlapped scheduling: enqueue decode step n+1 before reading step n's tokens on the host.
+
+(Not the reference's "lookahead decoding", which drafts several tokens a step; this only hides the host's
+per-step work behind the GPU's.)
 
 A synchronous step ends with the host waiting for the sampled tokens, so scheduling, input packing and
 the stop checks of the next step run while the GPU idles (at batch 1 that idle time is a fifth of a
@@ -19,17 +22,17 @@ synchronously, so outputs are identical either way. TRT_GPT_OVERLAP=0 switches i
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
+from ..env import env_setting, flag
 from .sequence import Sequence, Status
 
 ENV_VAR = "TRT_GPT_OVERLAP"
 
 
-def lookahead_ok(seq: Sequence) -> bool:
+def overlap_ok(seq: Sequence) -> bool:
     """Whether a request's tokens may be picked by the graph's argmax: plain greedy decoding whose
     logits nothing changes (no penalties, bad words or min_tokens ban of end_id) and nobody reads."""
     st = seq.sampling
@@ -46,21 +49,23 @@ class PendingStep:
     rows: dict[int, int]        # id(sequence) -> its row in this step
 
 
-class Lookahead:
+class OverlappedScheduler:
+    """Keeps at most one greedy decode step in flight ahead of the host (see the module docstring)."""
+
     def __init__(self, executor):
         self.executor = executor
         self.pending: PendingStep | None = None
 
     @staticmethod
     def enabled(executor) -> bool:
-        return executor.graphs is not None and os.environ.get(ENV_VAR, "1") != "0"
+        return executor.graphs is not None and env_setting(ENV_VAR, flag, True)
 
     def eligible(self, batch: list[tuple[Sequence, int]]) -> bool:
         g = self.executor.graphs
         if not g.fits(len(batch), batch[0][0].window):
             return False
         w = g.window
-        return all(n == 1 and s.lookahead_ok and s.window == w for s, n in batch)
+        return all(n == 1 and s.overlap_ok and s.window == w for s, n in batch)
 
     def launch(self, batch: list[tuple[Sequence, int]]) -> PendingStep | None:
         """Enqueue `batch`; returns the step it supersedes as pending (to be resolved by the caller)."""
@@ -80,7 +85,7 @@ class Lookahead:
         g = self.executor.graphs
         w = g.window
         return g.fits(len(batch), batch[0][0].window) and all(
-            s.lookahead_ok and s.window == w and not s.output_ids and s.num_computed + n == len(s.prompt_ids)
+            s.overlap_ok and s.window == w and not s.output_ids and s.num_computed + n == len(s.prompt_ids)
             for s, n in batch)
 
     def hold(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> None:

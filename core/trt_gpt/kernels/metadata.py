@@ -1,4 +1,7 @@
-"""The per-step description of a packed batch that every attention backend consumes."""
+"""The per-step description of a packed batch that every attention backend consumes.
+
+It lives with the kernels (the bottom layer) because they read it; the model and the runtime build it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

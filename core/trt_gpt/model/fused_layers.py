@@ -13,36 +13,32 @@ graph, while cuBLAS' GEMVs read the weights at ~55-60% of the memory bandwidth. 
     x     = x + m * (h @ Wproj^T + bproj)                      one kernel
 
 and the final norm + lm_head is one more, which can also leave the greedy picks (its epilogue reduces each
-tile, one small kernel the tiles) instead of a reduction kernel over the logits. The path is taken only
-where it computes the same function as the module path: the Triton backend, one tensor-parallel rank (a
-row-parallel bias is added after the all-reduce, which a fused epilogue cannot do), at most `max_rows`
-tokens in the step, and a norm and activation that the kernel implements (an activation a plugin
-overrides keeps the module path).
-TRT_GPT_FUSED_DECODE_ROWS=0 switches it off for decode steps; a number sets `max_rows`.
+tile, one small kernel the tiles) instead of a reduction kernel over the logits. Any step of at most
+`max_rows` tokens takes these layers (decode steps, and prompt steps that small); the head also serves the
+last-token rows of larger prompt steps that ran the module path's layers. The path is taken only where it
+computes the same function as the module path: the Triton backend, one tensor-parallel rank (a
+row-parallel bias is added after the all-reduce, which a fused epilogue cannot do), and a norm and
+activation that the kernel implements (a norm or activation a plugin overrides keeps the module path).
+TRT_GPT_FUSED_DECODE_ROWS=0 switches it off; a number sets `max_rows`.
 
-With TRT_GPT_FUSED_PREFILL_TOKENS=N, prompt steps (any step that is not all decode) of up to N tokens
-take the same layer too, with the GEMV's tensor-core sibling (`triton_gemm_small.fused_gemm`) wherever a
-step has more rows than the GEMV takes: five kernels a layer instead of ~13. Off by default, because it
-lost where it was measured: H200, GPT-2 medium, one 128-token prompt, 1.34 ms for the prefill graph with
-cuBLAS and the separate kernels against 1.42-1.45 ms with tuned tiles (docs/benchmarks.md, eighth
-session). The head of a decode-sized prompt step (its last-token rows) takes the fused GEMV either way.
+A tensor-core sibling of the GEMV for whole prompt steps was measured slower than cuBLAS plus the separate
+kernels and removed (docs/benchmarks.md).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from ..config import ModelConfig
+from ..env import env_setting, non_negative_int
+from ..errors import TrtGptError
 
 ENV_VAR = "TRT_GPT_FUSED_DECODE_ROWS"
-PREFILL_ENV_VAR = "TRT_GPT_FUSED_PREFILL_TOKENS"
 # Steps with at most this many tokens take the path. Measured on an H100 (benchmarks/gemv.py): the fused
 # GEMV beats cuBLAS + the separate small kernels at M = 1 only; from M = 2 cuBLAS' GEMMs read the weights
 # faster than the fused kernel's per-row accumulators allow (docs/benchmarks.md).
 DEFAULT_MAX_ROWS = 1
-DEFAULT_PREFILL_TOKENS = 0
 
 # hidden_act name -> the kernel's activation, for the built-in activation functions only
 KERNEL_ACTIVATIONS = {
@@ -65,36 +61,34 @@ def _kernel_activation(cfg: ModelConfig) -> str | None:
     return KERNEL_ACTIVATIONS[name]
 
 
-def _int_setting(var: str, default: int) -> int:
-    raw = os.environ.get(var, "").strip()
-    return int(raw) if raw.isdigit() else default
-
-
 def max_rows_setting() -> int:
-    return _int_setting(ENV_VAR, DEFAULT_MAX_ROWS)
+    return env_setting(ENV_VAR, non_negative_int, DEFAULT_MAX_ROWS)
 
 
-def prefill_tokens_setting() -> int:
-    return _int_setting(PREFILL_ENV_VAR, DEFAULT_PREFILL_TOKENS)
+def _builtin_norms(model: Any) -> bool:
+    """Whether every norm of the model is the built-in `Norm` (the kernels implement its kinds only)."""
+    from .layers import Norm
+
+    t = model.transformer
+    norms = [n for layer in t.layers for n in (layer.input_layernorm, layer.post_layernorm)]
+    return all(type(n) is Norm for n in norms + ([t.ln_f] if hasattr(t, "ln_f") else []))
 
 
-class FusedDecode:
+class FusedLayers:
     """Runs decoder layers and the head with the fused kernels; built by `create` once weights are loaded."""
 
     # the head's epilogue computes the greedy picks (benchmarks/tune_decode.py --argmax-ab turns it off)
     fuse_argmax = True
 
-    def __init__(self, model: Any, activation: str, max_rows: int, prefill_tokens: int = 0):
+    def __init__(self, model: Any, activation: str, max_rows: int):
         from ..kernels.triton_argmax import ArgmaxOut
         from ..kernels.triton_embed import embed
-        from ..kernels.triton_gemm_small import fused_gemm
-        from ..kernels.triton_gemv import MAX_M, KVWrite, NormArgs, fused_linear
+        from ..kernels.kv_store import KVWrite
+        from ..kernels.triton_gemv import MAX_M, NormArgs, fused_linear
 
         self.fused_linear, self.kv_write, self.embed_kernel = fused_linear, KVWrite, embed
-        self.fused_gemm, self.gemv_rows = fused_gemm, MAX_M
         self.argmax_out = ArgmaxOut
         self.max_rows = min(max_rows, MAX_M)
-        self.prefill_tokens = prefill_tokens
         self.activation = activation
         cfg = model.cfg
         self.multiplier = cfg.residual_multiplier
@@ -112,15 +106,14 @@ class FusedDecode:
         return norm_args(kind=kind, weight=w, bias=norm.bias, eps=norm.eps)
 
     @classmethod
-    def create(cls, model: Any, backend: Any) -> "FusedDecode | None":
+    def create(cls, model: Any, backend: Any) -> "FusedLayers | None":
         """The fast path for `model` on `backend`, or None where it would not compute the same function."""
-        max_rows, prefill_tokens = max_rows_setting(), prefill_tokens_setting()
+        max_rows = max_rows_setting()
         cfg = model.cfg
-        if (max_rows <= 0 and prefill_tokens <= 0) or getattr(backend, "name", "") != "triton" \
-                or cfg.mapping.tp_size != 1:
+        if max_rows <= 0 or getattr(backend, "name", "") != "triton" or cfg.mapping.tp_size != 1:
             return None
         activation = _kernel_activation(cfg)
-        if activation is None:
+        if activation is None or not _builtin_norms(model):
             return None
         from .linear import linears
 
@@ -128,27 +121,20 @@ class FusedDecode:
             return None   # a weight format the fused kernels do not read (quantized layers take the module path)
         from ..errors import TrtGptError
         from ..kernels.gemv_configs import load_env_configs
-        from ..kernels.triton_gemm_small import env_table
         try:
             load_env_configs()   # a GPU-specific tile table (TRT_GPT_GEMV_CONFIGS), checked at engine load
-            if prefill_tokens > 0:
-                env_table()      # and the prompt GEMM's (TRT_GPT_GEMM_CONFIGS)
         except ValueError as e:
             raise TrtGptError(str(e)) from None
-        return cls(model, activation, max_rows, prefill_tokens)
+        return cls(model, activation, max_rows)
 
-    def applies(self, rows: int, decode: bool = True) -> bool:
-        """Whether a step of `rows` tokens takes this path (`decode`: every sequence has one token)."""
-        return 0 < rows <= (self.max_rows if decode else max(self.max_rows, self.prefill_tokens))
-
-    def _linear(self, rows: int):
-        """The GEMV up to the rows it takes, its tensor-core sibling above (same function, same keywords)."""
-        return self.fused_linear if rows <= self.gemv_rows else self.fused_gemm
+    def applies(self, rows: int) -> bool:
+        """Whether a step (or a head) of `rows` tokens takes this path."""
+        return 0 < rows <= self.max_rows
 
     def layer(self, idx: int, layer: Any, x: torch.Tensor, positions: torch.Tensor, meta: Any, kv: tuple,
               rope: Any, backend: Any, window: int | None) -> torch.Tensor:
         """One decoder layer (`DecoderLayer.forward`'s function) for a step that `applies`."""
-        lin, m = self._linear(x.shape[0]), self.multiplier
+        lin, m = self.fused_linear, self.multiplier
         norm_in, norm_post = self.norms[idx]
         attn, mlp = layer.attention, layer.mlp
         if rope is None:
@@ -168,22 +154,11 @@ class FusedDecode:
                 gate_bias=gate.bias if gate is not None else None)
         return lin(h, mlp.proj.weight, mlp.proj.bias, residual=x, residual_scale=m)
 
-    def embed(self, t: Any, ids: torch.Tensor, positions: torch.Tensor, multiplier: float,
-              feed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """The token [* multiplier] [+ position] embedding in one kernel (`triton_embed`)."""
-        wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
-        return self.embed_kernel(ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
-                                 multiplier, feed)
-
     def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None,
              host_picks: Any | None = None) -> torch.Tensor:
         """ln_f + lm_head in one kernel, fp32 logits over the padded vocab; with `picks` (int32 [rows]) also
         each row's argmax over the first `vocab` logits (the epilogue's partials + one small kernel), which
         also stores them in host memory where `host_picks` says."""
-        if hidden.shape[0] > self.gemv_rows:   # every token's logits of a prompt (scoring): no picks there
-            if picks is not None:
-                raise ValueError("fused head: greedy picks are only fused for steps the GEMV takes")
-            return self.fused_gemm(hidden, lm_head.weight, None, norm=self.final_norm, out_dtype=torch.float32)
         am = self.argmax_out(picks, vocab, host_picks) if picks is not None else None
         return self.fused_linear(hidden, lm_head.weight, None, norm=self.final_norm, out_dtype=torch.float32,
                                  argmax=am)

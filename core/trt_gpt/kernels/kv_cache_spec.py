@@ -1,0 +1,135 @@
+"""What the paged KV cache stores, and the one torch implementation of writing a step's K/V into it.
+
+`KVCacheSpec` is the cache's storage dtype plus, for an 8-bit cache, one K scale and one V scale per layer
+(separate: K and V have different ranges). Every writer and reader follows its two definitions:
+
+    quantize(x, scale)   = x.to(dtype)                                        16/32-bit caches (scale None)
+                         = saturate(round_half_even(x / scale)).to(dtype)     int8 (saturate to +-127)
+                         = saturate(x / scale).to(dtype)                      fp8 e4m3 (saturate to +-448)
+    dequantize(x_q, scale) = x_q.float() [* scale]
+
+They are defined once, here, in torch (`quantize`, `dequantize`). On the GPU the one place that quantizes
+is the Triton store helper `kv_store.store_kv` (called by every kernel that writes the cache: the K/V
+write, the fused RoPE + K/V write and the qkv GEMV's epilogue), and the one place that dequantizes is the
+attention kernels' K/V tile load. The kernels implement 16/32-bit caches only: `quantize`/`dequantize`
+define (and their tests check) the 8-bit semantics, but while `KERNELS_READ_8BIT` is False a spec of an
+8-bit dtype is refused with one line, so no engine runs an 8-bit cache through kernels that would not
+quantize. Turning 8-bit on means: scales from the checkpoint into `k_scales`/`v_scales`, the quantize in
+`kv_store.store_kv`, the dequantize in the decode and prefill kernels' K/V loads, and this flag.
+
+`write_kv_ref` is the torch write (CPU path and reference of the Triton writers): a step's K and V
+[tokens, kv_heads, head_dim] go to flat slots (block * block_size + offset) of caches
+[blocks, kv_heads, block_size, head_dim]; a negative slot marks a padding token and writes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import TrtGptError
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+EIGHT_BIT_DTYPES = (torch.int8, torch.float8_e4m3fn)
+KERNELS_READ_8BIT = False   # see the module docstring
+INT8_MAX = 127.0
+FP8_E4M3_MAX = 448.0
+# config spellings (BuildConfig.kv_cache_dtype, the reference's kv_cache_quant_algo) -> storage dtype
+DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float32": torch.float32, "fp32": torch.float32, "int8": torch.int8, "fp8": torch.float8_e4m3fn,
+               "float8_e4m3fn": torch.float8_e4m3fn}
+
+
+def quantize(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """x in the cache's storage `dtype` (module docstring): a cast for float caches, x / scale rounded
+    (int8: half to even) and saturated for 8-bit ones."""
+    if dtype in FLOAT_DTYPES:
+        if scale is not None:
+            raise ValueError(f"a {dtype} cache takes no scale")
+        return x.to(dtype)
+    if dtype not in EIGHT_BIT_DTYPES:
+        raise ValueError(f"kv cache dtype {dtype} is not one of {FLOAT_DTYPES + EIGHT_BIT_DTYPES}")
+    if scale is None:
+        raise ValueError(f"a {dtype} cache needs a scale")
+    y = x.float() / scale
+    if dtype == torch.int8:
+        return torch.round(y).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return y.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(dtype)
+
+
+def dequantize(x_q: torch.Tensor, scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Cached values in float32: x_q [* scale]."""
+    x = x_q.float()
+    return x if scale is None else x * scale
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    """Storage dtype of the paged KV cache, with per-layer K and V scales (float32 [layers]) for 8-bit."""
+    dtype: torch.dtype
+    k_scales: torch.Tensor | None = None
+    v_scales: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FLOAT_DTYPES + EIGHT_BIT_DTYPES:
+            raise TrtGptError(f"kv cache dtype {self.dtype} is not supported")
+        if self.quantized and not KERNELS_READ_8BIT:
+            raise TrtGptError(f"kv cache dtype {self.name}: 8-bit KV caches are not implemented by the attention "
+                              "kernels yet (use float16, bfloat16 or float32)")
+        has = (self.k_scales is not None, self.v_scales is not None)
+        if self.quantized and has != (True, True):
+            raise TrtGptError(f"an 8-bit ({self.name}) kv cache needs a K and a V scale per layer")
+        if not self.quantized and any(has):
+            raise TrtGptError(f"a {self.name} kv cache takes no scales")
+        if self.quantized and self.k_scales.shape != self.v_scales.shape:
+            raise TrtGptError("kv cache K and V scales must have one entry per layer each")
+
+    @classmethod
+    def from_name(cls, name: str | None, default: torch.dtype) -> "KVCacheSpec":
+        """The spec of a config's `kv_cache_dtype` (None: the model dtype)."""
+        if name is None:
+            return cls(default)
+        if name not in DTYPE_NAMES:
+            raise TrtGptError(f"kv_cache_dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
+        return cls(DTYPE_NAMES[name])
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in EIGHT_BIT_DTYPES
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def scales(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(K scale, V scale) of local layer `layer` as 1-element tensors, or None for a float cache."""
+        if not self.quantized:
+            return None
+        return self.k_scales[layer:layer + 1], self.v_scales[layer:layer + 1]
+
+
+def check_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """Shapes shared by every K/V writer (ValueError naming what does not fit)."""
+    if k.dim() != 3 or k.shape != v.shape:
+        raise ValueError(f"k/v must both be [tokens, kv_heads, head_dim], got {tuple(k.shape)}, {tuple(v.shape)}")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must both be [blocks, kv_heads, block_size, head_dim] with one "
+                         "memory layout")
+    if k_cache.shape[1] != k.shape[1] or k_cache.shape[3] != k.shape[2]:
+        raise ValueError(f"k {tuple(k.shape)} does not fit cache {tuple(k_cache.shape)}")
+    if slot_mapping.shape != (k.shape[0],):
+        raise ValueError(f"slot_mapping has shape {tuple(slot_mapping.shape)} for {k.shape[0]} tokens")
+
+
+def write_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Store K/V [T, kv_heads, head_dim] at `slot_mapping` (negative: padding, not written), quantized
+    for the caches' dtype (`scales`: this layer's (K, V) scales of an 8-bit cache)."""
+    check_kv_write(k, v, k_cache, v_cache, slot_mapping)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    bs = k_cache.shape[2]
+    ks, vs = scales if scales is not None else (None, None)
+    k_cache[slots // bs, :, slots % bs] = quantize(k[keep], k_cache.dtype, ks)
+    v_cache[slots // bs, :, slots % bs] = quantize(v[keep], v_cache.dtype, vs)

@@ -1,0 +1,138 @@
+"""The paged KV cache's one store on the GPU: `store_kv`, a Triton helper that every writing kernel calls.
+
+Three kernels write K/V into the cache: `write_kv_cache_triton` below (one program per token), the fused
+RoPE + K/V write (`triton_rope_kv`) and the qkv GEMV's epilogue (`triton_gemv`, described by `KVWrite`).
+Each computes where its tile goes; `store_kv` does the store itself, converting to the cache's storage
+dtype as `kv_cache_spec.quantize` defines it. It is inlined by the compiler, so it costs nothing over a
+plain `tl.store`. An 8-bit cache's quantize (x / scale, round, saturate; `kv_cache_spec`) belongs here and
+nowhere else; until the attention kernels dequantize, `KVCacheSpec.require_kernel_support` keeps 8-bit
+specs away from these kernels.
+
+`kv_cache_spec.write_kv_ref` is the torch reference of all three writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .kv_cache_spec import check_kv_write
+from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
+
+
+@triton.jit
+def store_kv(KC, VC, dst, k, v, k_mask, v_mask):
+    """K tile `k` to KC + dst where `k_mask`, V tile `v` to VC + dst where `v_mask`, in the caches' dtype
+    (rounded once from whatever precision the caller computed them in)."""
+    tl.store(KC + dst, k.to(KC.dtype.element_ty), mask=k_mask)
+    tl.store(VC + dst, v.to(VC.dtype.element_ty), mask=v_mask)
+
+
+@triton.jit
+def slot_offset(slot, stride_cb, stride_ct, BLOCK_SIZE: tl.constexpr):
+    """Element offset of flat cache slot `slot` (int64; block * BLOCK_SIZE + offset) in a cache of strides
+    (block, -, token, -)."""
+    return (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_ct
+
+
+@triton.jit
+def _write_kv_kernel(K, V, KC, VC, SLOT,
+                     stride_kt, stride_kh, stride_vt, stride_vh,
+                     stride_cb, stride_ch, stride_ct,
+                     KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
+    t = tl.program_id(0)
+    slot = tl.load(SLOT + t).to(tl.int64)   # a host upload: read before gdc_wait (see triton_common)
+    pdl_wait(PDL)     # PDL: k and v are read after this
+    pdl_release(PDL)
+    # Negative slots mark padding tokens (e.g. a CUDA graph captured for a larger batch): write nothing.
+    if slot >= 0:
+        offs_h = tl.arange(0, HEADS_PAD)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (offs_h < KV_HEADS)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        t64 = t.to(tl.int64)
+        k = tl.load(K + t64 * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
+        v = tl.load(V + t64 * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
+        dst = slot_offset(slot, stride_cb, stride_ct, BLOCK_SIZE) + offs_h[:, None] * stride_ch + offs_d[None, :]
+        store_kv(KC, VC, dst, k, v, mask, mask)
+
+
+def write_kv_cache_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          slot_mapping: torch.Tensor) -> None:
+    """`kv_cache_spec.write_kv_ref` on the GPU: K/V [T, kv_heads, head_dim] into caches
+    [blocks, kv_heads, block_size, head_dim] at slot_mapping (negative: not written); CUDA-graph capturable."""
+    check_kv_write(k, v, k_cache, v_cache, slot_mapping)
+    tokens, kv_heads, head_dim = k.shape
+    if tokens == 0:
+        return
+    if k_cache.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported cache dtype {k_cache.dtype} (see KVCacheSpec.require_kernel_support)")
+    if k.stride(2) != 1 or v.stride(2) != 1 or k_cache.stride(3) != 1:
+        raise ValueError("k, v and the caches must be contiguous in head_dim")
+    block_d = next_pow2(head_dim)
+    _write_kv_kernel[(tokens,)](
+        k, v, k_cache, v_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        KV_HEADS=kv_heads, HEADS_PAD=next_pow2(kv_heads), HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_SIZE=k_cache.shape[2], num_warps=1 if kv_heads * block_d <= 512 else 4,
+        PDL=use_pdl(k.device), **pdl_launch(k.device),
+    )
+
+
+# ---- the qkv GEMV's epilogue write ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KVWrite:
+    """Also scatter the output's K and V columns into the paged caches [blocks, kv_heads, block_size, D].
+
+    The output row is [q (q_cols) | k (kv_heads * head_dim) | v (kv_heads * head_dim)], as the fused qkv
+    projection produces it; row i goes to cache slot `slots[i]` (negative: padding, not written).
+    """
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    slots: torch.Tensor
+    q_cols: int
+    kv_heads: int
+    head_dim: int
+
+
+def check_kv_write_out(kvw: KVWrite | None, m: int, n: int, device: torch.device) -> None:
+    """A `KVWrite` fits an output of [m, n] on `device` (ValueError otherwise)."""
+    if kvw is None:
+        return
+    kc, vc = kvw.k_cache, kvw.v_cache
+    kv_cols = kvw.kv_heads * kvw.head_dim
+    if n != kvw.q_cols + 2 * kv_cols:
+        raise ValueError(f"fused_linear: kv_write needs N = q_cols + 2 * kv_heads * head_dim = "
+                         f"{kvw.q_cols + 2 * kv_cols}, got N={n}")
+    if (kc.dim() != 4 or kc.shape != vc.shape or kc.stride() != vc.stride() or kc.stride(3) != 1
+            or tuple(kc.shape[1::2]) != (kvw.kv_heads, kvw.head_dim)):
+        raise ValueError(f"fused_linear: kv_write caches must both be [blocks, {kvw.kv_heads}, block_size, "
+                         f"{kvw.head_dim}] with one layout, contiguous in head_dim; got {tuple(kc.shape)}")
+    if kc.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"fused_linear: unsupported cache dtype {kc.dtype}")
+    if kc.shape[2] & (kc.shape[2] - 1):
+        raise ValueError(f"fused_linear: cache block_size must be a power of two, got {kc.shape[2]}")
+    if kvw.slots.shape != (m,) or kvw.slots.device != device or kc.device != device:
+        raise ValueError(f"fused_linear: kv_write.slots must be [{m}] on {device} (one slot per row), "
+                         f"got {tuple(kvw.slots.shape)}")
+
+
+@triton.jit
+def store_kv_columns(y, KC, VC, slot, rows, offs_n, M, N, q_cols, kv_cols, stride_cb, stride_ch, stride_ct,
+                     HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr):
+    """The K/V columns of an output tile y [M_PAD, BLOCK_N] of rows [q | k | v] into their cache slots
+    (int64 [M_PAD])."""
+    c = offs_n - q_cols                       # column within [k | v]; negative for q columns
+    is_k = (c >= 0) & (c < kv_cols)
+    is_v = (c >= kv_cols) & (offs_n < N)
+    c = tl.where(is_v, c - kv_cols, tl.maximum(c, 0))
+    col_off = (c // HEAD_DIM) * stride_ch + c % HEAD_DIM
+    row_ok = (rows < M) & (slot >= 0)          # negative slots are padding rows: nothing is written
+    row_off = slot_offset(tl.maximum(slot, 0), stride_cb, stride_ct, CACHE_BLOCK)
+    dst = row_off[:, None] + col_off[None, :]
+    store_kv(KC, VC, dst, y, y, row_ok[:, None] & is_k[None, :], row_ok[:, None] & is_v[None, :])
