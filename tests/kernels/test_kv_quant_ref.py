@@ -1,6 +1,6 @@
-"""8-bit KV-cache scales and quantization against float64 arithmetic written from the definitions: scale =
-abs-max / 127 (int8) or / 448 (fp8 e4m3), separate K and V scales per layer, and the rotary-embedding bound
-on K's abs-max checked against an actual rotation."""
+"""8-bit KV-cache scales (and the cache's quantize / dequantize with them) against float64 arithmetic written
+from the definitions: scale = abs-max / 127 (int8) or / 448 (fp8 e4m3), separate K and V scales per layer,
+and the rotary-embedding bound on K's abs-max checked against an actual rotation."""
 from __future__ import annotations
 
 import math
@@ -12,8 +12,9 @@ from test_fp8_ref import e4m3_round_64
 from test_int8_gemm_ref import round_half_even_64
 
 from trt_gpt.kernels.fp8_ref import FP8_DTYPE
-from trt_gpt.kernels.kv_quant_ref import (kv_absmax_from_qkv, kv_cache_scale, kv_dequantize, kv_quantize,
-                                          kv_scales_from_qkv, rotated_absmax)
+from trt_gpt.kernels.kv_cache_spec import dequantize as kv_dequantize
+from trt_gpt.kernels.kv_cache_spec import quantize as kv_quantize
+from trt_gpt.kernels.kv_quant_ref import kv_absmax_from_qkv, kv_cache_scale, kv_scales_from_qkv, rotated_absmax
 
 
 def test_scales():
@@ -95,14 +96,3 @@ def test_merged_scale_costs_v_its_precision():
     merged_s = kv_cache_scale(max(k.abs().max(), v.abs().max()), torch.int8)
     merged = kv_dequantize(kv_quantize(v, torch.int8, merged_s), merged_s)
     assert (own - v).norm() * 20 < (merged - v).norm()
-
-
-def test_agrees_with_the_cache_spec_definition():
-    spec = pytest.importorskip("trt_gpt.kernels.kv_cache_spec")
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 2, 16, generator=gen) * 7
-    for dtype in (torch.int8, FP8_DTYPE):
-        s = kv_cache_scale(x.abs().max(), dtype)
-        assert torch.equal(spec.quantize(x, dtype, s).view(torch.int8), kv_quantize(x, dtype, s).view(torch.int8))
-        q = kv_quantize(x, dtype, s)
-        assert torch.equal(spec.dequantize(q, s), kv_dequantize(q, s))

@@ -1,9 +1,7 @@
 """8-bit KV cache: the per-layer K and V scales from calibration statistics.
 
-The cache's quantize / dequantize (x / scale, round half to even and saturate to +-127 for int8; saturate
-to +-448 and cast for fp8 e4m3; x_q * scale back) are the INT8 and FP8 definitions of the linear layers
-(`int8_gemm_ref.quantize_int8`, `fp8_ref.quantize_fp8`), which `kv_quantize` / `kv_dequantize` apply
-with a cache's scale. This module adds what calibration needs:
+The cache's quantize / dequantize are `kv_cache_spec.quantize` / `dequantize` (the linear layers' INT8
+and FP8 definitions applied with a cache's scale). This module adds what calibration needs:
 
     scale = absmax / 127 (int8) or absmax / 448 (fp8 e4m3), per layer, separately for K and for V
 
@@ -19,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .fp8_ref import FP8_DTYPE, FP8_E4M3_MAX, quantize_fp8
-from .int8_gemm_ref import INT8_MAX, quantize_int8, scale_from_absmax
+from .fp8_ref import FP8_DTYPE, FP8_E4M3_MAX
+from .int8_gemm_ref import INT8_MAX, scale_from_absmax
 
 QMAX = {torch.int8: INT8_MAX, FP8_DTYPE: FP8_E4M3_MAX}
 # checkpoint tensor names of the per-layer scales, beside `transformer.layers.{i}.`
@@ -34,20 +32,6 @@ def kv_cache_scale(absmax: torch.Tensor | float, dtype: torch.dtype) -> torch.Te
     if dtype not in QMAX:
         raise ValueError(f"an 8-bit KV cache is int8 or float8_e4m3fn, not {dtype}")
     return scale_from_absmax(torch.as_tensor(absmax, dtype=torch.float32).reshape(1), QMAX[dtype])
-
-
-def kv_quantize(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor:
-    """K or V values in the cache's 8-bit `dtype` with this layer's `scale`."""
-    if dtype == torch.int8:
-        return quantize_int8(x, scale)
-    if dtype == FP8_DTYPE:
-        return quantize_fp8(x, scale)
-    raise ValueError(f"an 8-bit KV cache is int8 or float8_e4m3fn, not {dtype}")
-
-
-def kv_dequantize(x_q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Cached 8-bit values back in fp32: x_q * scale."""
-    return x_q.float() * scale.float()
 
 
 def rotated_absmax(col_absmax: torch.Tensor, rotary_dim: int, interleaved: bool = False) -> torch.Tensor:
