@@ -41,6 +41,15 @@ DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torc
                "float8_e4m3fn": torch.float8_e4m3fn}
 
 
+def storage_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+    """The storage dtype a config's `kv_cache_dtype` names (None: `default`, the model dtype)."""
+    if name is None:
+        return default
+    if name not in DTYPE_NAMES:
+        raise TrtGptError(f"kv_cache_dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
+
+
 def quantize(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | float | None = None) -> torch.Tensor:
     """x in the cache's storage `dtype` (module docstring): a cast for float caches, x / scale rounded
     (int8: half to even) and saturated for 8-bit ones."""
@@ -82,12 +91,9 @@ class KVCacheSpec:
 
     @classmethod
     def from_name(cls, name: str | None, default: torch.dtype) -> "KVCacheSpec":
-        """The spec of a config's `kv_cache_dtype` (None: the model dtype)."""
-        if name is None:
-            return cls(default)
-        if name not in DTYPE_NAMES:
-            raise TrtGptError(f"kv_cache_dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
-        return cls(DTYPE_NAMES[name])
+        """The spec of a config's `kv_cache_dtype` (None: the model dtype; an 8-bit one needs its scales:
+        construct it with them, `runtime.engine.kv_cache_spec`)."""
+        return cls(storage_dtype(name, default))
 
     def require_backend(self, backend: str) -> None:
         """One-line TrtGptError when attention `backend` ("torch", "triton") cannot read this cache."""

@@ -1,6 +1,6 @@
 """Shared cases of the W8A8 / FP8 engine tests: a tiny trained-shape GPT-2 from HF, its linear modules under
 canonical names, activation statistics recorded with hooks on the HF model (the calibration), and the
-statistics interface quantizers read; the fixture `w8a8_plugins` registers the W8A8 and FP8 quantizers (tests
+statistics interface quantizers read; the fixture `w8a8_plugins` registers the W8A8, FP8 and KV-cache quantizers (tests
 register them explicitly, so they run under any plugin allowlist; import it into a test module to use it)."""
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def hf_module(hf, i, mod):
     return obj
 
 
-def record_absmax(hf, prompts):
-    """Per-input-channel abs-max of every linear's input over the prompts (the calibration statistics)."""
+def record_absmax(hf, prompts, outputs=None):
+    """Per-input-channel abs-max of every linear's input over the prompts (the calibration statistics); with
+    a dict `outputs`, also each qkv output column's abs-max into it."""
     stats, hooks = {}, []
     for i in range(len(hf.transformer.h)):
         for mod in MODS:
@@ -45,6 +46,11 @@ def record_absmax(hf, prompts):
                 a = inp[0].detach().reshape(-1, inp[0].shape[-1]).abs().amax(0).float()
                 stats[name] = a if name not in stats else torch.maximum(stats[name], a)
             hooks.append(hf_module(hf, i, mod).register_forward_pre_hook(hook))
+            if outputs is not None and mod == "attention.qkv":
+                def out_hook(m, inp, out, name=name):
+                    a = out.detach().reshape(-1, out.shape[-1]).abs().amax(0).float()
+                    outputs[name] = a if name not in outputs else torch.maximum(outputs[name], a)
+                hooks.append(hf_module(hf, i, mod).register_forward_hook(out_hook))
     with torch.no_grad():
         for p in prompts:
             hf(torch.tensor([p]))
@@ -56,16 +62,17 @@ def record_absmax(hf, prompts):
 class Stats:
     """The calibration-statistics interface quantizers read (tp 1: every rank sees the whole layer)."""
 
-    def __init__(self, absmax):
-        self.absmax = absmax
+    def __init__(self, absmax, out_absmax=None):
+        self.absmax, self.out_absmax = absmax, out_absmax or {}
 
     def for_rank(self, name, parallel, cfg):
-        return SimpleNamespace(in_absmax=self.absmax[name])
+        return SimpleNamespace(in_absmax=self.absmax[name], out_absmax=self.out_absmax.get(name))
 
 
 @pytest.fixture
 def w8a8_plugins():
     from trt_gpt_plugins.quantizers.fp8 import FP8Quantizer
+    from trt_gpt_plugins.quantizers.kv_cache import KVCacheQuantizer
     from trt_gpt_plugins.quantizers.smoothquant import SmoothQuantQuantizer
 
     mod = types.ModuleType("w8a8_test_plugins")
@@ -73,6 +80,7 @@ def w8a8_plugins():
     def register_quantizers(register):
         register(SmoothQuantQuantizer())
         register(FP8Quantizer())
+        register(KVCacheQuantizer())
     mod.register_quantizers = hookimpl(register_quantizers)
     get_plugins().pm.register(mod, name="w8a8_test_plugins")
     yield
