@@ -17,7 +17,12 @@ from test_fp8_ref import e4m3_round_64  # noqa: E402
 
 from trt_gpt.kernels.fp8_ref import FP8_DTYPE, quantize_fp8  # noqa: E402
 from trt_gpt.kernels.int8_gemm_ref import quantize_activations  # noqa: E402
-from trt_gpt.kernels.triton_quant import quantize_rows, quantize_rows_fp8  # noqa: E402
+from trt_gpt.kernels.kv_cache_spec import dequantize, quantize  # noqa: E402
+from trt_gpt.kernels.triton_quant import (dequantize_tile_bits, quantize_rows, quantize_rows_fp8,  # noqa: E402
+                                          quantize_tile_bits)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -74,3 +79,25 @@ def test_bad_input_is_refused():
         quantize_rows(torch.zeros(2, 64, device=DEVICE), smoother=torch.ones(63, device=DEVICE))
     with pytest.raises(ValueError, match="row-major"):
         quantize_rows_fp8(torch.zeros(64, 2, device=DEVICE).t(), torch.ones(1, device=DEVICE))
+
+
+@triton.jit
+def _round_trip(X, Q, B, S, KIND: tl.constexpr):
+    r = tl.arange(0, 256)
+    s = tl.load(S)
+    tl.store(Q + r, quantize_tile_bits(tl.math.div_rn(tl.load(X + r), s), KIND))
+    tl.store(B + r, dequantize_tile_bits(tl.load(Q + r), s, KIND))
+
+
+@pytest.mark.parametrize("kind,dtype", [(1, torch.int8), (2, FP8_DTYPE)])
+def test_tile_bits_round_trip_equals_the_cache_definition(kind, dtype):
+    """The device helpers every 8-bit cache store and load use: bits of quantize(x / s), and bits * s back."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(256, generator=gen) * torch.logspace(-4, 2, 256)
+    s = torch.tensor([0.07])
+    q = torch.empty(256, dtype=torch.int8, device=DEVICE)
+    back = torch.empty(256, device=DEVICE)
+    _round_trip[(1,)](x.to(DEVICE), q, back, s.to(DEVICE), KIND=kind)
+    want = quantize(x, dtype, s)
+    assert torch.equal(q.cpu(), want.view(torch.int8))
+    assert torch.equal(back.cpu(), dequantize(want, s))

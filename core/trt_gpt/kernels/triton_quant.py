@@ -64,6 +64,26 @@ def quantize_tile(y, KIND: tl.constexpr):
 
 
 @triton.jit
+def quantize_tile_bits(y, KIND: tl.constexpr):
+    """`quantize_tile` as int8 storage bits (an 8-bit cache is handed to kernels as an int8 view, so one
+    masked load/store with a zero fill serves both kinds)."""
+    if KIND == 2:
+        return _e4m3_bits(tl.minimum(tl.maximum(y, -448.0), 448.0)).to(tl.int8)   # low byte: the e4m3 bits
+    else:
+        return quantize_tile(y, 1)
+
+
+@triton.jit
+def dequantize_tile_bits(raw, scale, KIND: tl.constexpr):
+    """int8 storage bits of KIND 1 (int8) or 2 (e4m3) times `scale`, in fp32: `kv_cache_spec.dequantize`."""
+    if KIND == 2:
+        x = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    else:
+        x = raw.to(tl.float32)
+    return x * scale
+
+
+@triton.jit
 def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_xm, stride_qm,
                        HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, KIND: tl.constexpr,
                        BLOCK_K: tl.constexpr):
