@@ -77,9 +77,13 @@ def test_float_caches_are_a_cast_and_take_no_scale():
 
 
 @pytest.mark.parametrize("name", ["int8", "fp8"])
-def test_an_8bit_spec_is_refused_by_the_triton_backend_only(name):
+def test_an_8bit_spec_runs_on_both_backends_and_the_flag_guards_triton(name, monkeypatch):
+    from trt_gpt.kernels import kv_cache_spec
+
     spec = KVCacheSpec(spec_dtype(name), torch.ones(2), torch.ones(2))
     spec.require_backend("torch")
+    spec.require_backend("triton")
+    monkeypatch.setattr(kv_cache_spec, "TRITON_READS_8BIT", False)   # kernels without 8-bit loads: refused
     with pytest.raises(TrtGptError, match=f"kv cache dtype .*: the Triton attention kernels do not read 8-bit"):
         spec.require_backend("triton")
     KVCacheSpec(torch.float16).require_backend("triton")

@@ -45,7 +45,7 @@ class AttentionBackend:
         `KVCacheSpec.require_backend`)."""
         if kv_scales is None:
             return self._attention(q, k_cache, v_cache, meta, scale, sliding_window)
-        return self._attention(q, k_cache, v_cache, meta, scale, sliding_window, kv_scales)
+        return self._attention(q, k_cache, v_cache, meta, scale, sliding_window, kv_scales=kv_scales)
 
 
 def _interpret_mode() -> bool:

@@ -12,11 +12,10 @@ They are defined once, in torch: the 8-bit rounding is the linear layers' INT8 a
 (`int8_gemm_ref.quantize_int8`, `fp8_ref.quantize_fp8`), which `quantize` applies with a cache's scale.
 On the GPU the one place that quantizes is the Triton store helper `kv_store.store_kv` (called by every
 kernel that writes the cache: the K/V write, the fused RoPE + K/V write and the qkv GEMV's epilogue), and
-the one place that dequantizes is the attention kernels' K/V tile load. Those kernels implement 16/32-bit
-caches only (`TRITON_READS_8BIT`): an 8-bit spec runs on the torch backend (`write_kv_ref`,
-`attention_ref.paged_attention_ref`), and `require_backend` refuses it for the Triton one with one line.
-Turning 8-bit on in Triton means: the quantize in `kv_store.store_kv` (`triton_quant.quantize_tile`), the
-dequantize in the decode and prefill kernels' K/V loads, the scales passed down, and this flag.
+the one place that dequantizes is the attention kernels' K/V tile load (`triton_quant.dequantize_tile_bits`).
+The Triton K/V write, decode and prefill kernels read and write INT8 / FP8 caches; the fused RoPE + K/V
+write and the GEMV epilogue store float caches only, so an engine with an 8-bit cache composes RoPE with
+the K/V write and leaves the fused small-batch path (`TRITON_READS_8BIT`, `require_backend`).
 
 `write_kv_ref` is the torch write (CPU path and reference of the Triton writers): a step's K and V
 [tokens, kv_heads, head_dim] go to flat slots (block * block_size + offset) of caches
@@ -34,7 +33,7 @@ from .int8_gemm_ref import quantize_int8
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 EIGHT_BIT_DTYPES = (torch.int8, torch.float8_e4m3fn)
-TRITON_READS_8BIT = False   # see the module docstring
+TRITON_READS_8BIT = True   # see the module docstring
 # config spellings (BuildConfig.kv_cache_dtype, the reference's kv_cache_quant_algo) -> storage dtype
 DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                "float32": torch.float32, "fp32": torch.float32, "int8": torch.int8, "fp8": torch.float8_e4m3fn,

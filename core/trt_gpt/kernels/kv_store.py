@@ -41,6 +41,15 @@ def kv_kind(cache: torch.Tensor) -> int:
     return {torch.int8: 1, torch.float8_e4m3fn: 2}.get(cache.dtype, 0)
 
 
+def check_kv_scales(cache: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor] | None) -> int:
+    """The cache's kind (`kv_kind`) after checking that an 8-bit cache comes with its (K, V) scales and a
+    float one without (ValueError otherwise)."""
+    kind = kv_kind(cache)
+    if bool(kind) != (scales is not None):
+        raise ValueError(f"a {cache.dtype} cache {'needs' if kind else 'takes no'} (K, V) scales")
+    return kind
+
+
 def kernel_view(cache: torch.Tensor) -> torch.Tensor:
     """What a kernel receives for a cache: itself, or the int8 view of an 8-bit one (one masked load with a
     zero fill for both 8-bit kinds; `triton_quant.dequantize_tile_bits` turns the bits into values)."""
@@ -92,11 +101,9 @@ def write_kv_cache_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tenso
     tokens, kv_heads, head_dim = k.shape
     if tokens == 0:
         return
-    kind = kv_kind(k_cache)
+    kind = check_kv_scales(k_cache, scales)
     if k_cache.dtype not in SUPPORTED_DTYPES and not kind:
         raise ValueError(f"unsupported cache dtype {k_cache.dtype}")
-    if bool(kind) != (scales is not None):
-        raise ValueError(f"a {k_cache.dtype} cache {'needs' if kind else 'takes no'} (K, V) scales")
     if k.stride(2) != 1 or v.stride(2) != 1 or k_cache.stride(3) != 1:
         raise ValueError("k, v and the caches must be contiguous in head_dim")
     block_d = next_pow2(head_dim)
