@@ -164,3 +164,33 @@ def test_missing_kv_scales_are_refused(tmp_path, w8a8_plugins):
     save_file(t, str(f))
     with pytest.raises(TrtGptError, match="missing tensor 'transformer.layers.1.attention.v_cache_scaling_factor'"):
         build(tmp_path / "engine", BuildConfig(max_input_len=64), checkpoint_dir=tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("kv", ["INT8", "FP8"])
+def test_triton_backend_engine_equals_torch_engine(tmp_path, w8a8_plugins, monkeypatch, kv):
+    """The same 8-bit-cache engine through the Triton kernels (interpreted without a GPU) and through the torch
+    reference: prefill logits and greedy decode agree."""
+    from trt_gpt.build import build
+    from trt_gpt.convert import convert
+    from trt_gpt.kernels.backends import ENV_VAR
+    from trt_gpt.runtime.llm import LLM, SamplingParams
+    from trt_gpt.testing import random_prompts
+
+    hf = hf_tiny(tmp_path / "hf")
+    outs = {}
+    stats = Stats(record_absmax(hf, random_prompts(211, [40, 33], seed=3), outs), outs)
+    convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32", stats=stats,
+            quantization=QuantConfig(kv_cache_quant_algo=kv))
+    build(tmp_path / "engine", BuildConfig(max_input_len=64, max_batch_size=2, tokens_per_block=16),
+          checkpoint_dir=tmp_path / "ckpt")
+    prompts = random_prompts(211, [20, 7], seed=5)
+    params = SamplingParams(max_tokens=6)
+    ref = LLM(tmp_path / "engine", device="cpu")
+    want, want_tokens = ref.score(prompts), [o.token_ids for o in ref.generate(prompts, params)]
+    monkeypatch.setenv(ENV_VAR, "triton")
+    llm = LLM(tmp_path / "engine", device="cpu")
+    assert llm.engine.model.backend.name == "triton" and llm.engine.model.fused is None
+    assert llm.engine.kv_spec.quantized
+    for a, b in zip(llm.score(prompts), want):
+        assert (a - b).abs().max().item() <= 1e-4
+    assert [o.token_ids for o in llm.generate(prompts, params)] == want_tokens
