@@ -46,8 +46,11 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         raise TrtGptError(f"{out}: output directory exists (pass --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise TrtGptError(f"{out}: exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise TrtGptError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
     try:
         yield tmp
     except BaseException:

@@ -156,6 +156,7 @@ class BuildConfig:
     kv_cache_dtype: str | None = None     # None: model dtype
     max_lora_rank: int = 0
     max_prompt_embedding_table_size: int = 0
+    context_fmha: bool = True             # False: prompts run the unfused attention (`build --context_fmha disable`)
 
     def validate(self, model: ModelConfig | None = None, source: str = "build") -> "BuildConfig":
         explicit_input = self.max_input_len is not None

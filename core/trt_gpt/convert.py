@@ -57,9 +57,9 @@ def convert(model_dir: str | Path, output_dir: str | Path, dtype: str = "float16
     cfg.dtype = dtype
     if embedding_sharding_dim not in (0, 1):
         raise TrtGptError(f"--embedding_sharding_dim is {embedding_sharding_dim}, expected 0 or 1")
-    if use_parallel_embedding and embedding_sharding_dim == 1 and cfg.tie_word_embeddings:
-        # the reference requires a vocab-split table when it is shared with lm_head
-        raise TrtGptError("--embedding_sharding_dim 1 cannot be used with tied embeddings (use 0)")
+    # Tied tables with --embedding_sharding_dim 1: the lookup table is split on the hidden dim and lm_head
+    # stays its own vocab-parallel copy of the same weights (lm_head.weight is always written), as the
+    # reference does.
     cfg.use_parallel_embedding, cfg.embedding_sharding_dim = use_parallel_embedding, embedding_sharding_dim
     cfg.mapping = Mapping(world_size=tp_size * pp_size, tp_size=tp_size, pp_size=pp_size)
     if quantization is not None:

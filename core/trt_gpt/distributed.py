@@ -115,6 +115,14 @@ def discover() -> RankInfo:
     return RankInfo()
 
 
+def launch_rank() -> int:
+    """This process's rank from the launcher's environment alone (0 when run directly); asks no one."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return _env_int("RANK") or 0
+    return _env_int("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK") or (
+        _env_int("SLURM_PROCID") or 0 if "SLURM_STEP_ID" in os.environ else 0)
+
+
 def launch_world_size() -> int:
     """How many ranks the launcher started (1 when run directly)."""
     return discover().world_size
@@ -371,6 +379,10 @@ def exit_after_run(code: int) -> NoReturn:
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    if code != 0:
+        # MPI launchers report a rank that finalized as a clean exit whatever its exit code (mpich's
+        # mpirun returns 0), so a failing rank leaves MPI unfinalized to make the job fail.
+        atexit.unregister(_finalize_mpi)
     atexit._run_exitfuncs()
     os._exit(code)
 

@@ -33,6 +33,7 @@ class VariantSpec:
     hf_architectures: tuple[str, ...] = ()
     features: tuple[str, ...] = ()        # e.g. MHA, MQA, GQA, RoPE, sliding window, learned positions
     default_build: dict = field(default_factory=dict)
+    hidden: bool = False                   # usable and detected, but listed only on request (test fixtures)
     plugin: str = ""                       # filled in by the registry
     distribution: str | None = None
     version: str | None = None

@@ -137,3 +137,37 @@ def test_prompt_too_long_and_ids_out_of_vocab(engine, tmp_path):
     proc = run_cli("run", "--engine_dir", engine / "ckpt", "--input_text", "hi", "--max_output_len", "2",
                    check=False)
     assert_one_line_error(proc, "not an engine config")
+
+
+def test_user_mistakes_are_one_line_errors(engine, gpt2_dir, tmp_path):
+    """Wrong devices and paths of the wrong kind: one line naming the flag, never an internal error."""
+    eng = engine / "engine"
+    base = ("run", "--engine_dir", eng, "--input_text", "hi", "--max_output_len", "2")
+    assert_one_line_error(run_cli(*base, "--device", "foo", check=False), "--device", "foo")
+    assert_one_line_error(run_cli(*base, "--output_csv", tmp_path, check=False), "--output_csv", "is a directory")
+    assert_one_line_error(run_cli("run", "--engine_dir", eng, "--input_file", tmp_path, "--max_output_len", "2",
+                                  check=False), "--input_file", "is a directory")
+    assert_one_line_error(run_cli(*base, "--tokenizer_dir", eng / "config.json", check=False), "--tokenizer_dir",
+                          "is a file")
+    (tmp_path / "afile").write_text("x")   # a parent that is a file: unwritable whoever runs the test
+    assert_one_line_error(convert(gpt2_dir[0], tmp_path / "afile" / "out"), "cannot create the output directory")
+    assert_one_line_error(run_cli("build", "--checkpoint_dir", engine / "ckpt", "--output_dir",
+                                  tmp_path / "afile" / "eng", check=False), "cannot create the output directory")
+
+
+def test_model_config_unknown_keys_and_hf_config(engine, gpt2_dir, tmp_path):
+    cfg = tmp_path / "config.json"
+    assert run_cli("config", "--vocab_size", "128", "--hidden_size", "64", "--num_hidden_layers", "1",
+                   "--num_attention_heads", "4", "--output_path", cfg).returncode == 0
+    d = json.loads(cfg.read_text())
+    d["hidden_sise"] = d.pop("hidden_size")
+    cfg.write_text(json.dumps(d))
+    proc = run_cli("build", "--model_config", cfg, "--output_dir", tmp_path / "out", check=False)
+    assert_one_line_error(proc, "unknown key", "'hidden_sise'")
+    proc = run_cli("build", "--model_config", gpt2_dir[0] / "config.json", "--output_dir", tmp_path / "out",
+                   check=False)
+    assert_one_line_error(proc, "HuggingFace config.json", "trt-gpt convert")
+    proc = run_cli("config", "--vocab_size", "128", "--hidden_size", "64", "--num_hidden_layers", "1",
+                   "--num_attention_heads", "5", "--output_path", tmp_path / "c5.json", check=False)
+    assert_one_line_error(proc, "--hidden_size 64", "--num_attention_heads 5", "--head_size")
+    assert not (tmp_path / "c5.json").exists() and not (tmp_path / "out").exists()

@@ -116,3 +116,29 @@ def test_metrics_by_hand():
     logits = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]))
     # ids 0 -> 1 -> 0: p(1 | .) = 0.5, p(0 | .) = 0.25 -> ppl = (0.5 * 0.25) ** -0.5
     assert perplexity(logits, [0, 1, 0]) == pytest.approx((0.5 * 0.25) ** -0.5)
+
+
+def test_builtin_sample_data_type_and_window(setup):
+    """Without --dataset: the articles shipped in the package (read here from the package data, with HF as the
+    oracle); the reference's --data_type fp32 and --max_attention_window_size are accepted."""
+    import importlib.resources
+
+    engine, hf_dir, hf, tok = setup
+    sample = importlib.resources.files("trt_gpt.eval") / "data" / "cnn_sample.jsonl"
+    recs = [json.loads(line) for line in sample.read_text().splitlines()]
+    assert len(recs) >= 3 and all(r["article"] and r["highlights"] for r in recs)
+    proc = run_cli("summarize", "--engine_dir", engine, "--hf_model_dir", hf_dir, "--max_ite", "2",
+                   "--max_input_length", "48", "--output_len", "4", "--data_type", "fp32",
+                   "--max_attention_window_size", "4096", "--json")
+    res = json.loads(proc.stdout)
+    assert res["articles"] == 2 and "CNN articles shipped with trt-gpt" in proc.stderr
+    for rec, out in zip(recs, res["engine"]["outputs"]):
+        ids = tok.encode((rec["article"] + " TL;DR: ").strip().replace(" n't", "n't"))[:48]
+        t = torch.tensor([ids])
+        with torch.no_grad():
+            ref = hf.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=4, do_sample=False,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+        assert out == ref
+    assert res["hf"]["outputs"] == res["engine"]["outputs"]
+    proc = run_cli("summarize", "--engine_dir", engine, "--data_type", "fp8", check=False)
+    assert_one_line_error(proc, "--data_type", "fp8")

@@ -94,3 +94,17 @@ def test_build_workers_failure_leaves_no_output(checkpoints, tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
     with pytest.raises(TrtGptError, match="--workers is 0"):
         build(tmp_path / "x", BuildConfig(), checkpoint_dir=checkpoints["tp2"], workers=0)
+
+
+def test_an_error_on_rank_0_fails_every_rank_and_prints_once(checkpoints, tmp_path):
+    """A bad sampling setting found after the ranks have met (rank 0 validates it): the job exits non-zero,
+    the error printed once on a line of its own; a bad flag found before they meet: the same."""
+    engine = tmp_path / "tp2"
+    build(engine, BuildConfig(max_batch_size=4, max_input_len=32, tokens_per_block=8), checkpoint_dir=checkpoints["tp2"])
+    for bad in (("--top_p", "2"), ("--max_input_length", "0")):
+        proc, _ = launch(2, [str(BIN / "trt-gpt"), "run", "--engine_dir", str(engine), "--input_text", "hi",
+                             "--max_output_len", "4", "--device", "cpu", *bad], timeout=120)
+        assert proc.returncode != 0, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("error: "), proc.stderr
+        assert bad[0] in errors[0] or bad[0].strip("-") in errors[0], errors

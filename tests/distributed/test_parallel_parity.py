@@ -56,6 +56,7 @@ NP2 = {
     "gpt2 pp2 chunked prefill": ("gpt2", 1, 2, None, {"max_num_tokens": 7}, None, 1),
     "gpt2 tp2 embedding dim0 tied": ("gpt2", 2, 1, 0, {}, None, 1),
     "gpt2 tp2 embedding dim1 untied": ("gpt2_untied", 2, 1, 1, {}, None, 1),
+    "gpt2 tp2 embedding dim1 tied": ("gpt2", 2, 1, 1, {}, None, 1),
     "gpt2 tp2 beam search": ("gpt2", 2, 1, None, {}, None, 3),
     "starcoder mqa tp2": ("starcoder", 2, 1, None, {}, None, 1),
     "starcoder mqa pp2": ("starcoder", 1, 2, None, {}, None, 1),
@@ -152,6 +153,9 @@ def _check(name: str, run: tuple[dict, dict[str, Case]]) -> None:
         vocab = MODELS[model].vocab
         want = [-(-vocab // tp), 64] if emb == 0 else [vocab, 64 // tp]   # dim 0 pads the vocab to tp_size
         assert shape == want, f"{name}: rank 0 embedding {shape}, expected {want}"
+        with safe_open(str(case.engine / "rank0.safetensors"), "pt") as f:   # lm_head: vocab-parallel whatever
+            head = f.get_slice("lm_head.weight").get_shape()                  # the table's split
+        assert head == [-(-vocab // tp), 64], f"{name}: rank 0 lm_head {head}"
     ref_scores, ref_tokens, ref_beams = _reference(case)
     logits = load_file(got["logits_file"])
     for i, ref in enumerate(ref_scores):

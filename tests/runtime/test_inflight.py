@@ -10,6 +10,7 @@ import torch
 from trt_gpt import SamplingParams
 from trt_gpt.errors import TrtGptError
 from trt_gpt.kernels.kv_cache_spec import KVCacheSpec
+from trt_gpt.runtime import kv_cache
 from trt_gpt.runtime.kv_cache import BlockAllocator, PagedKVCache, plan_num_blocks
 from trt_gpt.runtime.sequence import Status
 from trt_gpt.testing import random_prompts, run_arrivals
@@ -139,9 +140,38 @@ def test_block_refcounts_and_copy():
 def test_pool_size_from_memory_fraction_or_tokens(monkeypatch):
     per_block = 1000
     assert plan_num_blocks(per_block, 16, torch.device("cpu"), 100, 0.9, cap_tokens=10_000) == 7
+    monkeypatch.setattr(kv_cache, "available_host_memory", lambda: 10**9)
     assert plan_num_blocks(per_block, 16, torch.device("cpu"), None, 0.9, cap_tokens=160) == 10
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (50_000, 80_000))
     assert plan_num_blocks(per_block, 16, torch.device("cuda"), None, 0.5, cap_tokens=10**6) == 25
     assert plan_num_blocks(per_block, 16, torch.device("cuda"), None, 0.9, cap_tokens=160) == 10
     with pytest.raises(TrtGptError, match="kv_cache_free_gpu_memory_fraction"):
         plan_num_blocks(per_block, 16, torch.device("cpu"), None, 1.5, cap_tokens=160)
+
+
+def test_cpu_pool_from_available_memory(monkeypatch):
+    """CPU runs size the pool from available host memory as GPU runs do from free device memory, and refuse
+    a pool that cannot hold one sequence of max_seq_len."""
+    per_block = 1000
+    monkeypatch.setattr(kv_cache, "available_host_memory", lambda: 40_000)
+    assert plan_num_blocks(per_block, 16, torch.device("cpu"), None, 0.5, cap_tokens=10**6) == 20
+    assert plan_num_blocks(per_block, 16, torch.device("cpu"), None, 0.5, cap_tokens=10**6, min_tokens=320) == 20
+    with pytest.raises(TrtGptError, match="less than one sequence of max_seq_len 321"):
+        plan_num_blocks(per_block, 16, torch.device("cpu"), None, 0.5, cap_tokens=10**6, min_tokens=321)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (16_000, 80_000))
+    with pytest.raises(TrtGptError, match="free GPU memory"):
+        plan_num_blocks(per_block, 16, torch.device("cuda"), None, 0.9, cap_tokens=10**6, min_tokens=1024)
+
+
+def test_available_host_memory_is_real():
+    """The host's MemAvailable, as /proc/meminfo reports it (within what changes between two reads)."""
+    pytest.importorskip("psutil")
+    import re
+    from pathlib import Path
+
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        pytest.skip("no /proc/meminfo")
+    ref = int(re.search(r"MemAvailable:\s+(\d+)", meminfo.read_text()).group(1)) * 1024
+    got = kv_cache.available_host_memory()
+    assert abs(got - ref) < 0.1 * ref

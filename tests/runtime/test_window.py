@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +71,29 @@ def test_window_matches_float64_reference_and_mixes_with_full_context(tiny_gpt2_
     assert o.token_ids == full_ref[0]
     # Each windowed request alone equals its result in the mixed batch above.
     assert [llm.generate([p], win)[0].token_ids for p in prompts] == win_ref
+
+
+def test_request_window_overrides_the_models_both_ways(tmp_path):
+    """A model with a sliding window (StarCoder2, 8): `max_attention_window_size` replaces it for the request,
+    larger (20) as well as smaller (4), as the reference's does; the oracle is HF with that sliding window."""
+    pytest.importorskip("trt_gpt_starcoder2")
+    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+
+    from trt_gpt.runtime.llm import LLM
+    from trt_gpt.testing import engine_from_checkpoint, hf_greedy, save_tiny
+
+    cfg = Starcoder2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           initializer_range=0.2, bos_token_id=0, eos_token_id=0, sliding_window=8)
+    cfg._attn_implementation = "eager"
+    hf = save_tiny(Starcoder2ForCausalLM, cfg, tmp_path / "hf")
+    llm = LLM(engine_from_checkpoint(tmp_path / "hf", tmp_path), device="cpu")
+    prompt, n = random_prompts(VOCAB, [24], seed=5)[0], 10
+    got = {w: llm.generate([prompt], SamplingParams(max_tokens=n, min_tokens=n, max_attention_window_size=w)
+                           )[0].token_ids for w in (None, 4, 20)}
+    ref = {}
+    for w in (None, 4, 20):
+        hf.config.sliding_window = 8 if w is None else w
+        ref[w] = hf_greedy(hf, prompt, n)
+    assert len({tuple(r) for r in ref.values()}) == 3    # the three windows give three different outputs
+    assert got == ref

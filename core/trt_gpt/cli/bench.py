@@ -8,25 +8,27 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .common import err_console, out_console
+from .common import check_device, err_console, out_console
 
 
 def bench_cmd(
-    engine_dir: Path = typer.Option(..., "--engine_dir", "--engine-dir"),
-    num_requests: int = typer.Option(64, "--num_requests", "--num-requests"),
-    input_len: int = typer.Option(128, "--input_len", "--input-len"),
-    output_len: int = typer.Option(128, "--output_len", "--output-len"),
+    engine_dir: Path = typer.Option(..., "--engine_dir", help="Engine directory to benchmark."),
+    num_requests: int = typer.Option(64, "--num_requests", help="Requests in the workload."),
+    input_len: int = typer.Option(128, "--input_len", help="Prompt tokens a request."),
+    output_len: int = typer.Option(128, "--output_len", help="Output tokens a request."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Max requests in flight."),
-    request_rate: Optional[float] = typer.Option(None, "--request_rate", "--request-rate",
+    request_rate: Optional[float] = typer.Option(None, "--request_rate",
                                                  help="Poisson arrivals per second (default: all at once)."),
     warmup: int = typer.Option(2, "--warmup", help="Warm-up requests before timing."),
-    max_batch_size: Optional[int] = typer.Option(None, "--max_batch_size", "--max-batch-size"),
-    kv_cache_free_gpu_memory_fraction: float = typer.Option(0.9, "--kv_cache_free_gpu_memory_fraction"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    compare_hf: bool = typer.Option(False, "--compare_hf", "--compare-hf", help="Run HF generate on the same work."),
-    hf_batch_size: Optional[int] = typer.Option(None, "--hf_batch_size", "--hf-batch-size"),
+    max_batch_size: Optional[int] = typer.Option(None, "--max_batch_size",
+                                                help="Requests in flight; default: the engine's."),
+    kv_cache_free_gpu_memory_fraction: float = typer.Option(
+        0.9, "--kv_cache_free_gpu_memory_fraction", help="Share of free memory for the KV cache."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
+    compare_hf: bool = typer.Option(False, "--compare_hf", help="Run HF generate on the same work."),
+    hf_batch_size: Optional[int] = typer.Option(None, "--hf_batch_size", help="HF batch size (default: all)."),
     hf_compile: bool = typer.Option(True, "--hf_compile/--hf_eager", help="HF static cache + torch.compile."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG with throughput and latency percentiles."),
 ) -> None:
@@ -37,6 +39,7 @@ def bench_cmd(
     from ..bench.workload import Workload
     from ..runtime.llm import LLM
 
+    check_device(device)
     for name, v in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
         if v < 1:
             raise TrtGptError(f"bench: --{name} is {v}, expected a positive integer")

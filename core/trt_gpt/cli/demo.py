@@ -41,8 +41,8 @@ def make_demo_checkpoint(out: Path, n_layer: int = 4, n_embd: int = 256, seed: i
 
 
 def demo_cmd(workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where the demo writes its files."),
-             prompt: str = typer.Option(PROMPT, "--input_text", "--input-text"),
-             max_output_len: int = typer.Option(16, "--max_output_len", "--max-output-len")) -> None:
+             prompt: str = typer.Option(PROMPT, "--input_text", help="The prompt."),
+             max_output_len: int = typer.Option(16, "--max_output_len", help="Tokens to generate.")) -> None:
     """Random-weight GPT-2 + real tokenizer through convert -> build -> run (CPU, no download)."""
     hf = workdir / "gpt2-random"
     err_console.print(f"[bold]1/4[/] making a random-weight GPT-2 checkpoint with the real tokenizer in {hf}")

@@ -11,21 +11,25 @@ from ..plugins import get_plugins
 from ..variants import all_variants
 from .common import out_console
 
-variants_app = typer.Typer(help="Model variants provided by installed plugins.", no_args_is_help=True)
-plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True)
+variants_app = typer.Typer(help="Model variants provided by installed plugins.", no_args_is_help=True,
+                           rich_markup_mode=None)
+plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @variants_app.command("list")
-def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+                  show_all: bool = typer.Option(False, "--all", help="Include hidden (test-only) variants.")) -> None:
     """List the variants, their features and the package providing each."""
     rows = [{"name": v.name, "aliases": list(v.aliases), "description": v.description,
              "source_formats": list(v.source_formats), "architectures": list(v.hf_architectures),
-             "features": list(v.features), "package": v.distribution, "version": v.version}
-            for v in sorted(all_variants(), key=lambda v: v.name)]
+             "features": list(v.features), "package": v.distribution, "version": v.version, "hidden": v.hidden}
+            for v in sorted(all_variants(), key=lambda v: v.name) if show_all or not v.hidden]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table("variant", "aliases", "formats", "features", "package")
+    for col in table.columns:
+        col.overflow = "fold"   # narrow terminals wrap names instead of cutting them
     for r in rows:
         table.add_row(r["name"], ", ".join(r["aliases"]), ", ".join(r["source_formats"]), ", ".join(r["features"]),
                       f"{r['package']} {r['version'] or ''}".strip())

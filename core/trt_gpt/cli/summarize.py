@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .common import err_console, out_console
+from .common import check_device, check_dir, err_console, out_console
 
 TASKS = ("summarize", "eval_context_ppl")
 
@@ -30,31 +30,47 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+DATA_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float32": "float32", "float16": "float16",
+              "bfloat16": "bfloat16"}
+
+
+def builtin_dataset() -> Path:
+    """The sample shipped in the package: five CNN articles with their highlights (see eval/data/README.md)."""
+    return Path(__file__).resolve().parent.parent / "eval" / "data" / "cnn_sample.jsonl"
+
+
 def summarize_cmd(
-    engine_dir: Optional[Path] = typer.Option(None, "--engine_dir", "--engine-dir"),
-    hf_model_dir: Optional[Path] = typer.Option(None, "--hf_model_dir", "--hf-model-dir"),
-    tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer_dir", "--tokenizer-dir",
+    engine_dir: Optional[Path] = typer.Option(None, "--engine_dir", help="Engine directory to evaluate."),
+    hf_model_dir: Optional[Path] = typer.Option(None, "--hf_model_dir", help="HF checkpoint to compare with."),
+    tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer_dir",
                                                  help="Default: --hf_model_dir, else the engine dir."),
-    test_trt_llm: bool = typer.Option(False, "--test_trt_llm", "--test-trt-llm", help="Evaluate the engine."),
-    test_hf: bool = typer.Option(False, "--test_hf", "--test-hf", help="Evaluate HF transformers."),
-    dataset: Path = typer.Option(..., "--dataset", help="JSONL with 'article' and 'highlights' fields."),
-    eval_task: str = typer.Option("summarize", "--eval_task", "--eval-task", help="summarize or eval_context_ppl."),
-    max_ite: int = typer.Option(20, "--max_ite", "--max-ite", help="Batches to evaluate."),
-    batch_size: int = typer.Option(1, "--batch_size", "--batch-size"),
-    output_len: int = typer.Option(100, "--output_len", "--output-len"),
-    max_input_length: int = typer.Option(923, "--max_input_length", "--max-input-length"),
-    num_beams: int = typer.Option(1, "--num_beams", "--num-beams"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_k: int = typer.Option(1, "--top_k", "--top-k"),
-    top_p: float = typer.Option(0.0, "--top_p", "--top-p"),
-    length_penalty: float = typer.Option(1.0, "--length_penalty", "--length-penalty"),
-    repetition_penalty: float = typer.Option(1.0, "--repetition_penalty", "--repetition-penalty"),
-    random_seed: Optional[int] = typer.Option(None, "--random_seed", "--random-seed"),
-    check_accuracy: bool = typer.Option(False, "--check_accuracy", "--check-accuracy"),
-    rouge1_threshold: float = typer.Option(15.0, "--rouge1_threshold", "--tensorrt_llm_rouge1_threshold"),
-    ppl_threshold: float = typer.Option(15.0, "--ppl_threshold", "--tensorrt_llm_ppl_threshold"),
+    test_trt_llm: bool = typer.Option(False, "--test_trt_llm", help="Evaluate the engine."),
+    test_hf: bool = typer.Option(False, "--test_hf", help="Evaluate HF transformers."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL with 'article' and 'highlights' fields; "
+                                           "default: five CNN articles shipped with trt-gpt."),
+    eval_task: str = typer.Option("summarize", "--eval_task", help="summarize or eval_context_ppl."),
+    max_ite: int = typer.Option(20, "--max_ite", help="Batches to evaluate."),
+    batch_size: int = typer.Option(1, "--batch_size", help="Articles a batch."),
+    output_len: int = typer.Option(100, "--output_len", help="Tokens to generate an article."),
+    max_input_length: int = typer.Option(923, "--max_input_length", help="Article tokens kept."),
+    num_beams: int = typer.Option(1, "--num_beams", help="Beam search width."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    top_k: int = typer.Option(1, "--top_k", help="Top-k sampling (1: greedy)."),
+    top_p: float = typer.Option(0.0, "--top_p", help="Top-p sampling (0: off)."),
+    length_penalty: float = typer.Option(1.0, "--length_penalty", help="Beam search length penalty."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition_penalty", help="Repetition penalty."),
+    random_seed: Optional[int] = typer.Option(None, "--random_seed", help="Seed of the sampler."),
+    max_attention_window_size: Optional[int] = typer.Option(
+        None, "--max_attention_window_size", help="The engine's attention window (overrides the model's)."),
+    check_accuracy: bool = typer.Option(False, "--check_accuracy", help="Fail below the thresholds."),
+    rouge1_threshold: float = typer.Option(15.0, "--rouge1_threshold", "--tensorrt_llm_rouge1_threshold",
+                                           help="Lowest ROUGE-1 --check_accuracy accepts."),
+    ppl_threshold: float = typer.Option(15.0, "--ppl_threshold", "--tensorrt_llm_ppl_threshold",
+                                        help="Highest perplexity --check_accuracy accepts."),
     hf_dtype: str = typer.Option("auto", "--hf_dtype", help="auto (engine dtype on GPU, float32 on CPU), "
                                                           "float32, float16 or bfloat16."),
+    data_type: Optional[str] = typer.Option(None, "--data_type",
+                                            help="The reference's name for --hf_dtype: fp32, fp16 or bf16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
@@ -70,6 +86,16 @@ def summarize_cmd(
     from ..runtime.sampling_params import SamplingParams
     from ..runtime.tokenizer import load_tokenizer
 
+    check_device(device)
+    check_dir(tokenizer_dir, "--tokenizer_dir")
+    if data_type is not None:
+        if data_type not in DATA_TYPES:
+            raise TrtGptError(f"--data_type is '{data_type}', expected one of {', '.join(DATA_TYPES)}")
+        hf_dtype = DATA_TYPES[data_type]
+    if dataset is None:
+        dataset = builtin_dataset()
+        err_console.print(f"no --dataset: the {sum(1 for _ in open(dataset))} CNN articles shipped with trt-gpt",
+                          highlight=False, soft_wrap=True)
     if eval_task not in TASKS:
         raise TrtGptError(f"--eval_task is '{eval_task}', expected one of {', '.join(TASKS)}")
     for name, v in (("--max_ite", max_ite), ("--batch_size", batch_size), ("--output_len", output_len),
@@ -89,7 +115,8 @@ def summarize_cmd(
     ids = [tok.encode(prompt_text(r["article"], eval_task))[:max_input_length] for r in records]
     params = SamplingParams(max_tokens=output_len, num_beams=num_beams, temperature=temperature, top_k=top_k,
                             top_p=top_p, length_penalty=length_penalty, repetition_penalty=repetition_penalty,
-                            seed=random_seed, end_id=tok.eos_token_id, pad_id=tok.pad_token_id).validate()
+                            seed=random_seed, end_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                            max_attention_window_size=max_attention_window_size).validate()
 
     runners = []
     if test_trt_llm:

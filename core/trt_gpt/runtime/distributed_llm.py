@@ -82,8 +82,8 @@ class StageRunner:
 
     # ------------------------------------------------------------------ ranks > 0
     @torch.inference_mode()
-    def follow(self, kv_caches: list) -> None:
-        """Run rank 0's steps until it shuts down."""
+    def follow(self, kv_caches: list) -> int:
+        """Run rank 0's steps until it shuts down; returns the exit code rank 0 ends with."""
         header = torch.empty(HEADER_LEN, dtype=torch.int64)
         while True:
             try:
@@ -91,7 +91,7 @@ class StageRunner:
             except Exception as e:
                 abort(f"lost rank 0 while waiting for its next step ({describe(e)})")
             if int(header[0]) == OP_STOP:
-                return
+                return int(header[1])
             self.steps += 1
             with self.world.watchdog.guard(f"step {self.steps}"):
                 try:
@@ -169,6 +169,7 @@ class DistributedLLM(LLM):
             self._mirror_block_copies()
         if self.is_leader:
             atexit.register(self.shutdown)
+            _LEADERS.append(self)
 
     @property
     def is_leader(self) -> bool:
@@ -194,18 +195,19 @@ class DistributedLLM(LLM):
             self.runner.record_copies(list(src), list(dst))
         self.cache.copy_blocks = copy_and_record
 
-    def follow(self) -> None:
-        """Ranks > 0: run rank 0's steps until it shuts down."""
+    def follow(self) -> int:
+        """Ranks > 0: run rank 0's steps until it shuts down; returns the exit code rank 0 ends with."""
         if self.is_leader:
             raise TrtGptError("follow() is for ranks > 0; rank 0 generates and then calls shutdown()")
-        self.runner.follow(self.cache.layers)
+        return self.runner.follow(self.cache.layers)
 
-    def shutdown(self) -> None:
-        """Rank 0: release the other ranks from `follow()` (idempotent)."""
+    def shutdown(self, exit_code: int = 0) -> None:
+        """Rank 0: release the other ranks from `follow()`, telling them the exit code to end with
+        (idempotent: the first call's code counts)."""
         if self.is_leader and not self._closed:
             self._closed = True
             with contextlib.suppress(Exception):   # a rank that is already gone needs no release
-                dist.broadcast(torch.tensor([OP_STOP] + [0] * (HEADER_LEN - 1), dtype=torch.int64), 0,
+                dist.broadcast(torch.tensor([OP_STOP, exit_code] + [0] * (HEADER_LEN - 2), dtype=torch.int64), 0,
                                group=self.world.ctrl)
 
     def __enter__(self) -> "DistributedLLM":
@@ -241,7 +243,15 @@ def llm_factory(default: Callable[..., LLM] = LLM) -> Callable[..., LLM]:
     def make(engine_dir: str | Path, device: str | None = None, **kwargs: Any) -> LLM:
         llm = DistributedLLM(engine_dir, device, **kwargs)
         if not llm.is_leader:
-            llm.follow()
-            raise SystemExit(0)
+            raise SystemExit(llm.follow())   # rank 0's exit code: an error there fails every rank
         return llm
     return make
+
+
+_LEADERS: list[DistributedLLM] = []
+
+
+def release_followers(exit_code: int) -> None:
+    """Rank 0 ending with `exit_code`: release the other ranks so that they end with the same code."""
+    for llm in _LEADERS:
+        llm.shutdown(exit_code)

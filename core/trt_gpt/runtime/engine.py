@@ -1,6 +1,7 @@
 """Engine loading: config, model built on `meta`, weights assigned from the (mmap'd) rank file."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -59,10 +60,7 @@ class Engine:
         self.model = model
 
     def _backend(self, context_fp32_acc: bool):
-        # TRT_GPT_ATTENTION_BACKEND=torch|triton overrides the automatic choice (Triton on CUDA)
-        from ..kernels.backends import get_attention_backend
-
-        return get_attention_backend(self.device, self.dtype, context_fp32_acc)
+        return engine_attention_backend(self.device, self.dtype, context_fp32_acc, self.build.context_fmha)
 
     @property
     def kv_dtype(self) -> torch.dtype:
@@ -83,6 +81,22 @@ def kv_cache_spec(model: GPTForCausalLM, kv_cache_dtype: str | None, model_dtype
                           "8-bit KV cache: convert --int8_kv_cache or quantize --kv_cache_dtype)")
     return KVCacheSpec(dtype, torch.cat([a.kv_scales[0] for a in attn]).float(),
                        torch.cat([a.kv_scales[1] for a in attn]).float())
+
+
+def engine_attention_backend(device: torch.device, dtype: torch.dtype, context_fp32_acc: bool = True,
+                             context_fmha: bool = True):
+    """The attention an engine runs: the automatic choice (Triton on CUDA; TRT_GPT_ATTENTION_BACKEND=torch|triton
+    overrides it), or the unfused torch reference for an engine built with `--context_fmha disable`."""
+    from ..kernels.backends import ENV_VAR, get_attention_backend
+
+    if not context_fmha:
+        if os.environ.get(ENV_VAR, "").strip().lower() == "triton":
+            raise TrtGptError(f"{ENV_VAR}=triton: this engine was built with --context_fmha disable (unfused "
+                              "attention); rebuild it with --context_fmha enable to run the fused kernels")
+        from ..kernels.backends import torch_backend
+
+        return torch_backend()
+    return get_attention_backend(device, dtype, context_fp32_acc)
 
 
 def _rank_from_launch(engine_dir: Path, cfg: ModelConfig, tp_group: TPGroup | None) -> tuple[int, TPGroup | None]:

@@ -90,12 +90,31 @@ class PagedKVCache:
             v.index_copy_(0, d, v.index_select(0, s))
 
 
-def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device, max_tokens: int | None,
-                    free_fraction: float, cap_tokens: int) -> int:
-    """Blocks to allocate: from an explicit token count, else a fraction of free GPU memory.
+def available_host_memory() -> int:
+    """Bytes of host memory available to new allocations (psutil, else /proc/meminfo's MemAvailable)."""
+    try:
+        import psutil
 
-    On CPU there is no meaningful 'free memory', so the pool covers `cap_tokens` (max_batch_size *
-    max_seq_len), the most the engine could ever hold.
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise TrtGptError("cannot tell the available host memory (install psutil); size the KV cache with "
+                      "--max_tokens_in_paged_kv_cache")
+
+
+def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device, max_tokens: int | None,
+                    free_fraction: float, cap_tokens: int, min_tokens: int = 1) -> int:
+    """Blocks to allocate: from an explicit token count, else a fraction of the free memory of the device
+    (free GPU memory; available host memory on CPU), at most `cap_tokens` (max_batch_size * max_seq_len).
+
+    A pool sized from memory that cannot hold `min_tokens` (one sequence of max_seq_len) is an error.
     """
     if not 0.0 < free_fraction <= 1.0:
         raise TrtGptError(f"kv_cache_free_gpu_memory_fraction is {free_fraction}, expected a value in (0, 1]")
@@ -104,7 +123,13 @@ def plan_num_blocks(bytes_per_block: int, block_size: int, device: torch.device,
             raise TrtGptError(f"max_tokens_in_paged_kv_cache is {max_tokens}, expected a positive integer")
         return max(1, (max_tokens + block_size - 1) // block_size)
     cap_blocks = (cap_tokens + block_size - 1) // block_size
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, min(cap_blocks, int(free * free_fraction) // bytes_per_block))
-    return cap_blocks
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_host_memory()
+    blocks = min(cap_blocks, int(free * free_fraction) // bytes_per_block)
+    need = (min_tokens + block_size - 1) // block_size
+    if blocks < need:
+        where = "free GPU memory" if device.type == "cuda" else "available host memory"
+        raise TrtGptError(f"kv cache: {free_fraction:g} of the {where} ({free / 2**30:.2f} GiB) holds "
+                          f"{blocks * block_size} tokens, less than one sequence of max_seq_len {min_tokens} "
+                          f"({need * bytes_per_block / 2**30:.2f} GiB); rebuild with a smaller --max_seq_len or "
+                          "free memory")
+    return blocks

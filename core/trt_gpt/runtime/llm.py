@@ -72,7 +72,8 @@ class LLM:
         batch = max_batch_size or build.max_batch_size
         blocks = plan_num_blocks(per_block, build.tokens_per_block, self.engine.device,
                                  max_tokens_in_paged_kv_cache, kv_cache_free_gpu_memory_fraction,
-                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width)
+                                 cap_tokens=batch * build.max_seq_len * build.max_beam_width,
+                                 min_tokens=build.max_seq_len)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_spec, self.engine.device)
         self.executor = Executor(self.engine, self.cache)
@@ -103,12 +104,12 @@ class LLM:
         return ids
 
     def _window(self, params: SamplingParams) -> int | None:
-        """The request's attention window: the tighter of its own and the model's sliding window."""
-        ws = [w for w in (params.max_attention_window_size, self.cfg.sliding_window) if w]
-        w = min(ws) if ws else None
+        """The request's attention window: its own `max_attention_window_size` when given, smaller or larger
+        than the model's sliding window (it overrides it, as the reference's does), else the model's."""
+        w = params.max_attention_window_size or self.cfg.sliding_window
         # A window that covers the longest possible sequence changes nothing; keeping it None lets the
         # request share a forward with unwindowed ones.
-        return None if w is None or (w >= self.build.max_seq_len and not self.cfg.sliding_window) else w
+        return None if w is None or w >= self.build.max_seq_len else w
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
                     add_special_tokens: bool = True) -> Sequence:

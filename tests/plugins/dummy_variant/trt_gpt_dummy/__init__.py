@@ -55,4 +55,5 @@ def weights(src: SourceCheckpoint, cfg: ModelConfig) -> Iterator[tuple[str, torc
 def register_variants(register):
     register(VariantSpec(name="dummy-gpt", description="test-suite third-party variant (GPT-2 under other names)",
                          detect=detect, load_config=load_config, weights=weights, aliases=("dummy",),
-                         features=("MHA", "learned positions")))
+                         features=("MHA", "learned positions"), hidden=True))   # a test fixture: kept out of
+                                                                                  # `trt-gpt variants list`
