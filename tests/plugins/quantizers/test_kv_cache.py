@@ -111,6 +111,11 @@ def test_engine_with_8bit_kv_cache_matches_float64(tmp_path, w8a8_plugins, kv, w
     prompts = random_prompts(211, [12, 30, 7], seed=9)
     llm = LLM(tmp_path / "engine", device="cpu")
     assert llm.engine.kv_spec.dtype == (torch.int8 if kv == "INT8" else torch.float8_e4m3fn)
+    from trt_gpt.cli.common import kv_cache_pool
+
+    pool = kv_cache_pool(llm)   # what bench reports: one byte a cached value
+    assert pool["dtype"] == ("int8" if kv == "INT8" else "float8_e4m3fn")
+    assert pool["bytes"] == pool["tokens"] * 2 * 2 * 64   # layers x (K, V) x hidden (4 heads of 16)
     got = llm.score(prompts)
     if weights is not None:
         # both transforms reached the checkpoint: quantized weights and the cache's scales
