@@ -1,5 +1,6 @@
-"""W8A8 (SmoothQuant) and FP8 engines on the GPU (Triton INT8 kernels, torch._scaled_mm, CUDA graphs) against
-the same engines on the CPU (exact integer arithmetic, FP8 emulation): prefill and decode logits within
+"""W8A8 (SmoothQuant), FP8 and 8-bit-KV-cache engines on the GPU (Triton INT8 kernels, torch._scaled_mm, the
+Triton attention kernels on INT8 / FP8 caches, CUDA graphs) against the same engines on the CPU (exact
+integer arithmetic, FP8 emulation, the torch attention reference): prefill and decode logits within
 1% (relative norm: activation quantization may round a value the other way when the two devices' fp32
 sums differ in the last bit), and greedy tokens of the captured decode path equal while logits agree.
 Skipped without CUDA (and FP8 without a GPU of compute capability >= 8.9)."""
@@ -19,24 +20,29 @@ from trt_gpt.testing import random_prompts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-ALGOS = {"sq-token-channel": smoothquant_algo(True, True), "sq-static-tensor": smoothquant_algo(False, False),
-         "fp8": "FP8"}
+# name -> (quant_algo, kv_cache_quant_algo)
+ALGOS = {"sq-token-channel": (smoothquant_algo(True, True), None),
+         "sq-static-tensor": (smoothquant_algo(False, False), None), "fp8": ("FP8", None),
+         "int8-kv": (None, "INT8"), "sq-int8-kv": (smoothquant_algo(True, True), "INT8"), "fp8-fp8-kv": ("FP8", "FP8")}
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
 def test_gpu_quantized_engine_tracks_cpu(tmp_path, w8a8_plugins, name):
     from trt_gpt import LLM, SamplingParams
 
-    if name == "fp8" and fp8_supported("cuda") is not None:
+    algo, kv = ALGOS[name]
+    if "fp8" in name and fp8_supported("cuda") is not None:
         pytest.skip(fp8_supported("cuda"))
     hf = hf_tiny(tmp_path / "hf")
-    absmax = record_absmax(hf, random_prompts(211, [40, 33, 50], seed=3))
-    convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32", quantization=QuantConfig(quant_algo=ALGOS[name]),
-            stats=Stats(absmax), overwrite=True)
+    outs = {}
+    absmax = record_absmax(hf, random_prompts(211, [40, 33, 50], seed=3), outs)
+    convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32", overwrite=True, stats=Stats(absmax, outs),
+            quantization=QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv))
     build(tmp_path / "engine", BuildConfig(max_input_len=64, max_seq_len=128, max_batch_size=4, tokens_per_block=16),
           checkpoint_dir=tmp_path / "ckpt")
     cpu, gpu = LLM(tmp_path / "engine", device="cpu"), LLM(tmp_path / "engine", device="cuda")
-    assert gpu.executor.graphs is not None
+    assert gpu.executor.graphs is not None and gpu.engine.model.backend.name == "triton"
+    assert gpu.engine.kv_spec.quantized == (kv is not None)
     prompts = random_prompts(211, [5, 40, 1, 30], seed=4)
     for ref, got in zip(cpu.score(prompts), gpu.score(prompts)):
         assert ((ref - got.cpu()).norm() / ref.norm()).item() <= 1e-2
