@@ -14,7 +14,7 @@ from test_int8_gemm_ref import round_half_even_64
 from trt_gpt.kernels.fp8_ref import FP8_DTYPE
 from trt_gpt.kernels.kv_cache_spec import dequantize as kv_dequantize
 from trt_gpt.kernels.kv_cache_spec import quantize as kv_quantize
-from trt_gpt.kernels.kv_quant_ref import kv_absmax_from_qkv, kv_cache_scale, kv_scales_from_qkv, rotated_absmax
+from trt_gpt.kernels.kv_quant_ref import kv_absmax_from_qkv, kv_cache_scale, rotated_absmax
 
 
 def test_scales():
@@ -77,9 +77,9 @@ def test_separate_k_and_v_scales_from_qkv_columns():
     stats[q_cols + 3] = 60.0                        # the K max
     stats[q_cols + kv_cols + 9] = 0.7               # the V max
     assert kv_absmax_from_qkv(stats, heads, kv_heads, d) == (60.0, pytest.approx(0.7))
-    k_s, v_s = kv_scales_from_qkv([stats, stats * 2], torch.int8, heads, kv_heads, d)
-    torch.testing.assert_close(k_s, torch.tensor([60.0, 120.0]) / 127)
-    torch.testing.assert_close(v_s, torch.tensor([0.7, 1.4]) / 127)
+    k, v = kv_absmax_from_qkv(stats * 2, heads, kv_heads, d)
+    torch.testing.assert_close(kv_cache_scale(k, torch.int8), torch.tensor([120.0]) / 127)
+    torch.testing.assert_close(kv_cache_scale(v, FP8_DTYPE), torch.tensor([1.4]) / 448)
     # with rotation of dims 0..3 of each K head: pair (3, 1) -> sqrt(60^2 + 50^2)
     k_rot, _ = kv_absmax_from_qkv(stats, heads, kv_heads, d, rotary_dim=4)
     assert k_rot == pytest.approx(math.hypot(60.0, 50.0))

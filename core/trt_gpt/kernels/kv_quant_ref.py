@@ -65,16 +65,3 @@ def kv_absmax_from_qkv(col_absmax: torch.Tensor, num_heads: int, num_kv_heads: i
     k = col_absmax[q_cols:q_cols + kv_cols].reshape(num_kv_heads, head_size)
     v = col_absmax[q_cols + kv_cols:]
     return float(rotated_absmax(k, rotary_dim, interleaved).max()), float(v.float().max())
-
-
-def kv_scales_from_qkv(col_absmax: list[torch.Tensor], dtype: torch.dtype, num_heads: int, num_kv_heads: int,
-                       head_size: int, rotary_dim: int = 0, interleaved: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer (K scales [L], V scales [L]) fp32 for an 8-bit cache of `dtype`, from each layer's qkv
-    output column abs-max."""
-    ks, vs = [], []
-    for stats in col_absmax:
-        k, v = kv_absmax_from_qkv(stats, num_heads, num_kv_heads, head_size, rotary_dim, interleaved)
-        ks.append(kv_cache_scale(k, dtype))
-        vs.append(kv_cache_scale(v, dtype))
-    return torch.cat(ks), torch.cat(vs)
