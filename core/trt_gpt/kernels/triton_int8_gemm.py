@@ -12,6 +12,7 @@ layout integer wgmma requires, so no weight transposition is ever needed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -36,18 +37,26 @@ class Int8GemmConfig:
 
 
 def int8_gemm_config(m: int, n: int, k: int, device: torch.device) -> Int8GemmConfig:
-    """Tiles for an [m, k] x [n, k]^T INT8 product. Interpreter: small tiles so tests cross every tail.
-    GPU: few rows are a weight stream (narrow M tile, long K steps, enough N tiles to fill the SMs); many
-    rows are compute-bound (128-wide tiles, 8 warps). `benchmarks/w8a8_gemm.py --sweep` measures others."""
+    """Tiles for an [m, k] x [n, k]^T 8-bit product. Interpreter: small tiles so tests cross every tail.
+    GPU: few rows are a weight stream (one narrow M tile, long K steps; N tiles narrowed until every SM has a
+    program, since the time is the weight read spread over the programs); many rows are compute-bound
+    (128-wide tiles, 8 warps). `benchmarks/w8a8_gemm.py --sweep` measures the alternatives."""
     if device.type != "cuda":
         return Int8GemmConfig(16, 16, 32, 2, 1, 1)
-    if m <= 16:
-        return Int8GemmConfig(16, 64, 256, 1, 4, 4)
     if m <= 64:
-        return Int8GemmConfig(64, 64, 128, 4, 4, 4)
+        block_m = 16 if m <= 16 else 64
+        block_n = 128
+        while block_n > 32 and triton.cdiv(n, block_n) * triton.cdiv(m, block_m) < _num_sms(device):
+            block_n //= 2
+        return Int8GemmConfig(block_m, block_n, 256 if m <= 16 else 128, 1 if m <= 16 else 4, 4, 4)
     if m <= 256:
         return Int8GemmConfig(128, 128, 128, 8, 8, 3)
     return Int8GemmConfig(128, 256, 128, 8, 8, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @triton.jit
