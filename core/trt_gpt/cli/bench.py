@@ -12,7 +12,14 @@ from .common import check_device, err_console, kv_cache_pool, out_console
 
 
 def bench_cmd(
-    engine_dir: Path = typer.Option(..., "--engine_dir", help="Engine directory to benchmark."),
+    engine_dir: Optional[Path] = typer.Option(None, "--engine_dir",
+                                              help="The engine (needed by --backend engine)."),
+    backend: str = typer.Option("engine", "--backend",
+                                help="engine: in-process; openai: a running server at --url, over HTTP."),
+    url: Optional[str] = typer.Option(None, "--url", help="--backend openai: the server, e.g. http://127.0.0.1:8000"),
+    model: Optional[str] = typer.Option(None, "--model", help="--backend openai: the model id to request."),
+    api_key: Optional[str] = typer.Option(None, "--api_key", envvar="TRT_GPT_API_KEY",
+                                          help="--backend openai: the server's API key."),
     num_requests: int = typer.Option(64, "--num_requests", help="Requests in the workload."),
     input_len: int = typer.Option(128, "--input_len", help="Prompt tokens a request."),
     output_len: int = typer.Option(128, "--output_len", help="Output tokens a request."),
@@ -43,6 +50,13 @@ def bench_cmd(
     for name, v in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
         if v < 1:
             raise TrtGptError(f"bench: --{name} is {v}, expected a positive integer")
+    if backend == "openai":
+        return _bench_openai(Workload(num_requests, input_len, output_len, concurrency, request_rate), url, model,
+                             api_key, engine_dir, warmup, as_json, output, compare_hf)
+    if backend != "engine":
+        raise TrtGptError(f"bench: --backend is {backend!r}, expected engine or openai")
+    if engine_dir is None:
+        raise TrtGptError("bench: --engine_dir is required with --backend engine")
     from ..runtime.distributed_llm import llm_factory
 
     wl = Workload(num_requests, input_len, output_len, concurrency, request_rate)
@@ -84,6 +98,39 @@ def bench_cmd(
     err_console.print(f"bench: {r['output_tok_per_s']:.0f} output tok/s, {r['requests_per_s']:.2f} req/s, "
                       f"TTFT p50 {r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms"
                       + (f", {report['speedup_vs_hf']:.1f}x HF ({report['hf']['mode']})" if compare_hf else ""))
+
+
+def _bench_openai(wl, url: Optional[str], model: Optional[str], api_key: Optional[str], engine_dir: Optional[Path],
+                  warmup: int, as_json: bool, output: Optional[Path], compare_hf: bool) -> None:
+    """`--backend openai`: the workload through a running server's /v1/completions (streamed)."""
+    from rich.progress import Progress
+
+    from ..bench.openai_bench import DEFAULT_VOCAB, run_openai
+
+    if not url:
+        raise TrtGptError("bench: --backend openai needs --url (e.g. http://127.0.0.1:8000)")
+    if compare_hf:
+        raise TrtGptError("bench: --compare_hf runs with --backend engine only")
+    # prompt ids from the engine's vocabulary when it is at hand, else ids every real vocabulary has
+    vocab = _cfg(engine_dir).vocab_size if engine_dir is not None else DEFAULT_VOCAB
+    report: dict = {"backend": "openai", "url": url, "workload": wl.__dict__}
+    with Progress(transient=True, console=err_console) as prog:
+        task = prog.add_task("requests", total=wl.num_requests)
+        report["trt_gpt"] = run_openai(wl, url, model, api_key, vocab, warmup,
+                                       progress=lambda d: prog.update(task, completed=d))
+    text = json.dumps(report, indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    if as_json:
+        print(text)
+    else:
+        _print_table(report)
+    r = report["trt_gpt"]
+    if r["errors"]:
+        raise TrtGptError(f"bench: {r['errors']} of {wl.num_requests} requests failed (first: {r['first_errors'][0]})")
+    err_console.print(f"bench (openai, {url}): {r['output_tok_per_s']:.0f} output tok/s, {r['requests_per_s']:.2f} "
+                      f"req/s, TTFT p50 {r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms")
 
 
 def _cfg(engine_dir: Path):

@@ -18,6 +18,7 @@ from .convert_build import build_cmd, config_cmd, convert_cmd
 from .demo import demo_cmd
 from .listing import plugins_app, variants_app
 from .run import run_cmd
+from .serve import serve_cmd
 from .summarize import summarize_cmd
 
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
@@ -47,6 +48,7 @@ def make_app() -> typer.Typer:
     app.command("summarize")(summarize_cmd)
     app.command("demo")(demo_cmd)
     app.command("bench")(bench_cmd)
+    app.command("serve")(serve_cmd)
     from ..plugins import get_plugins
 
     get_plugins().pm.hook.register_commands(app=app)

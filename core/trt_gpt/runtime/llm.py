@@ -278,10 +278,11 @@ class LLM:
                  add_special_tokens: bool = True) -> list[RequestOutput]:
         """Run prompts to completion; outputs in prompt order."""
         outs: dict[int, RequestOutput] = {}
-        for out in self.generate_stream(prompts, params, add_special_tokens):
+        ids: list[int] = []     # this call's request ids (last_request_ids may be another thread's)
+        for out in self._stream(prompts, params, add_special_tokens, ids):
             if out.finished:
                 outs[out.request_id] = out
-        return [outs[i] for i in self.last_request_ids]
+        return [outs[i] for i in ids]
 
     def generate_stream(self, prompts: Prompt | Seq[Prompt],
                         params: SamplingParams | Seq[SamplingParams] | None = None,
@@ -290,6 +291,10 @@ class LLM:
 
         Leaving the loop early cancels the requests that have not finished, returning their blocks.
         """
+        return self._stream(prompts, params, add_special_tokens)
+
+    def _stream(self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None,
+                add_special_tokens: bool, ids_out: list[int] | None = None) -> Iterator[RequestOutput]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if params is None or isinstance(params, SamplingParams):
@@ -298,21 +303,10 @@ class LLM:
             raise TrtGptError(f"{len(params)} sampling params for {len(prompts)} prompts")
         if any(isinstance(p, str) for p in prompts):
             _ = self.tokenizer
-        seqs: list[Sequence] = []
-        try:
-            for p, sp in zip(prompts, params):
-                seqs.append(self.add_request(p, sp, add_special_tokens))
-            self.last_request_ids = [s.request_id for s in seqs]
-            mine = {id(s) for s in seqs}
-            sent = {id(s): 0 for s in seqs}
-            while any(s.status is not Status.FINISHED for s in seqs):
-                for seq in self.step():
-                    if id(seq) in mine:
-                        yield self._output(seq, sent[id(seq)])
-                        sent[id(seq)] = len(seq.output_ids)
-        finally:
-            for s in seqs:
-                self.cancel(s)
+        # One engine loop owns the steps, so interleaved or concurrent consumers each get all their tokens.
+        from .engine_loop import EngineLoop
+
+        yield from EngineLoop.of(self).stream_sync(prompts, params, add_special_tokens, ids_out)
 
     @torch.inference_mode()
     def score(self, token_lists: Seq[Seq[int]]) -> list[torch.Tensor]:

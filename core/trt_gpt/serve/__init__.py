@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server of `trt-gpt serve` (needs the `[serve]` extra)."""
