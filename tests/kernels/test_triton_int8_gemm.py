@@ -118,3 +118,40 @@ def test_fp8_gemm_triton_equals_the_emulation(out_dtype, bias):
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.float().abs().max().item())
     with pytest.raises(ValueError, match="multiple of 16"):
         fp8_gemm_triton(*on(DEVICE, x_q[:, :40], w_q[:, :40], s_x, s_w))
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_static_linear_int8_is_the_definition_in_one_kernel(smooth, out_dtype):
+    """Quantization inside the GEMM with a static scale (and smoother): the same integers, the same output."""
+    from trt_gpt.kernels.int8_gemm_ref import w8a8_linear_ref
+    from trt_gpt.kernels.triton_int8_gemm import static_linear
+
+    gen = torch.Generator().manual_seed(8)
+    x = (torch.randn(37, 100, generator=gen) * 2).to(out_dtype)
+    w, b = torch.randn(50, 100, generator=gen), torch.randn(50, generator=gen).to(out_dtype)
+    w_q, s_w = quantize_weight(w, per_channel=True)
+    act = torch.tensor([0.03])                        # saturates the largest inputs
+    sm = torch.rand(100, generator=gen) + 0.5 if smooth else None
+    want = w8a8_linear_ref(x, w_q, s_w, b, act, sm)
+    got = static_linear(*on(DEVICE, x, w_q, s_w, act, b), smoother=sm.to(DEVICE) if smooth else None).cpu()
+    assert got.dtype == out_dtype
+    if DEVICE == "cpu":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-6 if out_dtype == torch.float32 else 1e-3,
+                                   atol=1e-5)
+
+
+def test_static_linear_fp8_equals_the_emulation():
+    from trt_gpt.kernels.fp8_ref import fp8_linear, quantize_weight_fp8
+    from trt_gpt.kernels.triton_int8_gemm import static_linear
+
+    gen = torch.Generator().manual_seed(9)
+    x, w = torch.randn(21, 96, generator=gen) * 3, torch.randn(40, 96, generator=gen)
+    b = torch.randn(40, generator=gen)
+    w_q, s_w = quantize_weight_fp8(w)
+    act = torch.tensor([0.005])
+    want = fp8_linear(x, w_q, s_w, b, act)            # CPU: the emulation of the same FP8 values
+    got = static_linear(*on(DEVICE, x, w_q, s_w, act, b), fp8=True).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

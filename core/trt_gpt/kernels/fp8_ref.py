@@ -23,6 +23,10 @@ from .int8_gemm_ref import FLOAT_OUT, scale_from_absmax
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0
 MIN_CAPABILITY = (8, 9)
+# Steps of at most this many rows take the Triton FP8 GEMM with the activation quantization inside it (one
+# kernel) instead of the quantization kernel + cuBLAS (`torch._scaled_mm`). 0 until benchmarks/w8a8_gemm.py
+# ("fp8_fused" against "fp8+q") shows where it wins on the GPU at hand.
+FP8_TRITON_MAX_ROWS = 0
 
 
 def fp8_supported(device: torch.device | str) -> str | None:
@@ -120,6 +124,12 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: torc
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     s_x = fp8_scale(x2.float().abs().amax()) if act_scale is None else act_scale.float().reshape(1)
+    fused = x2.is_cuda and x2.shape[0] <= FP8_TRITON_MAX_ROWS and _scaled_mm_ok(x2, w_q)
+    if fused and fp8_supported(x2.device) is None:
+        from .triton_int8_gemm import static_linear   # quantization inside the GEMM: one kernel
+
+        y = static_linear(x2.contiguous(), w_q, s_w, s_x, bias, out_dtype or x.dtype, fp8=True)
+        return y.reshape(*lead, w_q.shape[0])
     if x2.is_cuda:   # one Triton pass instead of torch's cast, divide, clamp and convert kernels
         from .triton_quant import quantize_rows_fp8
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .int8_gemm_ref import INT8_MAX, check_int8_gemm, int8_gemm_ref, quantize_activations
-from .triton_quant import quantize_rows
+from .triton_quant import quantize_rows, quantize_tile
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,14 @@ def _num_sms(device: torch.device) -> int:
 
 
 @triton.jit
-def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, sm_ptr, M, N, K, stride_am, stride_bn, stride_cm,
                   PER_TOKEN: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, FP8: tl.constexpr,
+                  QUANT_A: tl.constexpr, SMOOTH: tl.constexpr,
                   EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
+    """QUANT_A: a is the float activation, quantized tile by tile with the static per-tensor scale sa (after
+    dividing by the smoother when SMOOTH) exactly as `triton_quant.quantize_rows` would, so a linear layer
+    with a static activation scale is one kernel."""
     # grouped program order: GROUP_M row tiles share each weight tile while it is in L2
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -83,6 +87,9 @@ def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride
     a_ptrs = a_ptr + am[:, None].to(tl.int64) * stride_am + rk[None, :]
     b_ptrs = b_ptr + bn[:, None].to(tl.int64) * stride_bn + rk[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FP8 else tl.int32)
+    a_scale = 1.0
+    if QUANT_A:
+        a_scale = tl.load(sa_ptr)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
@@ -90,6 +97,11 @@ def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride
         else:
             a = tl.load(a_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
             b = tl.load(b_ptrs, mask=(k0 + rk)[None, :] < K, other=0)
+        if QUANT_A:
+            af = a.to(tl.float32)
+            if SMOOTH:
+                af = tl.math.div_rn(af, tl.load(sm_ptr + k0 + rk, mask=(k0 + rk) < K, other=1.0)[None, :])
+            a = quantize_tile(tl.math.div_rn(af, a_scale), 2 if FP8 else 1)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32 if FP8 else tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
@@ -114,7 +126,8 @@ def _gemm8_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K, stride
 
 
 def _launch(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
-            out_dtype: torch.dtype, config: Int8GemmConfig | None, fp8: bool) -> torch.Tensor:
+            out_dtype: torch.dtype, config: Int8GemmConfig | None, fp8: bool, quant_a: bool = False,
+            smoother: torch.Tensor | None = None) -> torch.Tensor:
     if x_q.stride(1) != 1 or w_q.stride(1) != 1:
         raise ValueError("x_q and w_q must be K-contiguous (row-major [M, K] and [N, K])")
     (m, k), n = x_q.shape, w_q.shape[0]
@@ -129,12 +142,36 @@ def _launch(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.
         cfg = dataclasses.replace(cfg, block_k=bk)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _gemm8_kernel[grid](
-        x_q, w_q, out, s_x.contiguous(), s_w.contiguous(), bias if bias is not None else s_w, m, n, k,
+        x_q, w_q, out, s_x.contiguous(), s_w.contiguous(), bias if bias is not None else s_w,
+        smoother.contiguous() if smoother is not None else s_w, m, n, k,
         x_q.stride(0), w_q.stride(0), out.stride(0),
-        PER_TOKEN=s_x.numel() == m and m > 1, PER_CHANNEL=s_w.numel() == n and n > 1, HAS_BIAS=bias is not None,
-        FP8=fp8, EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        PER_TOKEN=s_x.numel() == m and m > 1 and not quant_a, PER_CHANNEL=s_w.numel() == n and n > 1,
+        HAS_BIAS=bias is not None, FP8=fp8, QUANT_A=quant_a, SMOOTH=smoother is not None,
+        EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
+
+
+def static_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, act_scale: torch.Tensor,
+                  bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                  smoother: torch.Tensor | None = None, fp8: bool = False,
+                  config: Int8GemmConfig | None = None) -> torch.Tensor:
+    """A W8A8 (int8 `w_q`) or FP8 (e4m3 `w_q`) linear layer with a static per-tensor activation scale as ONE
+    kernel: x [M, K] (float, row-major) is quantized tile by tile inside the GEMM (after dividing by
+    `smoother`, INT8 only), the function of `int8_gemm_ref.w8a8_linear_ref` / `fp8_ref.fp8_linear`."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be a row-major [M, K] matrix, got {tuple(x.shape)} strides {x.stride()}")
+    if smoother is not None and (fp8 or smoother.shape != (x.shape[1],)):
+        raise ValueError(f"smoother must be [{x.shape[1]}] and INT8 only")
+    s_x = act_scale.float().reshape(1)
+    out_dtype = out_dtype or x.dtype
+    if fp8:
+        from .fp8_ref import FP8_DTYPE, check_fp8_gemm
+
+        check_fp8_gemm(torch.empty(0, x.shape[1], dtype=FP8_DTYPE), w_q, s_x, s_w, bias, out_dtype)
+    else:
+        check_int8_gemm(torch.empty(0, x.shape[1], dtype=torch.int8), w_q, s_x, s_w, bias, out_dtype)
+    return _launch(x, w_q, s_x, s_w, bias, out_dtype, config, fp8, quant_a=True, smoother=smoother)
 
 
 def int8_gemm(x_q: torch.Tensor, w_q: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor,
@@ -163,7 +200,10 @@ def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: tor
     (`int8_gemm_ref`, exact integer arithmetic); the two agree up to the final rounding."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if x.is_cuda:
+    if x.is_cuda and act_scale is not None:   # static scale: quantization inside the GEMM, one kernel
+        y = static_linear(x2.contiguous(), w_q, s_w, act_scale, bias, out_dtype or x.dtype, smoother,
+                          config=config)
+    elif x.is_cuda:
         x_q, s_x = quantize_rows(x2.contiguous(), act_scale, smoother)
         y = int8_gemm(x_q, w_q, s_x, s_w, bias, out_dtype or x.dtype, config)
     else:
@@ -173,4 +213,4 @@ def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, bias: tor
 
 
 __all__ = ["INT8_MAX", "Int8GemmConfig", "fp8_gemm_triton", "int8_gemm", "int8_gemm_config", "quantize_rows",
-           "w8a8_linear"]
+           "static_linear", "w8a8_linear"]
