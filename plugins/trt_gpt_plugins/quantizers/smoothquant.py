@@ -137,7 +137,7 @@ class SmoothQuantMethod(LinearMethod):
 def sq_settings(qcfg: QuantConfig) -> tuple[bool, bool, float]:
     """(per_channel, per_token, alpha) of a SmoothQuant `quantization` block."""
     per_channel, per_token = SMOOTHQUANT_ALGOS[qcfg.quant_algo]
-    alpha = getattr(qcfg, "smoothquant_val", None)
+    alpha = qcfg.smoothquant_val
     return per_channel, per_token, check_alpha(0.5 if alpha is None else alpha, "quantization.smoothquant_val")
 
 

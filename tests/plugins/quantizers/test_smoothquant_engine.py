@@ -16,6 +16,7 @@ from test_int8_gemm_ref import round_half_even_64
 from trt_gpt.build import build
 from trt_gpt.config import BuildConfig, QuantConfig
 from trt_gpt.convert import convert
+from trt_gpt.errors import TrtGptError
 from trt_gpt.runtime.llm import LLM
 from trt_gpt.testing import random_prompts
 from trt_gpt.quant.formats import smoothquant_algo
@@ -70,3 +71,27 @@ def test_smoothquant_engine_matches_float64_definition(tmp_path, w8a8_plugins, p
             want = ref(torch.tensor([p])).logits[0]
         worst = max(worst, (got.double() - want).abs().max().item())
     assert worst <= 1e-3, worst
+
+
+def test_alpha_reaches_the_checkpoint_config_and_the_smoothing(tmp_path, w8a8_plugins):
+    """quantization.smoothquant_val is written to config.json and read back by the quantizer: alpha 0.9 moves
+    more of the range into the weights than 0.5 (larger s for outlier channels)."""
+    import json
+
+    hf = hf_tiny(tmp_path / "hf")
+    absmax = record_absmax(hf, random_prompts(211, [40], seed=3))
+    ckpts = {}
+    for alpha in (0.5, 0.9):
+        q = QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=alpha)
+        convert(tmp_path / "hf", tmp_path / f"ckpt{alpha}", dtype="float32", quantization=q, stats=Stats(absmax))
+        assert json.loads((tmp_path / f"ckpt{alpha}" / "config.json").read_text())["quantization"][
+            "smoothquant_val"] == alpha
+        ckpts[alpha] = load_file(str(tmp_path / f"ckpt{alpha}" / "rank0.safetensors"))
+    s = {a: c["transformer.layers.0.attention.dense.smoother"] for a, c in ckpts.items()}
+    act = absmax["transformer.layers.0.attention.dense"].double()
+    w = hf.transformer.h[0].attn.c_proj.weight.detach().T.double().abs().amax(0).clamp(min=1e-5)
+    for alpha, got in s.items():
+        torch.testing.assert_close(got.double(), act.clamp(min=1e-5) ** alpha / w ** (1 - alpha), rtol=1e-5, atol=0)
+    with pytest.raises(TrtGptError, match=r"quantization.smoothquant_val: the migration strength alpha must be in"):
+        convert(tmp_path / "hf", tmp_path / "bad", dtype="float32", stats=Stats(absmax),
+                quantization=QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=1.5))
