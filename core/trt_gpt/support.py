@@ -37,6 +37,9 @@ def check_supported(cfg: ModelConfig, build: BuildConfig | None = None, where: s
             raise TrtGptError(f"{where}: build_config.kv_cache_dtype '{build.kv_cache_dtype}' needs a checkpoint "
                               f"quantized for it (quantization.kv_cache_quant_algo is {algo!r}); expected one of "
                               f"{', '.join(DTYPES)} or the checkpoint's own KV-cache algorithm")
+    n = build.max_prompt_embedding_table_size
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise TrtGptError(f"{where}: build_config.max_prompt_embedding_table_size is {n!r}, expected an integer >= 0")
     kinds = adapter_kinds()
     if build.max_lora_rank and "lora" not in kinds:
         raise TrtGptError(f"{where}: build_config.max_lora_rank is {build.max_lora_rank} but no loaded plugin "

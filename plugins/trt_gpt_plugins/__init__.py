@@ -35,3 +35,11 @@ def register_position_encodings(register):
 @hookimpl
 def register_checkpoint_sources(register):
     register("hf", sources.open_hf_dir)
+
+
+@hookimpl
+def register_adapters(register):
+    from .adapters import prompt_tables
+
+    for fmt in prompt_tables.FORMATS:
+        register(fmt)

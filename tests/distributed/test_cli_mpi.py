@@ -108,3 +108,28 @@ def test_an_error_on_rank_0_fails_every_rank_and_prints_once(checkpoints, tmp_pa
         errors = [line for line in proc.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and errors[0].startswith("error: "), proc.stderr
         assert bad[0] in errors[0] or bad[0].strip("-") in errors[0], errors
+
+
+def test_prompt_tables_under_mpirun_equal_one_rank(checkpoints, tmp_path):
+    """`mpirun -np 2 trt-gpt run --prompt_table_path`: every rank loads the table into its own pool (the
+    tensor-parallel vocab lookup on both ranks reads it), output equal to one rank's."""
+    import numpy as np
+
+    np.save(tmp_path / "t.npy", torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(1)).numpy())
+    engines = {}
+    for name, ckpt in checkpoints.items():
+        engines[name] = tmp_path / name
+        build(engines[name], BuildConfig(max_batch_size=4, max_input_len=32, tokens_per_block=8,
+                                         max_prompt_embedding_table_size=6), checkpoint_dir=ckpt)
+
+    def run(engine: Path) -> list[str]:
+        return [str(BIN / "trt-gpt"), "run", "--engine_dir", str(engine), "--input_text", *PROMPTS,
+                "--max_output_len", "6", "--device", "cpu", "--json", "--prompt_table_path", str(tmp_path / "t.npy"),
+                "--prompt_tasks", "1,0"]
+    one = subprocess.run(run(engines["tp1"]), capture_output=True, text=True, timeout=120, env=child_env())
+    assert one.returncode == 0, one.stderr
+    plain = subprocess.run(run(engines["tp1"])[:-4], capture_output=True, text=True, timeout=120, env=child_env())
+    assert [r["output_ids"] for r in json.loads(plain.stdout)] != [r["output_ids"] for r in json.loads(one.stdout)]
+    two, _ = launch(2, run(engines["tp2"]), timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads(two.stdout) == json.loads(one.stdout)

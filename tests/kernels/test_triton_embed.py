@@ -75,3 +75,59 @@ def test_bad_arguments_name_the_problem():
         embed(ids, wte, ids, wpe[:, :10].contiguous())
     with pytest.raises(ValueError, match="feed must be"):
         embed(ids, wte, feed=(ids[:1], ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("with_pos,mult", [(True, 1.0), (False, 2.5)])
+def test_prompt_table_rows(monkeypatch, dtype, with_pos, mult):
+    """ids >= vocab read row id - vocab of the prompt table, mixed with real tokens in one step, fed rows
+    too; against a float64 computation from the definition, rounded once per op as the module path does."""
+    monkeypatch.setattr(triton_embed, "MAX_BLOCK_H", 64)
+    wte, wpe = tables(dtype)
+    vocab = wte.shape[0]
+    table = torch.randn(7, wte.shape[1], generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    ids = torch.tensor([vocab + 6, 3, vocab, 49, vocab + 2, 0], dtype=torch.int32, device=DEVICE)
+    pos = torch.tensor([0, 1, 2, 3, 4, 39], dtype=torch.int32, device=DEVICE)
+    picks = torch.tensor([11], dtype=torch.int32, device=DEVICE)
+    rows = torch.tensor([0, 0, 0, 0, 0, 1], dtype=torch.int32, device=DEVICE)   # the last row takes pick 11
+    want = []
+    for i, t in enumerate([vocab + 6, 3, vocab, 49, vocab + 2, 11]):
+        e = (table[t - vocab] if t >= vocab else wte[t]).double()
+        if mult != 1.0:
+            e = (e * mult).to(dtype).double()
+        if with_pos:
+            e = (e + wpe[pos[i]].double()).to(dtype).double()
+        want.append(e)
+    want = torch.stack(want).to(dtype)
+    kw = dict(positions=pos, wpe=wpe) if with_pos else {}
+    got = embed(ids, wte, multiplier=mult, feed=(rows, picks), prompt=(table, vocab), **kw)
+    ref = embed_ref(ids, wte, multiplier=mult, feed=(rows, picks), prompt=(table, vocab), **kw)
+    assert torch.equal(got, want)
+    assert torch.equal(ref, want)
+
+
+def test_prompt_table_through_a_lookup():
+    """With the model's tensor-parallel lookup in place of the plain gather, virtual tokens never reach the
+    lookup (it sees a valid vocabulary id) and take the full-width table row."""
+    wte, _ = tables(torch.float32)
+    vocab = wte.shape[0]
+    table = torch.randn(3, wte.shape[1], generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    seen = []
+
+    def lookup(tok):
+        seen.append(tok.clone())
+        return F.embedding(tok, wte)
+
+    ids = torch.tensor([vocab + 1, 5], dtype=torch.int32, device=DEVICE)
+    out = embed_ref(ids, wte[:, :10].contiguous(), lookup=lookup, prompt=(table, vocab))
+    assert int(seen[0].max()) < vocab
+    assert torch.equal(out[0], table[1]) and torch.equal(out[1], wte[5])
+
+
+def test_bad_prompt_table():
+    wte, _ = tables(torch.float32)
+    ids = torch.tensor([1, 2], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="prompt table must be"):
+        embed(ids, wte, prompt=(torch.zeros(4, 10, device=DEVICE), 50))
+    with pytest.raises(ValueError, match="prompt table must be"):
+        embed_ref(ids, wte, prompt=(torch.zeros(4, 200, dtype=torch.float16, device=DEVICE), 50))

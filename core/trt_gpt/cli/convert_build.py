@@ -113,6 +113,9 @@ def build_cmd(
     paged_kv_cache: str = typer.Option("enable", "--paged_kv_cache", help="enable (always paged)."),
     remove_input_padding: str = typer.Option("enable", "--remove_input_padding", help="enable (always packed)."),
     lora_plugin: str = typer.Option("disable", "--lora_plugin", help="disable, or auto / a dtype with LoRA."),
+    max_prompt_embedding_table_size: int = typer.Option(
+        0, "--max_prompt_embedding_table_size",
+        help="Rows of the prompt-tuning table pool (tasks x virtual tokens of the tables loaded at once)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     workers: int = typer.Option(1, "--workers", help="Ranks built at a time, each in its own process."),
 ) -> None:
@@ -127,7 +130,7 @@ def build_cmd(
                          remove_input_padding).check(dtype)
     bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
                      max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width,
-                     context_fmha=fmha)
+                     context_fmha=fmha, max_prompt_embedding_table_size=max_prompt_embedding_table_size)
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,
                     progress=step, workers=workers)

@@ -22,7 +22,7 @@ from .serve import serve_cmd
 from .summarize import summarize_cmd
 
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
-MULTI_VALUE_FLAGS = {"--input_text", "--stop_words", "--bad_words"}
+MULTI_VALUE_FLAGS = {"--input_text", "--stop_words", "--bad_words", "--num_prepend_vtokens"}
 
 
 def normalize_option(name: str) -> str:

@@ -17,6 +17,7 @@ import typer
 from ..errors import TrtGptError
 from .common import (DEFAULT_PROMPT, check_device, check_dir, check_output_file, err_console, kv_cache_line,
                      write_output_file)
+from .prompt_tuning import apply_prompt_tuning, prompt_tables
 
 
 def read_input_file(path: Path) -> list:
@@ -93,6 +94,15 @@ def run_cmd(
                                         help="Accepted for the reference's commands; there is one runtime."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
+    # ---- prompt tuning (docs/prompt-tuning.md)
+    prompt_table_path: Optional[Path] = typer.Option(
+        None, "--prompt_table_path",
+        help=".npy [tasks, virtual_tokens, hidden], a PEFT prompt-tuning dir or a NeMo p-tuning .nemo."),
+    prompt_tasks: Optional[str] = typer.Option(None, "--prompt_tasks",
+                                               help="Table task of each input, comma-separated (default 0)."),
+    num_prepend_vtokens: Optional[list[int]] = typer.Option(
+        None, "--num_prepend_vtokens",
+        help="Virtual tokens vocab_size.. put before each input (default: the task's whole table)."),
 ) -> None:
     """Generate text from prompts with an engine."""
     from ..runtime.llm import LLM
@@ -117,7 +127,7 @@ def run_cmd(
     llm = LLM(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
               max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
-              context_fmha_fp32_acc=context_fmha_fp32_acc)
+              context_fmha_fp32_acc=context_fmha_fp32_acc, prompt_tables=prompt_tables(prompt_table_path))
     needs_text = any(isinstance(p, str) for p in prompts) or bool(stop_words or bad_words)
     tok = text_tokenizer(llm, engine_dir, needs_text, tokenizer_dir is not None or vocab_file is not None)
     add_special = not no_add_special_tokens
@@ -134,6 +144,7 @@ def run_cmd(
         early_stopping=bool(early_stopping), stop_words=words(stop_words), bad_words=words(bad_words),
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
+    ids, params = apply_prompt_tuning(llm, ids, params, prompt_table_path, prompt_tasks, num_prepend_vtokens)
 
     def beams_of(out) -> list[list[int]]:
         return out.beams if out.beams is not None else [out.token_ids]

@@ -170,6 +170,8 @@ class GPTForCausalLM(nn.Module):
         self.rope = None
         self.backend: Any = torch_backend()   # the reference until setup_runtime picks one
         self.fused: FusedLayers | None = None   # the small-batch fast path, set up by setup_runtime
+        # (pool [R, hidden], vocab_size): ids >= vocab_size embed pool rows (runtime/prompt_pool.py)
+        self.prompt_table: tuple[torch.Tensor, int] | None = None
 
     def setup_runtime(self, device: torch.device, max_positions: int, backend: Any | None = None) -> None:
         """Create non-persistent state (rotary tables) once the weights are on `device`."""
@@ -198,7 +200,7 @@ class GPTForCausalLM(nn.Module):
             wpe = t.position_embedding.weight if hasattr(t, "position_embedding") else None
             embed = fused.embed_kernel if fused is not None else functools.partial(embed_ref, lookup=t.vocab_embedding)
             hidden = embed(input_ids, t.vocab_embedding.weight, positions if wpe is not None else None, wpe,
-                           cfg.embedding_multiplier, feed)
+                           cfg.embedding_multiplier, feed, prompt=self.prompt_table)
         for i, (layer, kv) in enumerate(zip(t.layers, kv_caches)):
             if fused is not None:
                 hidden = fused.layer(i, layer, hidden, positions, meta, kv, self.rope, self.backend, window)

@@ -18,6 +18,7 @@ from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
 from .overlap import OverlappedScheduler, PendingStep, overlap_ok
+from .prompt_pool import PromptTablePool, load_prompt_table
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -60,7 +61,8 @@ class LLM:
     def __init__(self, engine_dir: str | Path, device: str | None = None, tokenizer_dir: str | Path | None = None,
                  vocab_file: str | Path | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  max_tokens_in_paged_kv_cache: int | None = None, max_batch_size: int | None = None,
-                 max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True):
+                 max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True,
+                 prompt_tables: dict[str, str | Path] | None = None):
         # context_fmha_fp32_acc=False: fp16 accumulation of P.V in the Triton prefill (the reference's default)
         self.engine = Engine(engine_dir, device, context_fmha_fp32_acc=context_fmha_fp32_acc)
         cfg, build = self.engine.cfg, self.engine.build
@@ -76,6 +78,7 @@ class LLM:
                                  min_tokens=build.max_seq_len)
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_spec, self.engine.device)
+        self._setup_prompt_tables(prompt_tables)   # before the executor captures graphs reading the pool
         self.executor = Executor(self.engine, self.cache)
         self.overlap = OverlappedScheduler(self.executor) if OverlappedScheduler.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
@@ -90,14 +93,79 @@ class LLM:
             self._tokenizer = load_tokenizer(tdir or self.engine.dir, vfile)
         return self._tokenizer
 
+    # ------------------------------------------------------------------ prompt tables
+    def _setup_prompt_tables(self, tables: dict[str, str | Path] | None) -> None:
+        """The engine's prompt-table pool (max_prompt_embedding_table_size rows on the device), handed to the
+        model's embedding, and the tables given at construction (every rank of a multi-rank engine loads
+        them in the same order, so their pool rows agree)."""
+        rows = self.build.max_prompt_embedding_table_size
+        self.prompt_pool: PromptTablePool | None = None
+        self._prompt_users: dict[int, str] = {}   # id(request) -> the table it holds
+        if rows:
+            model = self.engine.model
+            self.prompt_pool = PromptTablePool(rows, self.cfg.hidden_size, getattr(torch, self.cfg.dtype),
+                                               self.engine.device, self.cfg.vocab_size)
+            model.prompt_table = (self.prompt_pool.buffer, self.cfg.vocab_size)
+        for name, path in (tables or {}).items():
+            self._load_table(name, path)
+
+    def add_prompt_table(self, name: str, path: str | Path, source: str | None = None) -> None:
+        """Load a prompt-tuning table (.npy, PEFT prompt-tuning dir, NeMo .nemo) for requests naming it
+        (`SamplingParams(prompt_table=name, prompt_task=k)`); no rebuild, no graph recapture."""
+        self._single_rank("add_prompt_table")
+        self._load_table(name, path, source)
+
+    def _load_table(self, name: str, path: str | Path, source: str | None = None) -> None:
+        if self.prompt_pool is None:
+            raise TrtGptError(f"prompt table '{name}': the engine was built without prompt tables (build with "
+                              f"--max_prompt_embedding_table_size)")
+        self.prompt_pool.add(str(name), load_prompt_table(path, self.cfg, self.prompt_pool.rows, source))
+
+    def _single_rank(self, what: str) -> None:
+        # the other ranks of a multi-rank engine follow rank 0's steps, not its API calls: their pools would
+        # differ from rank 0's, so tables are given to the constructor there (`prompt_tables=`), which every
+        # rank runs
+        if self.cfg.mapping.world_size > 1:
+            raise TrtGptError(f"{what}: on a multi-rank engine give the tables to the constructor "
+                              "(LLM(..., prompt_tables={name: path}))")
+
+    def remove_prompt_table(self, name: str) -> None:
+        self._single_rank("remove_prompt_table")
+        if self.prompt_pool is None:
+            raise TrtGptError("remove_prompt_table: the engine was built without prompt tables")
+        self.prompt_pool.remove(str(name))
+
+    def _prompt_ids(self, ids: list[int], params: SamplingParams) -> list[int]:
+        """The ids the model sees: virtual ids moved to the request's table rows in the pool."""
+        if self.prompt_pool is None:
+            if params.prompt_table is not None:
+                raise TrtGptError(f"sampling: 'prompt_table' is {params.prompt_table!r} but the engine was built "
+                                  "without prompt tables (--max_prompt_embedding_table_size)")
+            return ids
+        return self.prompt_pool.translate(ids, params.prompt_table, params.prompt_task)
+
+    def _hold_table(self, seq: Sequence) -> None:
+        if self.prompt_pool is not None and seq.params.prompt_table is not None:
+            self.prompt_pool.acquire(seq.params.prompt_table)
+            self._prompt_users[id(seq)] = seq.params.prompt_table
+
+    def _drop_table(self, seq: Sequence) -> None:
+        name = self._prompt_users.pop(id(seq), None)
+        if name is not None:
+            self.prompt_pool.release(name)
+
     # ------------------------------------------------------------------ requests
     def _encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
         ids = self.tokenizer.encode(prompt, add_special_tokens) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise TrtGptError("empty prompt: at least one token is needed")
-        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        # ids >= vocab_size are virtual tokens where the engine has prompt tables (checked in _prompt_ids)
+        top = self.cfg.vocab_size + (self.build.max_prompt_embedding_table_size or 0)
+        bad = [t for t in ids if not 0 <= t < top]
         if bad:
-            raise TrtGptError(f"token id {bad[0]} out of the vocabulary (0..{self.cfg.vocab_size - 1})")
+            raise TrtGptError(f"token id {bad[0]} out of the vocabulary (0..{self.cfg.vocab_size - 1}"
+                              + (f", virtual {self.cfg.vocab_size}..{top - 1}" if top > self.cfg.vocab_size else "")
+                              + ")")
         if len(ids) > self.build.max_input_len:
             raise TrtGptError(f"prompt of {len(ids)} tokens exceeds the engine's max_input_len "
                               f"({self.build.max_input_len})")
@@ -122,13 +190,15 @@ class LLM:
                                   f"({self.build.max_beam_width}); rebuild with --max_beam_width")
             if params.stop_words:
                 raise TrtGptError("stop_words are not supported with num_beams > 1 (beam search ends at end_id)")
-        ids = self._encode(prompt, add_special_tokens)
+        user_ids = self._encode(prompt, add_special_tokens)
+        ids = self._prompt_ids(user_ids, params)
         room = self.build.max_seq_len - len(ids)
         if room < 1:
             raise TrtGptError(f"prompt of {len(ids)} tokens leaves no room under max_seq_len {self.build.max_seq_len}")
         if params.max_tokens > room:
             params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
-        state = RequestSamplingState(params, ids)
+        # penalties see real tokens only (virtual ones are not vocabulary entries)
+        state = RequestSamplingState(params, [t for t in ids if t < self.cfg.vocab_size])
         seq = Sequence(prompt_ids=ids, params=params, sampling=state, window=self._window(params))
         seq.output_ids = state.output_ids   # one list, appended to by check_stops
         if params.return_logits:
@@ -136,6 +206,9 @@ class LLM:
         if params.num_beams > 1:
             seq.beam_state = BeamSearchState(len(ids), params)
         seq.overlap_ok = overlap_ok(seq)
+        if ids != user_ids:
+            seq.user_prompt_ids = user_ids
+        self._hold_table(seq)
         self.scheduler.add(seq)
         return seq
 
@@ -144,11 +217,13 @@ class LLM:
         if seq.status is Status.FINISHED:
             return
         self.scheduler.release(seq)
+        self._drop_table(seq)
         seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.scheduler.release(seq)
+        self._drop_table(seq)
 
     @torch.inference_mode()  # the executor's logits are inference tensors; the sampler edits them in place
     def step(self) -> list[Sequence]:
@@ -247,7 +322,7 @@ class LLM:
             # Beam states never sample, so a fixed seed spares the global RNG a draw per beam.
             beam_params = dataclasses.replace(req.params, seed=0)
             for _ in range(bs.num_beams):
-                st = RequestSamplingState(beam_params, req.prompt_ids)
+                st = RequestSamplingState(beam_params, req.sampling.prompt_ids)
                 req.beams.append(Sequence(prompt_ids=req.prompt_ids, params=req.params, sampling=st,
                                           output_ids=st.output_ids, parent=req, window=req.window,
                                           request_id=req.request_id, arrival=req.arrival,
@@ -261,8 +336,8 @@ class LLM:
 
     def _output(self, seq: Sequence, since: int = 0) -> RequestOutput:
         toks = list(seq.output_ids)
-        out = RequestOutput(seq.request_id, list(seq.prompt_ids), toks, self._text(toks), seq.finish_reason,
-                            seq.status is Status.FINISHED, toks[since:])
+        out = RequestOutput(seq.request_id, list(seq.user_prompt_ids or seq.prompt_ids), toks, self._text(toks),
+                            seq.finish_reason, seq.status is Status.FINISHED, toks[since:])
         if seq.beam_state is not None:
             if seq.beam_results is not None:
                 out.beams = [list(t) for t, _ in seq.beam_results]
@@ -309,9 +384,12 @@ class LLM:
         yield from EngineLoop.of(self).stream_sync(prompts, params, add_special_tokens, ids_out)
 
     @torch.inference_mode()
-    def score(self, token_lists: Seq[Seq[int]]) -> list[torch.Tensor]:
-        """float32 logits [len, vocab] at every position of each token list (one packed prefill)."""
-        seqs = [Sequence(prompt_ids=self._encode(t), params=SamplingParams(max_tokens=1)) for t in token_lists]
+    def score(self, token_lists: Seq[Seq[int]], prompt_table: str | None = None,
+              prompt_task: int | None = None) -> list[torch.Tensor]:
+        """float32 logits [len, vocab] at every position of each token list (one packed prefill); ids >=
+        vocab_size read `prompt_table` (task `prompt_task`) where given."""
+        sp = SamplingParams(max_tokens=1, prompt_table=prompt_table, prompt_task=prompt_task)
+        seqs = [Sequence(prompt_ids=self._prompt_ids(self._encode(t), sp), params=sp) for t in token_lists]
         outs: list[torch.Tensor] = []
         try:
             for seq in seqs:

@@ -51,6 +51,8 @@ class SamplingParams:
       num_beams: beam width (1 = no beam search).
       length_penalty / early_stopping: beam-search scoring and stopping, HF semantics.
       max_attention_window_size: sliding attention window in tokens (None = full context).
+      prompt_table / prompt_task: the prompt-tuning table (a name given to `LLM.add_prompt_table`) and its
+        task (default 0) that the prompt's virtual ids (vocab_size + k: row k) read.
       return_logits: return the generation logits along with the tokens.
     """
 
@@ -71,6 +73,8 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool = True
     max_attention_window_size: int | None = None
+    prompt_table: str | None = None
+    prompt_task: int | None = None
     return_logits: bool = False
 
     # ---- derived flags used by the sampler to skip work on default rows ----
@@ -140,6 +144,10 @@ class SamplingParams:
         w = self.max_attention_window_size
         if w is not None and (not _is_int(w) or w < 1):
             _fail("max_attention_window_size", w, "None or an integer >= 1")
+        if self.prompt_table is not None and not isinstance(self.prompt_table, str):
+            _fail("prompt_table", self.prompt_table, "None or the name of a loaded prompt table")
+        if self.prompt_task is not None and (not _is_int(self.prompt_task) or self.prompt_task < 0):
+            _fail("prompt_task", self.prompt_task, "None or an integer >= 0")
         if not isinstance(self.return_logits, bool):
             _fail("return_logits", self.return_logits, "true or false")
         return self

@@ -35,6 +35,7 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     window: int | None = None         # attention window in tokens (None: full context)
+    user_prompt_ids: list[int] | None = None   # the request's own ids where prompt tables changed them
     want_prompt_logits: bool = False
     prompt_logits: list = field(default_factory=list)  # chunks of [n, vocab] when want_prompt_logits
     generation_logits: list | None = None  # [vocab] rows, one per generated token, when params.return_logits

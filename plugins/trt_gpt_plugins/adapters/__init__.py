@@ -1,0 +1,1 @@
+"""Built-in adapter formats (registered through `register_adapters`)."""
