@@ -9,7 +9,7 @@ import functools
 
 from trt_gpt.hookspecs import hookimpl
 
-from . import activations, positions, sources
+from . import activations, positions, quantizers, sources
 
 
 @hookimpl
@@ -43,3 +43,9 @@ def register_adapters(register):
 
     for fmt in prompt_tables.FORMATS:
         register(fmt)
+
+
+@hookimpl
+def register_quantizers(register):
+    for q in quantizers.QUANTIZERS:
+        register(q)

@@ -1,6 +1,7 @@
 """`trt-gpt convert`, `trt-gpt config` and `trt-gpt build`: the offline half of the workflow."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -28,20 +29,58 @@ def convert_cmd(
     embedding_sharding_dim: int = typer.Option(0, "--embedding_sharding_dim",
                                                help="0: split the table by vocabulary, 1: by hidden size."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    # ---- weight-only quantization (INT8 / INT4, AWQ)
+    use_weight_only: bool = typer.Option(False, "--use_weight_only",
+                                         help="Quantize the linear layers' weights (not embeddings or lm_head)."),
+    weight_only_precision: Optional[str] = typer.Option(None, "--weight_only_precision",
+                                                        help="int8 (default) or int4."),
+    group_size: Optional[int] = typer.Option(None, "--group_size",
+                                             help="INT4 group-wise scales every N input columns (AWQ: 128)."),
+    awq: bool = typer.Option(False, "--awq", help="INT4 group-wise with AWQ's activation-aware scales."),
+    calib_dataset: Optional[Path] = typer.Option(None, "--calib_dataset",
+                                                 help="AWQ calibration text: .txt, or .jsonl with text/article."),
+    calib_size: int = typer.Option(64, "--calib_size", help="Calibration windows."),
+    calib_max_seq_length: int = typer.Option(512, "--calib_max_seq_length",
+                                             help="Tokens per calibration window."),
 ) -> None:
     """Convert a HuggingFace or NeMo checkpoint into a (sharded) trt-gpt checkpoint."""
     from ..convert import convert
+    from ..quant.options import weight_only_config
 
     if (model_dir is None) == (nemo_ckpt_path is None):
         raise TrtGptError("convert: give exactly one of --model_dir or --nemo_ckpt_path")
     if tp_size < 1 or pp_size < 1:
         raise TrtGptError(f"convert: --tp_size ({tp_size}) and --pp_size ({pp_size}) must be positive")
+    quant = weight_only_config(use_weight_only, weight_only_precision, group_size, awq)
+    if calib_dataset is not None and not awq:
+        raise TrtGptError("convert: --calib_dataset is used by --awq only")
+    stats = _awq_stats(model_dir or nemo_ckpt_path, variant, calib_dataset, calib_size,
+                       calib_max_seq_length) if awq else None
     with progress("convert") as step:
         res = convert(model_dir or nemo_ckpt_path, output_dir, dtype, variant, tp_size, pp_size, overwrite,
-                      use_parallel_embedding, embedding_sharding_dim, progress=step)
+                      use_parallel_embedding, embedding_sharding_dim, quantization=quant, stats=stats, progress=step)
     err_console.print(f"converted {res.variant} → {res.output_dir}: {res.config.mapping.world_size} rank(s), "
                       f"{res.num_tensors} tensors, {human_bytes(res.num_bytes)}, {res.config.dtype}, "
                       f"{progress.elapsed:.1f}s")
+
+
+def _awq_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[Path], calib_size: int,
+               max_seq_length: int):
+    """Calibration statistics for AWQ, with a progress bar and a one-line summary."""
+    import torch
+    from rich.progress import Progress
+
+    from ..quant.calibration import calibrate, read_calib_texts
+
+    read_calib_texts(calib_dataset)   # a missing or empty file fails before the model is loaded
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("calibrate", total=calib_size)
+        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=4096,
+                          variant=variant, device=device,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    err_console.print(stats.summary())
+    return stats
 
 
 def config_cmd(
@@ -64,8 +103,16 @@ def config_cmd(
     tp_size: int = typer.Option(1, "--tp_size", help="Tensor-parallel ranks."),
     pp_size: int = typer.Option(1, "--pp_size", help="Pipeline-parallel stages."),
     output_path: Path = typer.Option(..., "--output_path", help="config.json to write."),
+    # ---- weight-only quantization of the random weights
+    quantization: Optional[str] = typer.Option(None, "--quantization",
+                                               help="w8a16, w4a16 (per channel; group-wise with --group_size) "
+                                                    "or w4a16_gptq (group-wise)."),
+    group_size: Optional[int] = typer.Option(None, "--group_size", help="INT4 group size (input columns)."),
 ) -> None:
     """Write a checkpoint config for a random-weight engine (benchmarking without a checkpoint)."""
+    from ..quant.options import config_quantization
+
+    quant = config_quantization(quantization, group_size)
     if head_size is None and num_attention_heads > 0 and hidden_size % num_attention_heads:
         raise TrtGptError(f"config: --hidden_size {hidden_size} is not a multiple of --num_attention_heads "
                           f"{num_attention_heads}; give --head_size explicitly")
@@ -74,9 +121,14 @@ def config_cmd(
                       num_key_value_heads=num_key_value_heads, head_size=head_size,
                       intermediate_size=intermediate_size,
                       hidden_act=hidden_act, max_position_embeddings=max_position_embeddings,
-                      position_embedding_type=position_embedding_type,
+                      position_embedding_type=position_embedding_type, quantization=quant,
                       mapping=Mapping(world_size=tp_size * pp_size, tp_size=tp_size, pp_size=pp_size))
     cfg.validate("config")
+    if quant.quant_algo:   # the group size must fit every layer (at this tp size): fail now, not at load
+        from ..model import expected_tensors
+
+        for rank in range(cfg.mapping.world_size):
+            expected_tensors(dataclasses.replace(cfg, mapping=cfg.mapping.with_rank(rank)))
     d = cfg.to_dict()
     d["mapping"].pop("rank", None)
     if output_path.is_dir():

@@ -38,12 +38,19 @@ def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-re
 
 @plugins_app.command("list")
 def plugins_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List loaded plugins: name, distribution, version and the hooks each implements."""
+    """List loaded plugins: name, distribution, version, the hooks each implements and the quantization
+    algorithms it provides."""
+    from ..quant.registry import registered_quantizers
+
     infos = get_plugins().infos()
+    algos: dict[str, list[str]] = {}
+    for q, plugin in registered_quantizers():
+        algos.setdefault(plugin, []).extend([*q.quant_algos, *(f"kv:{a}" for a in q.kv_cache_quant_algos)])
     if as_json:
-        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        print(json.dumps([{**dataclasses.asdict(i), "quantizers": algos.get(i.name, [])} for i in infos], indent=2))
         return
-    table = Table("plugin", "distribution", "version", "hooks")
+    table = Table("plugin", "distribution", "version", "hooks", "quantizers")
     for i in infos:
-        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks))
+        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks),
+                      ", ".join(algos.get(i.name, [])))
     out_console.print(table)

@@ -35,11 +35,15 @@ def rouge(predictions: Sequence[str], references: Sequence[str], use_stemmer: bo
     return {t: 100.0 * v / len(predictions) for t, v in totals.items()}
 
 
-def perplexity(logits: torch.Tensor, ids: Sequence[int]) -> float:
-    """exp(mean negative log-likelihood) of ids[1:] given `logits [len, vocab]` of ids (float64)."""
+def token_nll(logits: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Negative log-likelihood (float64) of each of ids[1:] given `logits [len, vocab]` of ids."""
     if len(ids) < 2:
         raise TrtGptError("perplexity needs at least 2 tokens")
-    lp = torch.log_softmax(logits[:-1].double(), dim=-1)
+    lp = torch.log_softmax(logits[:len(ids) - 1].double(), dim=-1)
     target = torch.as_tensor(list(ids[1:]), dtype=torch.int64, device=lp.device)
-    nll = -lp.gather(1, target[:, None]).mean()
-    return math.exp(float(nll))
+    return -lp.gather(1, target[:, None])[:, 0]
+
+
+def perplexity(logits: torch.Tensor, ids: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood) of ids[1:] given `logits [len, vocab]` of ids (float64)."""
+    return math.exp(float(token_nll(logits, ids).mean()))
