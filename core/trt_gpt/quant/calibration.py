@@ -168,7 +168,7 @@ def collect_stats(model: torch.nn.Module, windows: Sequence[Sequence[int]], max_
     every linear layer's statistics; `max_samples` input rows per layer are kept (0: none; at most
     SAMPLE_BYTES of them a layer), drawn evenly from the windows."""
     from ..model.linear import linears
-    from ..runtime.attn_metadata import AttentionMetadata
+    from ..kernels.metadata import AttentionMetadata
 
     start = time.perf_counter()
     cfg = model.cfg

@@ -108,3 +108,30 @@ def smoothquant_config(alpha: float | None, per_token: bool, per_channel: bool, 
     if cfg.quant_algo is None and cfg.kv_cache_quant_algo is None:
         return None
     return check_combination(cfg, "convert")
+
+
+RANDOM_WEIGHT_FORMATS = {"w8a8_sq": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "fp8": "FP8"}
+
+
+def random_weights_config(name: str | None, group_size: int | None, kv_cache_dtype: str | None) -> QuantConfig:
+    """`trt-gpt config --quantization NAME [--group_size g] [--kv_cache_dtype int8|fp8]` for random-weight engines
+    (benchmarks: no calibration, so SmoothQuant is per token and scales are 1): the weight-only names, w8a8_sq
+    and fp8, with an 8-bit KV cache or not."""
+    from .options import CONFIG_CHOICES, config_quantization
+
+    key = (name or "").lower()
+    if name is not None and key not in RANDOM_WEIGHT_FORMATS and key not in CONFIG_CHOICES:
+        raise TrtGptError(f"config: --quantization '{name}': expected one of "
+                          f"{', '.join((*CONFIG_CHOICES, *RANDOM_WEIGHT_FORMATS))}")
+    if key in RANDOM_WEIGHT_FORMATS:
+        if group_size is not None:
+            raise TrtGptError(f"config: --group_size is for INT4 weight-only, not --quantization {name}")
+        cfg = QuantConfig(quant_algo=RANDOM_WEIGHT_FORMATS[key])
+    else:
+        cfg = config_quantization(name, group_size)
+    if kv_cache_dtype is not None:
+        if kv_cache_dtype.lower() not in KV_CACHE_DTYPES:
+            raise TrtGptError(f"config: --kv_cache_dtype '{kv_cache_dtype}': expected one of "
+                              f"{', '.join(KV_CACHE_DTYPES)}")
+        cfg.kv_cache_quant_algo = KV_CACHE_DTYPES[kv_cache_dtype.lower()]
+    return check_combination(cfg, "config")
