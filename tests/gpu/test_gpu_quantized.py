@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant_cases import Stats, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
+from quant_cases import Stats, hf_tiny, record_absmax
 
 from trt_gpt.build import build
 from trt_gpt.config import BuildConfig, QuantConfig
@@ -27,7 +27,7 @@ ALGOS = {"sq-token-channel": (smoothquant_algo(True, True), None),
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
-def test_gpu_quantized_engine_tracks_cpu(tmp_path, w8a8_plugins, name):
+def test_gpu_quantized_engine_tracks_cpu(tmp_path, name):
     from trt_gpt import LLM, SamplingParams
 
     algo, kv = ALGOS[name]

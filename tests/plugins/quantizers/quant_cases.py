@@ -1,19 +1,13 @@
 """Shared cases of the W8A8 / FP8 engine tests: a tiny trained-shape GPT-2 from HF, its linear modules under
 canonical names, activation statistics recorded with hooks on the HF model (the calibration), and the
-statistics interface quantizers read; the fixture `w8a8_plugins` registers the W8A8, FP8 and KV-cache quantizers (tests
-register them explicitly, so they run under any plugin allowlist; import it into a test module to use it)."""
+statistics interface quantizers read."""
 from __future__ import annotations
 
-import sys
-import types
 from types import SimpleNamespace
 
-import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trt_gpt.hookspecs import hookimpl
-from trt_gpt.plugins import get_plugins
 from trt_gpt.testing import save_tiny
 
 # canonical module -> HF GPT-2 module path (its Conv1D holds W^T)
@@ -67,21 +61,3 @@ class Stats:
 
     def for_rank(self, name, parallel, cfg):
         return SimpleNamespace(in_absmax=self.absmax[name], out_absmax=self.out_absmax.get(name))
-
-
-@pytest.fixture
-def w8a8_plugins():
-    from trt_gpt_plugins.quantizers.fp8 import FP8Quantizer
-    from trt_gpt_plugins.quantizers.kv_cache import KVCacheQuantizer
-    from trt_gpt_plugins.quantizers.smoothquant import SmoothQuantQuantizer
-
-    mod = types.ModuleType("w8a8_test_plugins")
-
-    def register_quantizers(register):
-        register(SmoothQuantQuantizer())
-        register(FP8Quantizer())
-        register(KVCacheQuantizer())
-    mod.register_quantizers = hookimpl(register_quantizers)
-    get_plugins().pm.register(mod, name="w8a8_test_plugins")
-    yield
-    sys.modules.pop("w8a8_test_plugins", None)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from test_fp8_ref import e4m3_round_64
-from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
+from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax
 
 from trt_gpt.build import build
 from trt_gpt.config import BuildConfig, QuantConfig
@@ -20,7 +20,7 @@ from trt_gpt.runtime.llm import LLM
 from trt_gpt.testing import random_prompts
 
 
-def test_fp8_engine_matches_float64_definition(tmp_path, w8a8_plugins):
+def test_fp8_engine_matches_float64_definition(tmp_path):
     dtype = "float32"   # (in float16 the reference's unrounded activations land on other e4m3 values)
     hf = hf_tiny(tmp_path / "hf")
     absmax = record_absmax(hf, random_prompts(211, [40, 33, 50], seed=3))

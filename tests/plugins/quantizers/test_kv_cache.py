@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from quant_cases import Stats, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
+from quant_cases import Stats, hf_tiny, record_absmax
 
 from trt_gpt.config import BuildConfig, ModelConfig, QuantConfig
 from trt_gpt.mapping import Mapping
@@ -86,7 +86,7 @@ def fake_kv(z, kind, s):
 
 @pytest.mark.parametrize("kv,weights", [("INT8", None), ("FP8", None), ("INT8", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"),
                                         ("FP8", "FP8")])
-def test_engine_with_8bit_kv_cache_matches_float64(tmp_path, w8a8_plugins, kv, weights):
+def test_engine_with_8bit_kv_cache_matches_float64(tmp_path, kv, weights):
     """GPT-2 (no rotary embedding: the cached K is the projection's) with K and V rounded through the cache
     in float64 from the definition; with quantized weights the comparison is against the engine without an
     8-bit cache, so only the cache's rounding is under test there."""
@@ -150,7 +150,7 @@ def test_engine_with_8bit_kv_cache_matches_float64(tmp_path, w8a8_plugins, kv, w
         assert (g.double() - want).abs().max().item() <= 1e-3
 
 
-def test_missing_kv_scales_are_refused(tmp_path, w8a8_plugins):
+def test_missing_kv_scales_are_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from trt_gpt.build import build
@@ -172,7 +172,7 @@ def test_missing_kv_scales_are_refused(tmp_path, w8a8_plugins):
 
 
 @pytest.mark.parametrize("kv", ["INT8", "FP8"])
-def test_triton_backend_engine_equals_torch_engine(tmp_path, w8a8_plugins, monkeypatch, kv):
+def test_triton_backend_engine_equals_torch_engine(tmp_path, monkeypatch, kv):
     """The same 8-bit-cache engine through the Triton kernels (interpreted without a GPU) and through the torch
     reference: prefill logits and greedy decode agree."""
     from trt_gpt.build import build

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
-from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax, w8a8_plugins  # noqa: F401
+from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax
 from test_int8_gemm_ref import round_half_even_64
 
 from trt_gpt.build import build
@@ -32,7 +32,7 @@ def fake_quant(z, static_scale):
 
 
 @pytest.mark.parametrize("per_channel,per_token", [(True, True), (False, False), (True, False)])
-def test_smoothquant_engine_matches_float64_definition(tmp_path, w8a8_plugins, per_channel, per_token):
+def test_smoothquant_engine_matches_float64_definition(tmp_path, per_channel, per_token):
     hf = hf_tiny(tmp_path / "hf")
     calib = random_prompts(211, [40, 33, 50], seed=3)
     absmax = record_absmax(hf, calib)
@@ -73,7 +73,7 @@ def test_smoothquant_engine_matches_float64_definition(tmp_path, w8a8_plugins, p
     assert worst <= 1e-3, worst
 
 
-def test_alpha_reaches_the_checkpoint_config_and_the_smoothing(tmp_path, w8a8_plugins):
+def test_alpha_reaches_the_checkpoint_config_and_the_smoothing(tmp_path):
     """quantization.smoothquant_val is written to config.json and read back by the quantizer: alpha 0.9 moves
     more of the range into the weights than 0.5 (larger s for outlier channels)."""
     import json
