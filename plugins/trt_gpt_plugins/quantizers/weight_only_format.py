@@ -29,6 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trt_gpt.kernels.weight_only_ref import pack_int4 as _pack_int4
+from trt_gpt.kernels.weight_only_ref import unpack_int4
+
 from trt_gpt.errors import TrtGptError
 
 QMAX = {8: 127, 4: 7}
@@ -76,20 +79,11 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, dtype: torc
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """int8 values in [-8, 7] `[out, in]` -> int8 `[out, in // 2]`: column 2j in the low nibble, 2j+1 high."""
+    """int8 values in [-8, 7] `[out, in]` -> int8 `[out, in // 2]`: column 2j in the low nibble, 2j+1 high
+    (the kernels' one packer, with a one-line error for an odd input dimension)."""
     if q.shape[-1] % 2:
         raise TrtGptError(f"INT4 packing needs an even input dimension, got {q.shape[-1]}")
-    u = q.to(torch.int16) & 0xF
-    b = u[..., 0::2] | (u[..., 1::2] << 4)
-    return torch.where(b > 127, b - 256, b).to(torch.int8)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of `pack_int4`: int8 `[out, in // 2]` -> int8 `[out, in]` values in [-8, 7]."""
-    p = packed.to(torch.int16)
-    lo = ((p & 0xF) ^ 8) - 8            # sign-extend a 4-bit two's complement value
-    hi = (((p >> 4) & 0xF) ^ 8) - 8
-    return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], -1).to(torch.int8)
+    return _pack_int4(q)
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
@@ -111,6 +105,13 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tenso
     """`x @ dequant(weight)^T (+ bias)` for every weight-only layer; `scale` is `[out]` (per channel) or
     `[out, in // g]` (group-wise), `prequant` the AWQ input scale or None.
 
-    The fused GPU kernels dispatch here (same arguments, same result up to accumulation order); until they
-    do, every device runs the reference."""
+    On CUDA the Triton kernels (`kernels/triton_weight_only.py`: a GEMV that dequantizes in registers for
+    decode-sized steps, a tensor-core GEMM above) compute it with fp32 accumulation; elsewhere the reference
+    dequantizes and runs one GEMM (same function up to accumulation order)."""
+    if x.is_cuda:
+        from trt_gpt.kernels.triton_weight_only import weight_only_linear as kernel
+
+        k = x.shape[-1]
+        group = None if scale.dim() == 1 else k // scale.shape[1]
+        return kernel(x, weight, scale, bias, bits=bits, group_size=group, prequant=prequant)
     return weight_only_linear_ref(x, weight, scale, bits, bias, prequant)
