@@ -25,6 +25,7 @@ class QuantConfig:
     group_size: int = 128
     has_zero_point: bool = False
     exclude_modules: list[str] | None = None
+    smoothquant_val: float | None = None   # SmoothQuant's migration strength alpha (W8A8_SQ_*; None: 0.5)
 
 
 @dataclass

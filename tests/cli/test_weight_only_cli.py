@@ -102,6 +102,7 @@ def test_config_quantization_for_random_weights(tmp_path):
 
 def test_plugins_list_shows_quantizers():
     rows = {r["name"]: r for r in json.loads(run_cli("plugins", "list", "--json").stdout)}
-    assert rows["builtins"]["quantizers"] == ["W8A16", "W4A16", "W4A16_GPTQ", "W4A16_AWQ"]
+    assert rows["builtins"]["quantizers"][:4] == ["W8A16", "W4A16", "W4A16_GPTQ", "W4A16_AWQ"]
+    assert {"W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "FP8", "kv:INT8", "kv:FP8"} <= set(rows["builtins"]["quantizers"])
     assert "register_quantizers" in rows["builtins"]["hooks"]
     assert "W4A16_AWQ" in run_cli("plugins", "list").stdout

@@ -77,11 +77,16 @@ def test_float_caches_are_a_cast_and_take_no_scale():
 
 
 @pytest.mark.parametrize("name", ["int8", "fp8"])
-def test_an_8bit_spec_is_an_explicit_error_while_the_kernels_cannot_read_it(name):
-    with pytest.raises(TrtGptError, match=f"kv cache dtype .*: 8-bit KV caches are not implemented by the attention"):
-        KVCacheSpec.from_name(name, torch.float16)
-    with pytest.raises(TrtGptError, match="8-bit KV caches are not implemented"):
-        KVCacheSpec(spec_dtype(name), torch.ones(2), torch.ones(2))
+def test_an_8bit_spec_runs_on_both_backends_and_the_flag_guards_triton(name, monkeypatch):
+    from trt_gpt.kernels import kv_cache_spec
+
+    spec = KVCacheSpec(spec_dtype(name), torch.ones(2), torch.ones(2))
+    spec.require_backend("torch")
+    spec.require_backend("triton")
+    monkeypatch.setattr(kv_cache_spec, "TRITON_READS_8BIT", False)   # kernels without 8-bit loads: refused
+    with pytest.raises(TrtGptError, match=f"kv cache dtype .*: the Triton attention kernels do not read 8-bit"):
+        spec.require_backend("triton")
+    KVCacheSpec(torch.float16).require_backend("triton")
 
 
 def spec_dtype(name):
@@ -90,9 +95,7 @@ def spec_dtype(name):
     return DTYPE_NAMES[name]
 
 
-def test_spec_fields(monkeypatch):
-    from trt_gpt.kernels import kv_cache_spec
-
+def test_spec_fields():
     assert KVCacheSpec.from_name(None, torch.bfloat16).dtype == torch.bfloat16
     spec = KVCacheSpec.from_name("float16", torch.float32)
     assert spec.dtype == torch.float16 and spec.scales(0) is None and not spec.quantized
@@ -100,7 +103,6 @@ def test_spec_fields(monkeypatch):
         KVCacheSpec.from_name("int4", torch.float16)
     with pytest.raises(TrtGptError, match="takes no scales"):
         KVCacheSpec(torch.float16, k_scales=torch.ones(2))
-    monkeypatch.setattr(kv_cache_spec, "KERNELS_READ_8BIT", True)   # the fields 8-bit caches will use
     with pytest.raises(TrtGptError, match="needs a K and a V scale per layer"):
         KVCacheSpec.from_name("int8", torch.float16)
     q = KVCacheSpec(torch.int8, torch.tensor([0.5, 0.25]), torch.tensor([1.0, 2.0]))

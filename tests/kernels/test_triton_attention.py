@@ -252,3 +252,30 @@ def test_context_fp32_acc_reaches_the_prefill_kernel(monkeypatch):
         meta = type("M", (), {"is_decode": False, "num_seqs": 1})()
         backend.attention(torch.zeros(3, 2, 16), None, None, meta, 1.0)
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("heads,kv_heads", HEAD_CONFIGS, ids=HEAD_IDS)
+@pytest.mark.parametrize("step", ["decode", "prefill"])
+def test_8bit_cache_equals_the_reference(cache_dtype, heads, kv_heads, step):
+    """INT8 / FP8 caches with separate K and V scales: the kernels dequantize as each tile loads, as
+    `attention_ref` does through `kv_cache_spec.dequantize` (FP8 spare slots stay NaN-poisoned)."""
+    from trt_gpt.kernels.kv_cache_spec import quantize
+
+    ctx, ql = ([37, 5, 70], [1, 1, 1]) if step == "decode" else ([37, 20, 9], [37, 6, 9])
+    q, k_cache, v_cache, meta = make_case(heads, kv_heads, 32, 16, ctx, ql, torch.float32, seed=11)
+    ks, vs = torch.tensor([0.03], device=DEVICE), torch.tensor([0.011], device=DEVICE)
+    kq = quantize(k_cache.cpu(), cache_dtype, ks.cpu()).to(DEVICE)
+    vq = quantize(v_cache.cpu(), cache_dtype, vs.cpu()).to(DEVICE)
+    window = 24 if kv_heads == 2 else None
+    ref = paged_attention_ref(q, kq, vq, meta, 0.2, window, kv_scales=(ks, vs))
+    if step == "decode":
+        out = paged_decode_attention(q, kq, vq, meta, 0.2, window, out=poisoned(q), kv_scales=(ks, vs))
+    else:
+        out = paged_prefill_attention(q, kq, vq, meta, 0.2, window, out=poisoned(q), kv_scales=(ks, vs))
+    assert_close(out, ref, torch.float32)
+    # the dequantized cache is what was attended to: a float cache of those values gives the same output
+    float_out = paged_attention_triton(q, kq.float() * ks, vq.float() * vs, meta, 0.2, window)
+    assert_close(out, float_out, torch.float32)
+    with pytest.raises(ValueError, match="needs \\(K, V\\) scales"):
+        paged_attention_triton(q, kq, vq, meta, 0.2, window)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .common import check_device, err_console, out_console
+from .common import check_device, err_console, kv_cache_pool, out_console
 
 
 def bench_cmd(
@@ -69,7 +69,7 @@ def bench_cmd(
     llm = llm_factory(LLM)(engine_dir, device=device, max_batch_size=max_batch_size,
               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction, max_loras=max_loras)
     report: dict = {"engine_dir": str(engine_dir), "device": _device_name(llm.engine.device),
-                    "dtype": llm.cfg.dtype, "workload": wl.__dict__}
+                    "dtype": llm.cfg.dtype, "workload": wl.__dict__, "kv_cache": kv_cache_pool(llm)}
     loras = None
     if num_loras or lora_dir:
         from ..bench.lora_mix import setup_loras

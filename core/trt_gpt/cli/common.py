@@ -79,9 +79,18 @@ def write_output_file(path: Path, write: Callable[[object], None], newline: str 
         raise TrtGptError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def kv_cache_line(llm) -> str:
-    """The KV pool an `LLM` chose, in one line (tokens, blocks, bytes, device)."""
+def kv_cache_pool(llm) -> dict:
+    """The KV pool an `LLM` chose: storage dtype, capacity in tokens, blocks, bytes (an 8-bit cache holds
+    about twice the tokens of a 16-bit one in the same memory)."""
     c = llm.cache
     nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in c.layers)
-    return (f"kv cache: {c.num_blocks * c.block_size} tokens ({c.num_blocks} blocks of {c.block_size}), "
-            f"{human_bytes(nbytes)} on {llm.engine.device}")
+    return {"dtype": c.spec.name, "tokens": c.num_blocks * c.block_size, "blocks": c.num_blocks,
+            "block_size": c.block_size, "bytes": nbytes}
+
+
+def kv_cache_line(llm) -> str:
+    """The KV pool an `LLM` chose, in one line (tokens, blocks, bytes, device; an 8-bit cache says so)."""
+    p = kv_cache_pool(llm)
+    eight_bit = f" {p['dtype']}" if p["dtype"] in ("int8", "float8_e4m3fn") else ""
+    return (f"kv cache: {p['tokens']} tokens ({p['blocks']} blocks of {p['block_size']}), "
+            f"{human_bytes(p['bytes'])}{eight_bit} on {llm.engine.device}")

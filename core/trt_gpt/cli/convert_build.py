@@ -37,25 +37,38 @@ def convert_cmd(
     group_size: Optional[int] = typer.Option(None, "--group_size",
                                              help="INT4 group-wise scales every N input columns (AWQ: 128)."),
     awq: bool = typer.Option(False, "--awq", help="INT4 group-wise with AWQ's activation-aware scales."),
+    # ---- SmoothQuant W8A8 and the INT8 KV cache (calibrated)
+    smoothquant: Optional[float] = typer.Option(None, "--smoothquant",
+                                                help="SmoothQuant W8A8 with migration strength alpha in [0, 1]."),
+    per_token: bool = typer.Option(False, "--per_token",
+                                   help="SmoothQuant: per-token dynamic activation scales (default: static)."),
+    per_channel: bool = typer.Option(False, "--per_channel",
+                                     help="SmoothQuant: per-output-channel weight scales (default: per tensor)."),
+    int8_kv_cache: bool = typer.Option(False, "--int8_kv_cache",
+                                       help="An INT8 KV cache with calibrated per-layer K and V scales."),
     calib_dataset: Optional[Path] = typer.Option(None, "--calib_dataset",
-                                                 help="AWQ calibration text: .txt, or .jsonl with text/article."),
+                                                 help="Calibration text for --awq, --smoothquant, --int8_kv_cache: "
+                                                      ".txt, or .jsonl with text/article (default: built-in)."),
     calib_size: int = typer.Option(64, "--calib_size", help="Calibration windows."),
     calib_max_seq_length: int = typer.Option(512, "--calib_max_seq_length",
                                              help="Tokens per calibration window."),
 ) -> None:
     """Convert a HuggingFace or NeMo checkpoint into a (sharded) trt-gpt checkpoint."""
     from ..convert import convert
+    from ..quant.formats import smoothquant_config
     from ..quant.options import weight_only_config
 
     if (model_dir is None) == (nemo_ckpt_path is None):
         raise TrtGptError("convert: give exactly one of --model_dir or --nemo_ckpt_path")
     if tp_size < 1 or pp_size < 1:
         raise TrtGptError(f"convert: --tp_size ({tp_size}) and --pp_size ({pp_size}) must be positive")
-    quant = weight_only_config(use_weight_only, weight_only_precision, group_size, awq)
-    if calib_dataset is not None and not awq:
-        raise TrtGptError("convert: --calib_dataset is used by --awq only")
-    stats = _awq_stats(model_dir or nemo_ckpt_path, variant, calib_dataset, calib_size,
-                       calib_max_seq_length) if awq else None
+    quant = smoothquant_config(smoothquant, per_token, per_channel, int8_kv_cache,
+                               weight_only_config(use_weight_only, weight_only_precision, group_size, awq))
+    calibrated = quant is not None and needs_calibration(quant.quant_algo, quant.kv_cache_quant_algo)
+    if calib_dataset is not None and not calibrated:
+        raise TrtGptError("convert: --calib_dataset is used by --awq, --smoothquant and --int8_kv_cache only")
+    stats = calibration_stats(model_dir or nemo_ckpt_path, variant, calib_dataset, calib_size, calib_max_seq_length,
+                              max_samples=4096 if awq else 0) if calibrated else None
     with progress("convert") as step:
         res = convert(model_dir or nemo_ckpt_path, output_dir, dtype, variant, tp_size, pp_size, overwrite,
                       use_parallel_embedding, embedding_sharding_dim, quantization=quant, stats=stats, progress=step)
@@ -64,9 +77,16 @@ def convert_cmd(
                       f"{progress.elapsed:.1f}s")
 
 
-def _awq_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[Path], calib_size: int,
-               max_seq_length: int):
-    """Calibration statistics for AWQ, with a progress bar and a one-line summary."""
+def needs_calibration(quant_algo: str | None, kv_cache_quant_algo: str | None) -> bool:
+    """Whether a format needs activation statistics (weight-only round-to-nearest does not)."""
+    return kv_cache_quant_algo is not None or quant_algo in ("FP8", "W4A16_AWQ") or \
+        (quant_algo or "").startswith("W8A8_SQ_")
+
+
+def calibration_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[Path], calib_size: int,
+                      max_seq_length: int, max_samples: int = 0):
+    """Calibration statistics of the checkpoint's float model (`max_samples` input rows a layer for AWQ), with a
+    progress bar and a one-line summary."""
     import torch
     from rich.progress import Progress
 
@@ -76,7 +96,7 @@ def _awq_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("calibrate", total=calib_size)
-        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=4096,
+        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=max_samples,
                           variant=variant, device=device,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     err_console.print(stats.summary())
@@ -105,14 +125,16 @@ def config_cmd(
     output_path: Path = typer.Option(..., "--output_path", help="config.json to write."),
     # ---- weight-only quantization of the random weights
     quantization: Optional[str] = typer.Option(None, "--quantization",
-                                               help="w8a16, w4a16 (per channel; group-wise with --group_size) "
-                                                    "or w4a16_gptq (group-wise)."),
+                                               help="w8a16, w4a16 (per channel; group-wise with --group_size), "
+                                                    "w4a16_gptq (group-wise), w8a8_sq (SmoothQuant per token and "
+                                                    "channel) or fp8."),
     group_size: Optional[int] = typer.Option(None, "--group_size", help="INT4 group size (input columns)."),
+    kv_cache_dtype: Optional[str] = typer.Option(None, "--kv_cache_dtype", help="int8 or fp8: an 8-bit KV cache."),
 ) -> None:
     """Write a checkpoint config for a random-weight engine (benchmarking without a checkpoint)."""
-    from ..quant.options import config_quantization
+    from ..quant.formats import random_weights_config
 
-    quant = config_quantization(quantization, group_size)
+    quant = random_weights_config(quantization, group_size, kv_cache_dtype)
     if head_size is None and num_attention_heads > 0 and hidden_size % num_attention_heads:
         raise TrtGptError(f"config: --hidden_size {hidden_size} is not a multiple of --num_attention_heads "
                           f"{num_attention_heads}; give --head_size explicitly")

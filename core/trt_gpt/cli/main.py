@@ -17,6 +17,7 @@ from .bench import bench_cmd
 from .convert_build import build_cmd, config_cmd, convert_cmd
 from .demo import demo_cmd
 from .listing import plugins_app, variants_app
+from .quantize import quantize_cmd
 from .run import run_cmd
 from .serve import serve_cmd
 from .summarize import summarize_cmd
@@ -49,6 +50,7 @@ def make_app() -> typer.Typer:
     app.command("summarize")(summarize_cmd)
     app.command("demo")(demo_cmd)
     app.command("bench")(bench_cmd)
+    app.command("quantize")(quantize_cmd)
     app.command("serve")(serve_cmd)
     from ..plugins import get_plugins
 

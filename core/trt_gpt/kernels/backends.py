@@ -39,8 +39,13 @@ class AttentionBackend:
     rope_write_kv: Callable[..., torch.Tensor] | None = None
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-                  scale: float, sliding_window: int | None = None) -> torch.Tensor:
-        return self._attention(q, k_cache, v_cache, meta, scale, sliding_window)
+                  scale: float, sliding_window: int | None = None,
+                  kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`kv_scales`: this layer's (K, V) scales of an 8-bit cache (only backends that read one get them:
+        `KVCacheSpec.require_backend`)."""
+        if kv_scales is None:
+            return self._attention(q, k_cache, v_cache, meta, scale, sliding_window)
+        return self._attention(q, k_cache, v_cache, meta, scale, sliding_window, kv_scales=kv_scales)
 
 
 def _interpret_mode() -> bool:

@@ -8,14 +8,14 @@
                          = saturate(x / scale).to(dtype)                      fp8 e4m3 (saturate to +-448)
     dequantize(x_q, scale) = x_q.float() [* scale]
 
-They are defined once, here, in torch (`quantize`, `dequantize`). On the GPU the one place that quantizes
-is the Triton store helper `kv_store.store_kv` (called by every kernel that writes the cache: the K/V
-write, the fused RoPE + K/V write and the qkv GEMV's epilogue), and the one place that dequantizes is the
-attention kernels' K/V tile load. The kernels implement 16/32-bit caches only: `quantize`/`dequantize`
-define (and their tests check) the 8-bit semantics, but while `KERNELS_READ_8BIT` is False a spec of an
-8-bit dtype is refused with one line, so no engine runs an 8-bit cache through kernels that would not
-quantize. Turning 8-bit on means: scales from the checkpoint into `k_scales`/`v_scales`, the quantize in
-`kv_store.store_kv`, the dequantize in the decode and prefill kernels' K/V loads, and this flag.
+They are defined once, in torch: the 8-bit rounding is the linear layers' INT8 and FP8 definition
+(`int8_gemm_ref.quantize_int8`, `fp8_ref.quantize_fp8`), which `quantize` applies with a cache's scale.
+On the GPU the one place that quantizes is the Triton store helper `kv_store.store_kv` (called by every
+kernel that writes the cache: the K/V write, the fused RoPE + K/V write and the qkv GEMV's epilogue), and
+the one place that dequantizes is the attention kernels' K/V tile load (`triton_quant.dequantize_tile_bits`).
+The Triton K/V write, decode and prefill kernels read and write INT8 / FP8 caches; the fused RoPE + K/V
+write and the GEMV epilogue store float caches only, so an engine with an 8-bit cache composes RoPE with
+the K/V write and leaves the fused small-batch path (`TRITON_READS_8BIT`, `require_backend`).
 
 `write_kv_ref` is the torch write (CPU path and reference of the Triton writers): a step's K and V
 [tokens, kv_heads, head_dim] go to flat slots (block * block_size + offset) of caches
@@ -28,16 +28,25 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TrtGptError
+from .fp8_ref import quantize_fp8
+from .int8_gemm_ref import quantize_int8
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 EIGHT_BIT_DTYPES = (torch.int8, torch.float8_e4m3fn)
-KERNELS_READ_8BIT = False   # see the module docstring
-INT8_MAX = 127.0
-FP8_E4M3_MAX = 448.0
+TRITON_READS_8BIT = True   # see the module docstring
 # config spellings (BuildConfig.kv_cache_dtype, the reference's kv_cache_quant_algo) -> storage dtype
 DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                "float32": torch.float32, "fp32": torch.float32, "int8": torch.int8, "fp8": torch.float8_e4m3fn,
                "float8_e4m3fn": torch.float8_e4m3fn}
+
+
+def storage_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+    """The storage dtype a config's `kv_cache_dtype` names (None: `default`, the model dtype)."""
+    if name is None:
+        return default
+    if name not in DTYPE_NAMES:
+        raise TrtGptError(f"kv_cache_dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
 
 
 def quantize(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -51,10 +60,8 @@ def quantize(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | float | 
         raise ValueError(f"kv cache dtype {dtype} is not one of {FLOAT_DTYPES + EIGHT_BIT_DTYPES}")
     if scale is None:
         raise ValueError(f"a {dtype} cache needs a scale")
-    y = x.float() / scale
-    if dtype == torch.int8:
-        return torch.round(y).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return y.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(dtype)
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    return quantize_int8(x, scale) if dtype == torch.int8 else quantize_fp8(x, scale)
 
 
 def dequantize(x_q: torch.Tensor, scale: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -73,9 +80,6 @@ class KVCacheSpec:
     def __post_init__(self) -> None:
         if self.dtype not in FLOAT_DTYPES + EIGHT_BIT_DTYPES:
             raise TrtGptError(f"kv cache dtype {self.dtype} is not supported")
-        if self.quantized and not KERNELS_READ_8BIT:
-            raise TrtGptError(f"kv cache dtype {self.name}: 8-bit KV caches are not implemented by the attention "
-                              "kernels yet (use float16, bfloat16 or float32)")
         has = (self.k_scales is not None, self.v_scales is not None)
         if self.quantized and has != (True, True):
             raise TrtGptError(f"an 8-bit ({self.name}) kv cache needs a K and a V scale per layer")
@@ -86,12 +90,16 @@ class KVCacheSpec:
 
     @classmethod
     def from_name(cls, name: str | None, default: torch.dtype) -> "KVCacheSpec":
-        """The spec of a config's `kv_cache_dtype` (None: the model dtype)."""
-        if name is None:
-            return cls(default)
-        if name not in DTYPE_NAMES:
-            raise TrtGptError(f"kv_cache_dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
-        return cls(DTYPE_NAMES[name])
+        """The spec of a config's `kv_cache_dtype` (None: the model dtype; an 8-bit one needs its scales:
+        construct it with them, `runtime.engine.kv_cache_spec`)."""
+        return cls(storage_dtype(name, default))
+
+    def require_backend(self, backend: str) -> None:
+        """One-line TrtGptError when attention `backend` ("torch", "triton") cannot read this cache."""
+        if self.quantized and backend != "torch" and not TRITON_READS_8BIT:
+            raise TrtGptError(f"kv cache dtype {self.name}: the Triton attention kernels do not read 8-bit KV caches "
+                              f"yet; TRT_GPT_ATTENTION_BACKEND=torch runs this engine with the torch reference "
+                              "(slow), or build it with a float16/bfloat16 cache")
 
     @property
     def quantized(self) -> bool:

@@ -18,6 +18,7 @@ from ..env import env_setting, flag
 from .metadata import AttentionMetadata
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+EIGHT_BIT_CACHES = (torch.int8, torch.float8_e4m3fn)   # read through `kv_store.kernel_view` with scales
 
 PDL_ENV = "TRT_GPT_PDL"
 
@@ -123,7 +124,7 @@ def check_attention_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         raise ValueError(f"head_dim {head_dim} outside 16..256 is not supported by the Triton kernels")
     if block_size & (block_size - 1) or block_size < 1:
         raise ValueError(f"tokens_per_block must be a power of two, got {block_size}")
-    if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype not in SUPPORTED_DTYPES:
+    if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype not in SUPPORTED_DTYPES + EIGHT_BIT_CACHES:
         raise ValueError(f"unsupported dtypes q={q.dtype} cache={k_cache.dtype}")
     if q.stride(2) != 1 or k_cache.stride(3) != 1:
         raise ValueError("q and the caches must be contiguous in their last (head_dim) dimension")

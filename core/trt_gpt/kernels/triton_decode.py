@@ -19,9 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .kv_store import check_kv_scales, kernel_view
 from .metadata import AttentionMetadata
 from .triton_common import (check_attention_args, dot_precision, kv_tile_offsets, next_pow2, pdl_launch,
                             pdl_release, pdl_start, pdl_wait, use_pdl)
+from .triton_quant import dequantize_tile_bits
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128
@@ -88,7 +90,7 @@ def _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl
 # Step-varying ints are not specialised on (value 1 / divisible by 16): each new class would be a
 # Triton compile (~1 s) in the middle of serving.
 @triton.jit(do_not_specialize=["num_splits", "stride_pb", "stride_ph", "stride_ab", "stride_ah"])
-def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
+def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC, KS, VS,
                    sm_scale_log2, window,
                    stride_qb, stride_qh, stride_ob, stride_oh,
                    stride_kb, stride_kh, stride_kt, stride_bt,
@@ -96,7 +98,7 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                    num_splits, SPLIT: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   PDL: tl.constexpr):
+                   KV_KIND: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -139,6 +141,13 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
     newest = (kmask & (kpos == ctx - 1))[:, None] & dmask[None, :]
     k = tl.where(newest, tl.load(K + offs, mask=newest, other=0.0), k)
     v = tl.where(newest, tl.load(V + offs, mask=newest, other=0.0), v)
+    k_scale = 1.0
+    v_scale = 1.0
+    if KV_KIND != 0:   # an 8-bit cache: kv_cache_spec.dequantize, in q's dtype (the scales: weights-like)
+        k_scale = tl.load(KS)
+        v_scale = tl.load(VS)
+        k = dequantize_tile_bits(k, k_scale, KV_KIND).to(Q.dtype.element_ty)
+        v = dequantize_tile_bits(v, v_scale, KV_KIND).to(Q.dtype.element_ty)
     q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=rmask[:, None] & dmask[None, :], other=0.0)
 
@@ -154,6 +163,9 @@ def _decode_kernel(Q, K, V, BT, CTX, OUT, PM, PL, PACC,
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
         v = tl.load(V + offs, mask=lmask, other=0.0)
+        if KV_KIND != 0:
+            k = dequantize_tile_bits(k, k_scale, KV_KIND).to(Q.dtype.element_ty)
+            v = dequantize_tile_bits(v, v_scale, KV_KIND).to(Q.dtype.element_ty)
         m_i, l_i, acc = _attend_tile(q, k, v, kmask, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION, GROUP_PAD)
 
     if not SPLIT:
@@ -255,11 +267,13 @@ def choose_num_splits(batch: int, kv_heads: int, max_context_len: int, num_sms: 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            meta: AttentionMetadata, scale: float, sliding_window: int | None = None,
-                           num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                           num_splits: int | None = None, out: torch.Tensor | None = None,
+                           kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of one query token per sequence (q [B, H, D]) over the paged cache; returns [B, H, D].
 
     `num_splits` overrides the automatic context split (a CUDA graph needs it fixed across replays);
-    `out` lets a captured graph write into a static buffer.
+    `out` lets a captured graph write into a static buffer; `kv_scales`: this layer's (K, V) scales of an
+    INT8 / FP8 cache.
     """
     heads, kv_heads, head_dim, block_size = check_attention_args(q, k_cache, v_cache, meta)
     batch = q.shape[0]
@@ -286,15 +300,18 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         pacc = torch.empty(batch, heads, splits, block_d, device=q.device, dtype=torch.float32)
     else:
         pm = pl = pacc = out  # unused placeholders: the kernel writes `out` directly
+    kind = check_kv_scales(k_cache, kv_scales)
+    ks, vs = kv_scales if kv_scales is not None else (out, out)   # unused placeholders
     _decode_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, meta.block_tables, meta.context_lens, out, pm, pl, pacc,
+        q, kernel_view(k_cache), kernel_view(v_cache), meta.block_tables, meta.context_lens, out, pm, pl, pacc,
+        ks, vs,
         scale * LOG2E, sliding_window if use_window else 0,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         pm.stride(0), pm.stride(1), pacc.stride(0), pacc.stride(1), pacc.stride(2),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, num_splits=splits, SPLIT=splits > 1, USE_WINDOW=use_window,
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=dot_precision(q.dtype), KV_KIND=kind, num_warps=num_warps, num_stages=num_stages,
         PDL=use_pdl(q.device), **pdl_launch(q.device),
     )
     if splits > 1:

@@ -16,17 +16,20 @@ import torch
 import triton
 import triton.language as tl
 
+from .kv_store import check_kv_scales, kernel_view
 from .metadata import AttentionMetadata
 from .triton_common import check_attention_args, dot_precision, kv_tile_offsets, next_pow2
+from .triton_quant import dequantize_tile_bits
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask, t_start, t_end,
-                  sm_scale_log2, window, stride_kb, stride_kh, stride_kt,
+                  sm_scale_log2, window, stride_kb, stride_kh, stride_kt, k_scale, v_scale,
                   BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr,
-                  USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_ACC: tl.constexpr):
+                  USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_ACC: tl.constexpr,
+                  KV_KIND: tl.constexpr):
     for t in range(t_start, t_end):
         kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
         # Positions past ctx have no block-table entry; never dereference them.
@@ -35,6 +38,8 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
                                BLOCK_SIZE, BLOCK_N)
         lmask = kmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)
+        if KV_KIND != 0:   # an 8-bit cache: kv_cache_spec.dequantize, in q's dtype for the dot
+            k = dequantize_tile_bits(k, k_scale, KV_KIND).to(q.dtype)
         # Scores stay unscaled; the scale is folded into the exp2 argument below (one FMA per score).
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
@@ -50,6 +55,8 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + offs, mask=lmask, other=0.0)
+        if KV_KIND != 0:
+            v = dequantize_tile_bits(v, v_scale, KV_KIND).to(q.dtype)
         if FP32_ACC:
             pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         else:
@@ -62,13 +69,14 @@ def _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
 
 # n_q_tiles changes every step: not specialised on, so a new value never triggers a compile mid-serving.
 @triton.jit(do_not_specialize=["n_q_tiles"])
-def _prefill_kernel(Q, K, V, BT, CU, CTX, OUT,
+def _prefill_kernel(Q, K, V, BT, CU, CTX, OUT, KS, VS,
                     sm_scale_log2, window, n_q_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh,
                     stride_kb, stride_kh, stride_kt, stride_bt,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_ACC: tl.constexpr):
+                    USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, FP32_ACC: tl.constexpr,
+                    KV_KIND: tl.constexpr):
     # Launch the last (longest, under the causal mask) query tiles first so they do not form a tail.
     tile = n_q_tiles - 1 - tl.program_id(0)
     b = tl.program_id(1)
@@ -105,15 +113,23 @@ def _prefill_kernel(Q, K, V, BT, CU, CTX, OUT,
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         bt_row = BT + b * stride_bt
+        k_scale = 1.0
+        v_scale = 1.0
+        if KV_KIND != 0:
+            k_scale = tl.load(KS)
+            v_scale = tl.load(VS)
         acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
                                       t_lo, u0, sm_scale_log2, window, stride_kb, stride_kh, stride_kt,
-                                      BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION, FP32_ACC)
+                                      k_scale, v_scale, BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION, FP32_ACC,
+                                      KV_KIND)
         acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
                                       u0, u1, sm_scale_log2, window, stride_kb, stride_kh, stride_kt,
-                                      BLOCK_N, BLOCK_SIZE, False, USE_WINDOW, DOT_PRECISION, FP32_ACC)
+                                      k_scale, v_scale, BLOCK_N, BLOCK_SIZE, False, USE_WINDOW, DOT_PRECISION, FP32_ACC,
+                                      KV_KIND)
         acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, K, V, bt_row, kvh, qpos, ctx, offs_d, dmask,
                                       u1, t_hi, sm_scale_log2, window, stride_kb, stride_kh, stride_kt,
-                                      BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION, FP32_ACC)
+                                      k_scale, v_scale, BLOCK_N, BLOCK_SIZE, True, USE_WINDOW, DOT_PRECISION, FP32_ACC,
+                                      KV_KIND)
 
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(OUT + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -138,10 +154,12 @@ def _tile_config(head_dim_padded: int, max_q_len: int, device: torch.device) -> 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             meta: AttentionMetadata, scale: float, sliding_window: int | None = None,
-                            fp32_acc: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+                            fp32_acc: bool = True, out: torch.Tensor | None = None,
+                            kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal attention of packed query chunks q [T, H, D] over the paged cache; returns [T, H, D].
 
     `fp32_acc=False` accumulates each tile's P.V product in fp16 (fp16 inputs only; ignored otherwise).
+    `kv_scales`: this layer's (K, V) scales of an INT8 / FP8 cache.
     """
     heads, kv_heads, head_dim, block_size = check_attention_args(q, k_cache, v_cache, meta)
     if meta.cu_q_lens.dtype != torch.int32:
@@ -155,14 +173,17 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     block_m, block_n, num_warps, num_stages = _tile_config(block_d, meta.max_q_len, q.device)
     n_q_tiles = triton.cdiv(meta.max_q_len, block_m)
     use_window = sliding_window is not None and sliding_window > 0
+    kind = check_kv_scales(k_cache, kv_scales)
+    ks, vs = kv_scales if kv_scales is not None else (out, out)   # unused placeholders
     _prefill_kernel[(n_q_tiles, batch, heads)](
-        q, k_cache, v_cache, meta.block_tables, meta.cu_q_lens, meta.context_lens, out,
+        q, kernel_view(k_cache), kernel_view(v_cache), meta.block_tables, meta.cu_q_lens, meta.context_lens, out,
+        ks, vs,
         scale * LOG2E, sliding_window if use_window else 0, n_q_tiles,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=block_n, USE_WINDOW=use_window, DOT_PRECISION=dot_precision(q.dtype),
-        FP32_ACC=fp32_acc or q.dtype != torch.float16,
+        FP32_ACC=fp32_acc or q.dtype != torch.float16, KV_KIND=kind,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

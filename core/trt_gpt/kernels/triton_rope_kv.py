@@ -81,7 +81,7 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
         kv_head = tl.where(is_v, offs_h - HEADS - KV_HEADS, offs_h - HEADS)   # negative on q rows (masked)
         dst = slot_offset(slot, stride_cb, stride_ct, BLOCK_SIZE) + kv_head[:, None] * stride_ch + offs_d[None, :]
         # k was rounded to the qkv dtype above, as RotaryEmbedding followed by the cache write does.
-        store_kv(KC, VC, dst, y, y, mask & is_k[:, None], mask & is_v[:, None])
+        store_kv(KC, VC, dst, y, y, mask & is_k[:, None], mask & is_v[:, None], 1.0, 1.0, 0)
 
 
 def _check_args(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, positions: torch.Tensor,

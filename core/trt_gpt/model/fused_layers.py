@@ -119,6 +119,8 @@ class FusedLayers:
 
         if not all(lin.method.fused for _, lin in linears(model)):
             return None   # a weight format the fused kernels do not read (quantized layers take the module path)
+        if any(layer.attention.kv_scales is not None for layer in model.transformer.layers):
+            return None   # the GEMV epilogue's cache store writes float caches only (an 8-bit one: module path)
         from ..errors import TrtGptError
         from ..kernels.gemv_configs import load_env_configs
         try:

@@ -28,6 +28,10 @@ from .linear import make_linear, param_dtypes
 from .parallel import TPGroup
 
 
+# an 8-bit KV cache's per-layer scale parameters (checkpoint names under `transformer.layers.{i}.attention.`)
+KV_SCALE_PARAMS = ("k_cache_scaling_factor", "v_cache_scaling_factor")
+
+
 def attention_scale(cfg: ModelConfig, layer_idx: int) -> float:
     scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else \
         1.0 / (math.sqrt(cfg.head_size) * cfg.q_scaling)
@@ -48,18 +52,32 @@ class Attention(nn.Module):
                                cfg.attn_bias, tp, layer_idx)
         self.dense = make_linear(cfg, "dense", self.heads * cfg.head_size, cfg.hidden_size, cfg.attn_bias, tp,
                                  layer_idx)
+        # an 8-bit KV cache: this layer's own K and V scales (fp32 [1] each; kv_cache_spec.quantize)
+        self.param_dtypes: dict[str, torch.dtype | None] = {}
+        if cfg.quantization.kv_cache_quant_algo:
+            for name in KV_SCALE_PARAMS:
+                self.register_parameter(name, nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False))
+                self.param_dtypes[name] = torch.float32
+
+    @property
+    def kv_scales(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(K scale, V scale) of an 8-bit cache, None for a float one."""
+        if not self.param_dtypes:
+            return None
+        return self.k_cache_scaling_factor, self.v_cache_scaling_factor
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
                 rope: Any, backend: Any, window: int | None) -> torch.Tensor:
         q = self.cache_qkv(self.qkv(x), positions, meta, kv, rope, backend)
-        out = backend.attention(q, kv[0], kv[1], meta, self.scale, window)
+        out = backend.attention(q, kv[0], kv[1], meta, self.scale, window, kv_scales=self.kv_scales)
         return self.dense(out.reshape(-1, self.heads * self.head_size))
 
     def cache_qkv(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: tuple,
                   rope: Any, backend: Any) -> torch.Tensor:
         """Rotate q and k (RoPE models), write k and v into the cache; returns q [tokens, heads, head_size]."""
         d = self.head_size
-        fused = getattr(backend, "rope_write_kv", None)
+        scales = self.kv_scales
+        fused = getattr(backend, "rope_write_kv", None) if scales is None else None
         if rope is not None and fused is not None and getattr(rope, "style", None) == "neox":
             # one kernel instead of RoPE's ~16 small ones plus the cache write
             return fused(qkv, self.heads, self.kv_heads, d, positions, rope.cos, rope.sin, rope.dim,
@@ -70,7 +88,10 @@ class Attention(nn.Module):
         v = v.view(-1, self.kv_heads, d)
         if rope is not None:
             q, k = rope.apply(q, k, positions)
-        backend.write_kv(k, v, kv[0], kv[1], meta.slot_mapping)
+        if scales is None:
+            backend.write_kv(k, v, kv[0], kv[1], meta.slot_mapping)
+        else:
+            backend.write_kv(k, v, kv[0], kv[1], meta.slot_mapping, scales)
         return q
 
 

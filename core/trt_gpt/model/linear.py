@@ -106,7 +106,7 @@ def param_dtypes(model: nn.Module) -> dict[str, Any]:
     """Qualified parameter name -> fixed dtype (None: the model dtype) for every parameter of `model`."""
     out: dict[str, Any] = {}
     for mod_name, mod in model.named_modules():
-        fixed = getattr(mod, "param_dtypes", {}) if isinstance(mod, Linear) else {}
+        fixed = getattr(mod, "param_dtypes", None) or {}   # Linear's, and Attention's 8-bit KV scales
         for pname, _ in mod.named_parameters(recurse=False):
             out[f"{mod_name}.{pname}" if mod_name else pname] = fixed.get(pname)
     return out

@@ -40,7 +40,9 @@ class Quantizer(Protocol):
 
     def quantize(self, tensors: dict[str, torch.Tensor], cfg: ModelConfig,
                  stats: Any | None = None) -> dict[str, torch.Tensor]:
-        """One rank's float state dict (names local to its pipeline stage) -> the quantized state dict."""
+        """One rank's float state dict (names local to its pipeline stage) -> the quantized state dict.
+        (A quantizer with kv_cache_quant_algos also has `quantize_kv(tensors, cfg, stats)`, adding each
+        layer's KV-cache scales.)"""
 
 
 def registered_quantizers() -> list[tuple[Any, str]]:
@@ -103,6 +105,9 @@ def linear_method(cfg: ModelConfig, role: str, layer_idx: int | None) -> Any | N
 
 def quantize_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig, stats: Any | None = None,
                    where: str = "config.json") -> dict[str, torch.Tensor]:
-    """Apply the configured quantizer's offline transform to one rank's float state dict (identity if none)."""
+    """Apply the configured quantizers' offline transforms to one rank's float state dict: the weights'
+    (`quantize`), then the KV cache's (`quantize_kv`: its per-layer scales); identity where none is set."""
     q = quantizer_for(cfg.quantization, where)
-    return tensors if q is None else q.quantize(tensors, cfg, stats)
+    out = tensors if q is None else q.quantize(tensors, cfg, stats)
+    kvq = kv_quantizer_for(cfg.quantization, where)
+    return out if kvq is None else kvq.quantize_kv(out, cfg, stats)

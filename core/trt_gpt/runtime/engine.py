@@ -10,7 +10,7 @@ from ..checkpoint import engine_uses_random_weights, load_engine_config, load_ra
 from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
 from ..support import check_supported
-from ..kernels.kv_cache_spec import KVCacheSpec
+from ..kernels.kv_cache_spec import EIGHT_BIT_DTYPES, KVCacheSpec, storage_dtype
 from ..model import GPTForCausalLM, random_weights
 from ..model.parallel import TPGroup
 
@@ -40,8 +40,6 @@ class Engine:
         cfg.mapping = cfg.mapping.with_rank(rank)
         self.dtype = torch_dtype(cfg.dtype)
         check_supported(cfg, build, str(self.dir / "config.json"))
-        # what the KV cache stores (refused here, at load, where no kernel implements it)
-        self.kv_spec = KVCacheSpec.from_name(build.kv_cache_dtype, self.dtype)
         with torch.device("meta"):
             model = GPTForCausalLM(cfg, tp_group)
         if self.random_weights:
@@ -54,7 +52,11 @@ class Engine:
             raise TrtGptError(f"{self.dir}/rank{rank}.safetensors: missing tensor '{sorted(missing)[0]}'")
         model.load_state_dict(state, strict=True, assign=True)
         model.eval()
-        model.setup_runtime(self.device, build.max_seq_len, self._backend(context_fmha_fp32_acc))
+        # what the KV cache stores; an 8-bit cache is refused here, at load, by a backend that cannot read it
+        self.kv_spec = kv_cache_spec(model, build.kv_cache_dtype, self.dtype)
+        backend = self._backend(context_fmha_fp32_acc)
+        self.kv_spec.require_backend(backend.name)
+        model.setup_runtime(self.device, build.max_seq_len, backend)
         self.model = model
 
     def _backend(self, context_fp32_acc: bool):
@@ -63,6 +65,22 @@ class Engine:
     @property
     def kv_dtype(self) -> torch.dtype:
         return self.kv_spec.dtype
+
+
+def kv_cache_spec(model: GPTForCausalLM, kv_cache_dtype: str | None, model_dtype: torch.dtype) -> KVCacheSpec:
+    """The KV cache of a loaded model: `build_config.kv_cache_dtype`, else the checkpoint's
+    `kv_cache_quant_algo` (an 8-bit cache, with each layer's K and V scales), else the model's dtype."""
+    algo = model.cfg.quantization.kv_cache_quant_algo
+    name = kv_cache_dtype or (algo.lower() if algo else None)
+    dtype = storage_dtype(name, model_dtype)
+    if dtype not in EIGHT_BIT_DTYPES:
+        return KVCacheSpec(dtype)
+    attn = [layer.attention for layer in model.transformer.layers]
+    if not attn or attn[0].kv_scales is None:
+        raise TrtGptError(f"kv_cache_dtype {name}: the checkpoint has no KV-cache scales (quantize it with an "
+                          "8-bit KV cache: convert --int8_kv_cache or quantize --kv_cache_dtype)")
+    return KVCacheSpec(dtype, torch.cat([a.kv_scales[0] for a in attn]).float(),
+                       torch.cat([a.kv_scales[1] for a in attn]).float())
 
 
 def engine_attention_backend(device: torch.device, dtype: torch.dtype, context_fp32_acc: bool = True,
