@@ -9,13 +9,14 @@ import dataclasses
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .checkpoint import (atomic_output_dir, copy_tokenizer_files, load_checkpoint_config, load_rank, save_rank,
                          tokenizer_files_in, torch_dtype, write_json)
-from .config import BuildConfig, ModelConfig
+from .config import BuildConfig, ModelConfig, read_json
 from .convert import check_rank_tensors
 from .errors import TrtGptError
+from .lora.engine_dir import prepare_lora_build, read_loras, write_loras
 from .support import check_supported
 
 ENGINE_VERSION = "0.1"
@@ -23,19 +24,27 @@ ENGINE_VERSION = "0.1"
 
 def build(output_dir: str | Path, build_config: BuildConfig, checkpoint_dir: str | Path | None = None,
           model_config: ModelConfig | None = None, overwrite: bool = False,
-          progress: Callable[[str], None] | None = None, workers: int = 1) -> ModelConfig:
+          progress: Callable[[str], None] | None = None, workers: int = 1,
+          lora_dirs: Sequence[str | Path] | None = None, lora_ckpt_source: str | None = None) -> ModelConfig:
     """Build from a checkpoint dir, or from `model_config` alone (random weights drawn at load time).
 
-    `workers` > 1 builds that many ranks at a time in separate processes."""
+    `workers` > 1 builds that many ranks at a time in separate processes. `lora_dirs`: LoRA adapters (task
+    uids 0, 1, ... in order) in `lora_ckpt_source` format (None: detected), converted into lora/<uid>/."""
     cfg = model_config if model_config is not None else load_checkpoint_config(checkpoint_dir)
+    if checkpoint_dir is not None:
+        # the variant names the source modules of adapters (lora/targets.py), at build and at run time
+        cfg.extra.setdefault("variant", read_json(Path(checkpoint_dir) / "config.json").get("variant"))
+    prepare_lora_build(build_config, lora_dirs)
     build_config.validate(cfg, "build")
     check_supported(cfg, build_config, str(Path(checkpoint_dir) / "config.json") if checkpoint_dir else "build")
+    loras = read_loras(cfg, build_config, lora_dirs, lora_ckpt_source)
     if workers < 1:
         raise TrtGptError(f"build: --workers is {workers}, expected a positive integer")
     with atomic_output_dir(output_dir, overwrite) as tmp:
         if checkpoint_dir is not None:
             _build_ranks(Path(checkpoint_dir), tmp, cfg, workers, progress)
             copy_tokenizer_files(tokenizer_files_in(Path(checkpoint_dir)), tmp)
+        write_loras(tmp, loras, progress)
         d = cfg.to_dict()
         d["mapping"].pop("rank", None)
         engine = {"version": ENGINE_VERSION, "pretrained_config": d, "build_config": build_config.to_dict()}

@@ -156,6 +156,7 @@ class BuildConfig:
     max_beam_width: int = 1
     kv_cache_dtype: str | None = None     # None: model dtype
     max_lora_rank: int = 0
+    lora_target_modules: list[str] | None = None   # reference names (attn_qkv, mlp_4h_to_h, ...); None: all
     max_prompt_embedding_table_size: int = 0
     context_fmha: bool = True             # False: prompts run the unfused attention (`build --context_fmha disable`)
 

@@ -77,10 +77,15 @@ def register_quantizers(register: Callable[[Any], None]) -> None:
 def register_adapters(register: Callable[[Any], None]) -> None:
     """Add adapter formats (LoRA, prompt-tuning tables).
 
-    :param register: call ``register(adapter)`` where the adapter has ``name`` (the format, e.g. ``"peft"``),
-        ``kind`` (``"lora"`` or ``"prompt_table"``) and ``load(path, config)``. A build asking for LoRA
-        (``max_lora_rank``) or prompt tables (``max_prompt_embedding_table_size``) with no plugin of that kind
-        is refused.
+    :param register: call ``register(adapter)`` where the adapter has ``name`` (the format, e.g. ``"peft"``,
+        ``"nemo"``, ``"npy"``), ``kind`` (``"lora"`` or ``"prompt_table"``), ``description``, ``detect(path) ->
+        bool`` and ``load``: for ``"lora"``, ``load(path, config, name=None)`` returning a
+        :class:`trt_gpt.lora.canonical.LoraAdapter` (per layer and role A [r, in], B [out, r] and a scale, for
+        the whole model; :class:`trt_gpt.lora.canonical.LoraBuilder` places q/k/v pieces), optional
+        ``aliases`` (``--lora_ckpt_source`` names); for ``"prompt_table"``, ``load(path, config)`` returning
+        one float32 tensor [tasks, virtual tokens, hidden] (checked against the engine by
+        :mod:`trt_gpt.runtime.prompt_pool`), optional ``aliases``. A build asking for LoRA (``max_lora_rank``)
+        or prompt tables (``max_prompt_embedding_table_size``) with no plugin of that kind is refused.
     """
 
 

@@ -28,12 +28,14 @@ def save_tiny(model_cls: Any, config: Any, path: str | Path, seed: int = 0) -> A
 
 def engine_from_checkpoint(src: str | Path, workdir: str | Path, dtype: str = "float32", variant: str | None = None,
                            tp_size: int = 1, pp_size: int = 1, **build_kw: Any) -> Path:
-    """convert + build into `workdir/{ckpt,engine}`; returns the engine dir."""
+    """convert + build into `workdir/{ckpt,engine}`; returns the engine dir. `lora_dirs` and
+    `lora_ckpt_source` go to build, the rest to BuildConfig."""
     workdir = Path(workdir)
     convert(src, workdir / "ckpt", dtype=dtype, variant=variant, tp_size=tp_size, pp_size=pp_size, overwrite=True)
     build_kw.setdefault("max_input_len", 64)
     build_kw.setdefault("tokens_per_block", 16)
-    build(workdir / "engine", BuildConfig(**build_kw), checkpoint_dir=workdir / "ckpt", overwrite=True)
+    lora = {k: build_kw.pop(k) for k in ("lora_dirs", "lora_ckpt_source") if k in build_kw}
+    build(workdir / "engine", BuildConfig(**build_kw), checkpoint_dir=workdir / "ckpt", overwrite=True, **lora)
     return workdir / "engine"
 
 

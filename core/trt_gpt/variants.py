@@ -22,6 +22,9 @@ class VariantSpec:
 
     `weights(src, cfg)` yields `(canonical_name, tensor)` for the full model, Linear weights as
     [out_features, in_features], QKV fused as rows [q heads | k heads | v heads].
+    `weight_map(cfg)`, where given, is the declarative table (`weights.map_names` rows) from source tensor
+    names to canonical ones, separate q/k/v projections named `attention.q`/`.k`/`.v` (or `.kv`): adapter
+    loaders read a LoRA's target module names through it.
     """
     name: str
     description: str
@@ -33,6 +36,7 @@ class VariantSpec:
     hf_architectures: tuple[str, ...] = ()
     features: tuple[str, ...] = ()        # e.g. MHA, MQA, GQA, RoPE, sliding window, learned positions
     default_build: dict = field(default_factory=dict)
+    weight_map: Callable[[ModelConfig], list] | None = None
     hidden: bool = False                   # usable and detected, but listed only on request (test fixtures)
     plugin: str = ""                       # filled in by the registry
     distribution: str | None = None

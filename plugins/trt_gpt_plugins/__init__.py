@@ -10,6 +10,7 @@ import functools
 from trt_gpt.hookspecs import hookimpl
 
 from . import activations, positions, quantizers, sources
+from .adapters import lora_nemo, lora_peft, prompt_tables
 
 
 @hookimpl
@@ -39,8 +40,8 @@ def register_checkpoint_sources(register):
 
 @hookimpl
 def register_adapters(register):
-    from .adapters import prompt_tables
-
+    register(lora_peft.PeftLora())
+    register(lora_nemo.NemoLora())
     for fmt in prompt_tables.FORMATS:
         register(fmt)
 

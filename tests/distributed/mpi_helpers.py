@@ -80,11 +80,12 @@ class Case:
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
     micro_batches: int | None = None
     num_beams: int = 1
+    lora: int | None = None
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "engine": str(self.engine), "prompts": self.prompts, "n_greedy": self.n_greedy,
                 "llm_kwargs": self.llm_kwargs, "micro_batches": self.micro_batches,
-                "num_beams": self.num_beams}
+                "num_beams": self.num_beams, "lora": self.lora}
 
 
 KILLED_RCS = (6, 9, 134, 137)   # SIGABRT / SIGKILL, as mpich's mpirun or a shell reports them

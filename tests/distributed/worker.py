@@ -3,7 +3,7 @@ DistributedLLM; rank 0 scores and greedily generates the case's prompts and writ
 pytest side to compare with the single-rank engine. A case may inject a fault into one rank.
 
 usage: python worker.py SPEC.json   (SPEC: {"out": dir, "cases": [{name, engine, prompts, n_greedy,
-       llm_kwargs?, micro_batches?, num_beams?, fault?: {rank, at_call, mode: exit|hang|raise}}]})
+       llm_kwargs?, micro_batches?, num_beams?, lora?, fault?: {rank, at_call, mode: exit|hang|raise}}]})
 """
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def main(spec_path: str) -> None:
             llm.follow()
             continue
         prompts = case["prompts"]
-        scores = llm.score(prompts)
-        outs = llm.generate(prompts, SamplingParams(max_tokens=case["n_greedy"], num_beams=case.get("num_beams", 1)))
+        lora = case.get("lora")          # a LoRA task uid for every request (None: no adapter)
+        scores = llm.score(prompts, lora=lora) if lora is not None else llm.score(prompts)
+        outs = llm.generate(prompts, SamplingParams(max_tokens=case["n_greedy"], num_beams=case.get("num_beams", 1),
+                                                    lora=lora))
         llm.shutdown()
         save_file({f"p{i}": s.contiguous() for i, s in enumerate(scores)}, str(out / f"{case['name']}.safetensors"))
         results[case["name"]] = {"tokens": [o.token_ids for o in outs], "beams": [o.beams for o in outs],

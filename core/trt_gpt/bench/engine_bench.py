@@ -16,8 +16,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(llm: Any, wl: Workload, warmup: int = 2, progress: Callable[[int], None] | None = None) -> dict:
-    """Serve `wl` with `llm` (a trt_gpt LLM); every request generates exactly `output_len` tokens."""
+def run_engine(llm: Any, wl: Workload, warmup: int = 2, progress: Callable[[int], None] | None = None,
+               loras: list[str] | None = None) -> dict:
+    """Serve `wl` with `llm` (a trt_gpt LLM); every request generates exactly `output_len` tokens. With
+    `loras`, request i uses adapter loras[i % len(loras)] (bench/lora_mix.py)."""
     device = llm.engine.device
     params = SamplingParams(max_tokens=wl.output_len, min_tokens=wl.output_len, end_id=None)
     vocab = llm.cfg.vocab_size
@@ -25,7 +27,7 @@ def run_engine(llm: Any, wl: Workload, warmup: int = 2, progress: Callable[[int]
         # the same loop and concurrency as the timed run, so every kernel specialisation the timed run
         # needs (e.g. a one-sequence prefill at concurrency 1) is compiled before the clock starts
         run_engine(llm, dataclasses.replace(wl, num_requests=warmup, seed=wl.seed + 7, request_rate=None),
-                   warmup=0)
+                   warmup=0, loras=loras)
     prompts, arrivals = wl.prompts(vocab), wl.arrivals()
     limit = wl.concurrency or wl.num_requests
     timings: dict[int, RequestTiming] = {}
@@ -39,7 +41,8 @@ def run_engine(llm: Any, wl: Workload, warmup: int = 2, progress: Callable[[int]
     while done < wl.num_requests:
         now = time.perf_counter() - start
         while nxt < wl.num_requests and len(in_flight) < limit and arrivals[nxt] <= now:
-            seq = llm.add_request(prompts[nxt], params)
+            seq = llm.add_request(prompts[nxt], dataclasses.replace(params, lora=loras[nxt % len(loras)])
+                                  if loras else params)
             timings[seq.request_id] = RequestTiming(arrival=max(arrivals[nxt], now) if wl.request_rate else now)
             in_flight.add(seq.request_id)
             seqs.append(seq)

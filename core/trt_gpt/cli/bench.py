@@ -38,6 +38,11 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG with throughput and latency percentiles."),
+    # ---- LoRA adapter mix (docs/lora.md); the engine needs --max_lora_rank at build
+    num_loras: int = typer.Option(0, "--num_loras", help="Random adapters, requests round robin."),
+    lora_rank: int = typer.Option(16, "--lora_rank", help="Rank of the random adapters."),
+    lora_dir: Optional[list[Path]] = typer.Option(None, "--lora_dir", help="Real adapters instead."),
+    max_loras: Optional[int] = typer.Option(None, "--max_loras", help="Device slots (default 8)."),
 ) -> None:
     """Benchmark an engine: output tok/s, req/s, TTFT and TPOT percentiles, peak GPU memory."""
     from rich.progress import Progress
@@ -62,12 +67,18 @@ def bench_cmd(
     wl = Workload(num_requests, input_len, output_len, concurrency, request_rate)
     # under mpirun/srun, ranks > 0 serve rank 0 inside this call and exit; rank 0 benchmarks and prints
     llm = llm_factory(LLM)(engine_dir, device=device, max_batch_size=max_batch_size,
-              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction)
+              kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction, max_loras=max_loras)
     report: dict = {"engine_dir": str(engine_dir), "device": _device_name(llm.engine.device),
                     "dtype": llm.cfg.dtype, "workload": wl.__dict__, "kv_cache": kv_cache_pool(llm)}
+    loras = None
+    if num_loras or lora_dir:
+        from ..bench.lora_mix import setup_loras
+
+        loras, report["lora"] = setup_loras(llm, num_loras, lora_rank, lora_dir)
     with Progress(transient=True, console=err_console) as prog:
         task = prog.add_task("trt-gpt", total=num_requests)
-        report["trt_gpt"] = run_engine(llm, wl, warmup, progress=lambda d: prog.update(task, completed=d))
+        report["trt_gpt"] = run_engine(llm, wl, warmup, progress=lambda d: prog.update(task, completed=d),
+                                       loras=loras)
     if compare_hf:
         from ..bench.hf_bench import run_hf_isolated
 

@@ -3,7 +3,7 @@
 `--gemm_plugin`, `--gpt_attention_plugin` and `--lora_plugin` take `auto` or a dtype (checked against the
 engine's dtype: one engine runs in one dtype) or `disable`; `--context_fmha`, `--paged_kv_cache` and
 `--remove_input_padding` take `enable` or `disable`. `--lora_plugin` other than `disable` needs a LoRA
-plugin at build time. Where trt-gpt has exactly one way of doing the job
+plugin at build time and makes the engine take adapters (max_lora_rank 64 unless given; docs/lora.md). Where trt-gpt has exactly one way of doing the job
 (its own GEMMs and paged attention, a paged KV cache, packed tokens without padding), `disable` is refused
 with the reason; `--context_fmha disable` selects the unfused attention (the torch reference).
 """
@@ -52,6 +52,8 @@ class BuildSwitches:
             if value == "disable" and flag in ALWAYS_ON:
                 raise TrtGptError(f"{flag} disable is not available: {ALWAYS_ON[flag]}")
         if self.lora_plugin != "disable":
-            # LoRA reaches an engine through the adapter plugins' build options; none is part of this build
-            raise TrtGptError(f"--lora_plugin {self.lora_plugin}: no installed plugin adds LoRA to an engine")
+            from ..support import adapter_kinds
+
+            if "lora" not in adapter_kinds():
+                raise TrtGptError(f"--lora_plugin {self.lora_plugin}: no installed plugin adds LoRA to an engine")
         return self.context_fmha == "enable"

@@ -192,6 +192,13 @@ def build_cmd(
         help="Rows of the prompt-tuning table pool (tasks x virtual tokens of the tables loaded at once)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     workers: int = typer.Option(1, "--workers", help="Ranks built at a time, each in its own process."),
+    # ---- LoRA (docs/lora.md)
+    lora_dir: Optional[list[Path]] = typer.Option(None, "--lora_dir", help="LoRA adapters, task uids 0, 1, ... in order."),
+    max_lora_rank: int = typer.Option(0, "--max_lora_rank", help="Default 64 with --lora_dir or --lora_plugin."),
+    lora_target_modules: Optional[list[str]] = typer.Option(
+        None, "--lora_target_modules",
+        help="attn_qkv attn_q attn_k attn_v attn_dense mlp_h_to_4h mlp_gate mlp_4h_to_h (default: the adapters')."),
+    lora_ckpt_source: str = typer.Option("auto", "--lora_ckpt_source", help="hf (PEFT) or nemo; auto detects."),
 ) -> None:
     """Build an engine directory for the given limits."""
     from ..build import build
@@ -204,10 +211,12 @@ def build_cmd(
                          remove_input_padding).check(dtype)
     bc = BuildConfig(max_batch_size=max_batch_size, max_input_len=max_input_len, max_seq_len=max_seq_len,
                      max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block, max_beam_width=max_beam_width,
-                     context_fmha=fmha, max_prompt_embedding_table_size=max_prompt_embedding_table_size)
+                     context_fmha=fmha, max_lora_rank=max_lora_rank or (64 if lora_plugin != "disable" else 0),
+                     lora_target_modules=lora_target_modules or None,
+                     max_prompt_embedding_table_size=max_prompt_embedding_table_size)
     with progress("build") as step:
         cfg = build(output_dir, bc, checkpoint_dir=checkpoint_dir, model_config=cfg, overwrite=overwrite,
-                    progress=step, workers=workers)
+                    progress=step, workers=workers, lora_dirs=lora_dir, lora_ckpt_source=lora_ckpt_source)
     err_console.print(f"built engine → {output_dir}: {cfg.mapping.world_size} rank(s), max_batch_size "
                       f"{bc.max_batch_size}, max_input_len {bc.max_input_len}, max_seq_len {bc.max_seq_len}, "
                       f"{progress.elapsed:.1f}s")

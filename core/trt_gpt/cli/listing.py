@@ -38,19 +38,24 @@ def variants_list(as_json: bool = typer.Option(False, "--json", help="Machine-re
 
 @plugins_app.command("list")
 def plugins_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List loaded plugins: name, distribution, version, the hooks each implements and the quantization
-    algorithms it provides."""
+    """List loaded plugins: name, distribution, version, the hooks each implements, the quantization
+    algorithms and the adapter formats it provides."""
     from ..quant.registry import registered_quantizers
+    from ..support import registered_adapters
 
     infos = get_plugins().infos()
     algos: dict[str, list[str]] = {}
     for q, plugin in registered_quantizers():
         algos.setdefault(plugin, []).extend([*q.quant_algos, *(f"kv:{a}" for a in q.kv_cache_quant_algos)])
+    adapters: dict[str, list[str]] = {}   # plugin -> "kind:format" of each adapter format it registers
+    for item, plugin in registered_adapters():
+        adapters.setdefault(plugin, []).append(f"{item.kind}:{item.name}")
     if as_json:
-        print(json.dumps([{**dataclasses.asdict(i), "quantizers": algos.get(i.name, [])} for i in infos], indent=2))
+        print(json.dumps([{**dataclasses.asdict(i), "quantizers": algos.get(i.name, []),
+                           "adapters": adapters.get(i.name, [])} for i in infos], indent=2))
         return
-    table = Table("plugin", "distribution", "version", "hooks", "quantizers")
+    table = Table("plugin", "distribution", "version", "hooks", "quantizers", "adapters")
     for i in infos:
         table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks),
-                      ", ".join(algos.get(i.name, [])))
+                      ", ".join(algos.get(i.name, [])), ", ".join(adapters.get(i.name, [])))
     out_console.print(table)

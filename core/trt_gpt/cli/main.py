@@ -24,6 +24,7 @@ from .summarize import summarize_cmd
 
 # Flags that take several values after one flag, as the reference's argparse nargs='+' does.
 MULTI_VALUE_FLAGS = {"--input_text", "--stop_words", "--bad_words", "--num_prepend_vtokens"}
+MULTI_VALUE_FLAGS |= {"--lora_dir", "--lora_target_modules", "--lora_task_uids"}   # LoRA (docs/lora.md)
 
 
 def normalize_option(name: str) -> str:

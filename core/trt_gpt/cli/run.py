@@ -8,6 +8,7 @@ tokens and token-id rows to their last, as the reference does. Every beam is pri
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -94,6 +95,9 @@ def run_cmd(
                                         help="Accepted for the reference's commands; there is one runtime."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print ids and text as JSON."),
+    # ---- LoRA (docs/lora.md)
+    lora_task_uids: Optional[list[str]] = typer.Option(
+        None, "--lora_task_uids", help="The engine's LoRA task uid of each input (-1: none)."),
     # ---- prompt tuning (docs/prompt-tuning.md)
     prompt_table_path: Optional[Path] = typer.Option(
         None, "--prompt_table_path",
@@ -145,6 +149,12 @@ def run_cmd(
         end_id=end_id if end_id is not None else tok.eos_token_id, seed=random_seed,
         max_attention_window_size=max_attention_window_size)
     ids, params = apply_prompt_tuning(llm, ids, params, prompt_table_path, prompt_tasks, num_prepend_vtokens)
+
+    if lora_task_uids:
+        if len(lora_task_uids) != len(ids):
+            raise TrtGptError(f"--lora_task_uids: {len(lora_task_uids)} uids for {len(ids)} inputs (one per input)")
+        params = [dataclasses.replace(p, lora=u)
+                  for p, u in zip(params if isinstance(params, list) else [params] * len(ids), lora_task_uids)]
 
     def beams_of(out) -> list[list[int]]:
         return out.beams if out.beams is not None else [out.token_ids]

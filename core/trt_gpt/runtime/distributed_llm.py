@@ -47,6 +47,7 @@ class StageRunner:
         self.micro_batches = micro_batches or groups.mapping.pp_size
         self.steps = 0
         self.pending_copies: tuple[list[int], list[int]] = ([], [])   # rank 0: made since the last step
+        self.side_inputs = list(getattr(engine, "side_inputs", ()))     # LoRA slots (runtime/lora_pool.py)
 
     def __getattr__(self, name: str) -> Any:
         # everything but the call is the wrapped model's (config, layers, parameters)
@@ -63,7 +64,8 @@ class StageRunner:
         if hidden is not None:
             raise TrtGptError("a multi-rank engine takes token ids, not hidden states, from the executor")
         mbs = self.micro_batches if self.groups.mapping.pp_size > 1 else 1
-        plan = StepPlan(input_ids, positions, meta, logits_rows, window, mbs, copies=self.pending_copies)
+        plan = StepPlan(input_ids, positions, meta, logits_rows, window, mbs, copies=self.pending_copies,
+                        side=[v for s in self.side_inputs for v in s.wire()])
         self.pending_copies = ([], [])
         self.steps += 1
         with self.world.watchdog.guard(f"step {self.steps}"):
@@ -99,6 +101,9 @@ class StageRunner:
                     dist.broadcast(payload, 0, group=self.world.ctrl)
                     plan = StepPlan.decode(header, payload, self.world.device)
                     self.cache.copy_blocks(*plan.copies)
+                    rest = plan.side
+                    for s in self.side_inputs:
+                        rest = s.apply_wire(rest)
                     self.run(plan, kv_caches)
                 except Exception as e:
                     abort(f"step {self.steps} failed ({describe(e)})")

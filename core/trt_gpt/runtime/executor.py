@@ -197,6 +197,7 @@ class Executor:
         flight come from the previous step's picks: `prev_rows` maps id(sequence) -> its row there.
         The caller checks `graphs.fits` and that every sequence is greedy with no logits processor."""
         src: list[int] = []
+        self._stage_side_inputs(batch)
         out = self.graphs.run_greedy(lambda *views: self._pack_decode(batch, *views, src=src, prev_rows=prev_rows),
                                      len(batch), src)
         for seq, _ in batch:
@@ -210,7 +211,14 @@ class Executor:
         return self.engine.model(input_ids, positions, meta, self.cache.layers, logits_rows=logits_rows,
                                  window=window)
 
+    def _stage_side_inputs(self, batch: list[tuple[Sequence, int]]) -> None:
+        """Per-token inputs besides the tokens (LoRA slots: runtime/lora_pool.py) into their fixed device
+        columns, which the graphs and the eager path read."""
+        for side in getattr(self.engine, "side_inputs", ()):
+            side.stage(batch)
+
     def _run(self, batch: list[tuple[Sequence, int]], all_logits: bool, window: int | None) -> torch.Tensor:
+        self._stage_side_inputs(batch)
         g = self.graphs
         if g is not None and g.fits(len(batch), window) and all(n == 1 for _, n in batch):
             # Packed straight into the graph's pinned input mirror: no metadata tensors, one upload.

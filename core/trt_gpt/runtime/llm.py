@@ -17,6 +17,7 @@ from ..errors import TrtGptError
 from .engine import Engine
 from .executor import Executor
 from .kv_cache import PagedKVCache, plan_num_blocks
+from .lora_pool import LoraRequests
 from .overlap import OverlappedScheduler, PendingStep, overlap_ok
 from .prompt_pool import PromptTablePool, load_prompt_table
 from .sampler import BeamSearchState, RequestSamplingState, check_stops, process_and_sample, process_logits
@@ -62,7 +63,7 @@ class LLM:
                  vocab_file: str | Path | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  max_tokens_in_paged_kv_cache: int | None = None, max_batch_size: int | None = None,
                  max_num_tokens: int | None = None, context_fmha_fp32_acc: bool = True,
-                 prompt_tables: dict[str, str | Path] | None = None):
+                 prompt_tables: dict[str, str | Path] | None = None, max_loras: int | None = None):
         # context_fmha_fp32_acc=False: fp16 accumulation of P.V in the Triton prefill (the reference's default)
         self.engine = Engine(engine_dir, device, context_fmha_fp32_acc=context_fmha_fp32_acc)
         cfg, build = self.engine.cfg, self.engine.build
@@ -79,6 +80,10 @@ class LLM:
         self.cache = PagedKVCache(nlayers, blocks, kvh, build.tokens_per_block, cfg.head_size,
                                   self.engine.kv_spec, self.engine.device)
         self._setup_prompt_tables(prompt_tables)   # before the executor captures graphs reading the pool
+        # LoRA: the slot pool is attached to the layers before the executor captures its graphs
+        self.lora = LoraRequests.for_engine(self.engine, max_loras, max_num_tokens or build.max_num_tokens)
+        # per-token inputs besides the tokens (LoRA slots) the executor stages each step
+        self.engine.side_inputs = [self.lora] if self.lora is not None else []
         self.executor = Executor(self.engine, self.cache)
         self.overlap = OverlappedScheduler(self.executor) if OverlappedScheduler.enabled(self.executor) else None
         self.scheduler = Scheduler(self.cache, batch, max_num_tokens or build.max_num_tokens, build.max_seq_len)
@@ -208,26 +213,59 @@ class LLM:
         seq.overlap_ok = overlap_ok(seq)
         if ids != user_ids:
             seq.user_prompt_ids = user_ids
-        self._hold_table(seq)
-        self.scheduler.add(seq)
+        if self.lora is None and params.lora not in (None, -1, "-1"):
+            raise TrtGptError(f"sampling: 'lora' is {params.lora!r} but the engine was built without LoRA")
+        try:
+            self._hold_table(seq)
+            if self.lora is None or self.lora.admit(seq):   # else it waits for a LoRA slot (see step)
+                self.scheduler.add(seq)
+        except TrtGptError:
+            self._forget(seq)      # a bad request fails alone, holding nothing
+            raise
         return seq
+
+    def add_lora(self, name: str, path: str | Path, source: str | None = None) -> None:
+        """Load a LoRA adapter (PEFT dir, NeMo archive, ...) for requests naming it (`SamplingParams(lora=name)`);
+        the running engine keeps its graphs: the adapter goes into a slot of the preallocated pool when used."""
+        from ..lora.loading import load_lora
+
+        if self.lora is None:
+            raise TrtGptError("add_lora: the engine was built without LoRA (--max_lora_rank / --lora_dir at build)")
+        if self.cfg.mapping.world_size > 1:
+            raise TrtGptError("add_lora: a multi-rank engine takes the adapters given at build (--lora_dir) only")
+        self.lora.add(str(name), load_lora(path, self.cfg, self.build.max_lora_rank, self.lora.pool.roles, source,
+                                           name=str(name)))
+
+    def remove_lora(self, name: str) -> None:
+        if self.lora is None:
+            raise TrtGptError("remove_lora: the engine was built without LoRA")
+        self.lora.remove(str(name))
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a request now and return its cache blocks."""
         if seq.status is Status.FINISHED:
             return
         self.scheduler.release(seq)
-        self._drop_table(seq)
+        self._forget(seq)
         seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.scheduler.release(seq)
+        self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        """Release what a leaving request held: its LoRA slot, its prompt table."""
+        for side in self.engine.side_inputs:
+            side.forget(seq)
         self._drop_table(seq)
 
     @torch.inference_mode()  # the executor's logits are inference tensors; the sampler edits them in place
     def step(self) -> list[Sequence]:
         """Run one executor step; returns the requests that got a new token (or finished)."""
+        if self.lora is not None:
+            for seq in self.lora.ready():    # requests that waited for a LoRA slot
+                self.scheduler.add(seq)
         batch = self.scheduler.schedule()
         done: list[Sequence] = []
         la = self.overlap
@@ -385,14 +423,19 @@ class LLM:
 
     @torch.inference_mode()
     def score(self, token_lists: Seq[Seq[int]], prompt_table: str | None = None,
-              prompt_task: int | None = None) -> list[torch.Tensor]:
+              prompt_task: int | None = None, lora: str | int | None = None) -> list[torch.Tensor]:
         """float32 logits [len, vocab] at every position of each token list (one packed prefill); ids >=
-        vocab_size read `prompt_table` (task `prompt_task`) where given."""
-        sp = SamplingParams(max_tokens=1, prompt_table=prompt_table, prompt_task=prompt_task)
+        vocab_size read `prompt_table` (task `prompt_task`) where given, and the LoRA adapter `lora` (a name
+        or task uid) applies where given."""
+        sp = SamplingParams(max_tokens=1, prompt_table=prompt_table, prompt_task=prompt_task, lora=lora)
         seqs = [Sequence(prompt_ids=self._prompt_ids(self._encode(t), sp), params=sp) for t in token_lists]
         outs: list[torch.Tensor] = []
         try:
             for seq in seqs:
+                if self.lora is not None and not self.lora.admit(seq):
+                    raise TrtGptError("score: every LoRA slot is held by running requests")
+                if lora not in (None, -1, "-1") and self.lora is None:
+                    raise TrtGptError(f"score: lora {lora!r} given but the engine was built without LoRA")
                 if not self.scheduler.reserve_prompt(seq):
                     raise TrtGptError("score: the KV cache cannot hold this input")
             logits = self.executor.step([(s, len(s.prompt_ids)) for s in seqs], all_logits=True)
@@ -404,4 +447,5 @@ class LLM:
             for s in seqs:
                 self.cache.allocator.free(s.blocks)
                 s.blocks = []
+                self._forget(s)
         return outs

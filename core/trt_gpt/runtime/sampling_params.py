@@ -54,6 +54,8 @@ class SamplingParams:
       prompt_table / prompt_task: the prompt-tuning table (a name given to `LLM.add_prompt_table`) and its
         task (default 0) that the prompt's virtual ids (vocab_size + k: row k) read.
       return_logits: return the generation logits along with the tokens.
+      lora: the LoRA adapter of this request: a name given to `LLM.add_lora`, or the task uid of an
+        adapter built into the engine (int or digits; -1 or None = no adapter).
     """
 
     max_tokens: int = 16
@@ -76,6 +78,7 @@ class SamplingParams:
     prompt_table: str | None = None
     prompt_task: int | None = None
     return_logits: bool = False
+    lora: str | int | None = None
 
     # ---- derived flags used by the sampler to skip work on default rows ----
 

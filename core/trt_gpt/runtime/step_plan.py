@@ -14,8 +14,8 @@ from ..kernels.metadata import AttentionMetadata
 
 OP_STOP, OP_STEP = 0, 1
 # header: op, tokens, seqs, block-table width, logits rows (-1: all), window (-1: none), max_q_len,
-# max_context_len, micro-batches, block copies
-HEADER_LEN = 10
+# max_context_len, micro-batches, block copies, side-input entries
+HEADER_LEN = 11
 
 
 @dataclass
@@ -30,6 +30,9 @@ class StepPlan:
     token_start: int = 0              # where this (micro-)batch's tokens sit in the whole step
     # KV blocks src[i] -> dst[i] that the other ranks copy before running the step
     copies: tuple[list[int], list[int]] = dataclasses.field(default_factory=lambda: ([], []))
+    # the step's per-token side inputs as rank 0 staged them (LoRA slots and slot owners:
+    # lora_pool.LoraManager.wire), for the other ranks to stage before running the step
+    side: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -45,25 +48,26 @@ class StepPlan:
         b, w = m.block_tables.shape
         rows = -1 if self.logits_rows is None else self.num_rows
         header = torch.tensor([OP_STEP, self.num_tokens, b, w, rows, -1 if self.window is None else self.window,
-                               m.max_q_len, m.max_context_len, self.micro_batches, len(self.copies[0])],
-                              dtype=torch.int64)
+                               m.max_q_len, m.max_context_len, self.micro_batches, len(self.copies[0]),
+                               len(self.side)], dtype=torch.int64)
         parts = [self.input_ids, self.positions, m.slot_mapping, m.cu_q_lens, m.context_lens, m.block_tables.flatten()]
         if self.logits_rows is not None:
             parts.append(self.logits_rows)
         parts += [torch.tensor(c, dtype=torch.int64) for c in self.copies]
+        parts.append(torch.tensor(self.side, dtype=torch.int64))
         payload = torch.cat([p.to("cpu", torch.int64) for p in parts])
         return header, payload
 
     @staticmethod
     def payload_len(header: torch.Tensor) -> int:
-        _, t, b, w, rows, *_, copies = header.tolist()
-        return 3 * t + (b + 1) + b + b * w + max(rows, 0) + 2 * copies
+        _, t, b, w, rows, *_, copies, side = header.tolist()
+        return 3 * t + (b + 1) + b + b * w + max(rows, 0) + 2 * copies + side
 
     @classmethod
     def decode(cls, header: torch.Tensor, payload: torch.Tensor, device: torch.device) -> "StepPlan":
-        _, t, b, w, rows, window, max_q, max_ctx, mbs, copies = header.tolist()
-        sizes = [t, t, t, b + 1, b, b * w, max(rows, 0), copies, copies]
-        ids, pos, slots, cu, ctx, tables, lrows, src, dst = payload.split(sizes)
+        _, t, b, w, rows, window, max_q, max_ctx, mbs, copies, nside = header.tolist()
+        sizes = [t, t, t, b + 1, b, b * w, max(rows, 0), copies, copies, nside]
+        ids, pos, slots, cu, ctx, tables, lrows, src, dst, side = payload.split(sizes)
         cu_host, ctx_host = cu.tolist(), ctx.tolist()
         meta = AttentionMetadata(
             cu_q_lens=cu.to(device, torch.int32), context_lens=ctx.to(device, torch.int32),
@@ -71,7 +75,7 @@ class StepPlan:
             max_q_len=max_q, max_context_len=max_ctx,
             q_lens_host=[cu_host[i + 1] - cu_host[i] for i in range(b)], context_lens_host=ctx_host)
         return cls(ids.to(device), pos.to(device), meta, lrows.to(device) if rows >= 0 else None,
-                   None if window < 0 else window, mbs, copies=(src.tolist(), dst.tolist()))
+                   None if window < 0 else window, mbs, copies=(src.tolist(), dst.tolist()), side=side.tolist())
 
     # ------------------------------------------------------------------ micro-batches
     def split(self) -> list["StepPlan"]:

@@ -84,4 +84,5 @@ def register_variants(register):
         source_formats=("hf",),
         hf_architectures=ARCHS,
         features=("MHA", "learned positions", "tied/untied lm_head"),
+        weight_map=lambda cfg: WEIGHT_MAP,
     ))

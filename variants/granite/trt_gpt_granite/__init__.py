@@ -20,7 +20,7 @@ from trt_gpt.errors import TrtGptError
 from trt_gpt.hookspecs import hookimpl
 from trt_gpt.sources import SourceCheckpoint
 from trt_gpt.variants import VariantSpec
-from trt_gpt_starcoder import bigcode_weights, is_gpt_bigcode
+from trt_gpt_starcoder import bigcode_table, bigcode_weights, is_gpt_bigcode
 from trt_gpt_starcoder import load_config as bigcode_load_config
 from trt_gpt_starcoder.common import Table, canonical_stream
 
@@ -128,4 +128,5 @@ def register_variants(register: Callable[[VariantSpec], None]) -> None:
         hf_architectures=ARCHS + ("GPTBigCodeForCausalLM",),
         features=("GQA", "MQA", "MHA", "RoPE", "RMSNorm", "SwiGLU", "multipliers",
                   "learned positions (20B/34B code)"),
+        weight_map=lambda cfg: bigcode_table(cfg) if cfg.extra.get("variant_layout") == "gpt_bigcode" else GRANITE_TABLE,
     ))

@@ -24,7 +24,7 @@ from trt_gpt.errors import TrtGptError
 from trt_gpt.hookspecs import hookimpl
 from trt_gpt.sources import SourceCheckpoint
 from trt_gpt.variants import VariantSpec
-from trt_gpt_starcoder import bigcode_config, bigcode_weights, is_gpt_bigcode
+from trt_gpt_starcoder import bigcode_config, bigcode_table, bigcode_weights, is_gpt_bigcode
 from trt_gpt_starcoder.common import Table, canonical_stream
 
 ORIGINAL_ARCHS = ("GPT2LMHeadCustomModel", "GPT2CustomModel")
@@ -109,6 +109,11 @@ def weights(src: SourceCheckpoint, cfg: ModelConfig) -> Iterator[tuple[str, torc
     return canonical_stream(src, cfg, original_table(_is_conv1d(src, cfg)), fuse=("q", "kv"))
 
 
+def weight_map(cfg: ModelConfig) -> Table:
+    """The name table of the layout `cfg` was converted from (the Conv1D transposes do not rename)."""
+    return bigcode_table(cfg) if cfg.extra.get("variant_layout") == "gpt_bigcode" else original_table(True)
+
+
 @hookimpl
 def register_variants(register: Callable[[VariantSpec], None]) -> None:
     register(VariantSpec(
@@ -121,4 +126,5 @@ def register_variants(register: Callable[[VariantSpec], None]) -> None:
         source_formats=("hf",),
         hf_architectures=ORIGINAL_ARCHS + ("GPTBigCodeForCausalLM",),
         features=("MQA", "learned positions", "tied lm_head"),
+        weight_map=weight_map,
     ))

@@ -113,4 +113,5 @@ def register_variants(register: Callable[[VariantSpec], None]) -> None:
         source_formats=("hf",),
         hf_architectures=ARCHS,
         features=("MQA", "MHA", "learned positions", "tied/untied lm_head"),
+        weight_map=bigcode_table,
     ))

@@ -80,6 +80,9 @@ WEIGHT_MAP = [
     (r"lm_head\.weight", r"lm_head.weight", None),
 ]
 QKV_RE = re.compile(L + r"self_attn\.[qkv]_proj\.(weight|bias)$")
+# the q/k/v pieces by name, for adapter loaders (the weights themselves are fused by _fused_qkv)
+NAME_MAP = WEIGHT_MAP + [(L + r"self_attn\.(q|k|v)_proj\.(weight|bias)", r"transformer.layers.\1.attention.\2.\3",
+                          None)]
 
 
 def _fused_qkv(src: SourceCheckpoint, names: set[str], cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
@@ -115,4 +118,5 @@ def register_variants(register):
         source_formats=("hf",),
         hf_architectures=ARCHS,
         features=("GQA", "RoPE", "sliding window", "bias on/off", "tied/untied lm_head"),
+        weight_map=lambda cfg: NAME_MAP,
     ))

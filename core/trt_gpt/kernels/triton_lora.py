@@ -1,0 +1,106 @@
+"""Multi-LoRA segmented gather-matmul in Triton: each token applies the adapter in its pool slot.
+
+The step's tokens are grouped by slot on the host (`lora_ref.segments`: a permutation `perm` listing the
+tokens of slot 0, then slot 1, ..., and `seg[s]:seg[s + 1]` the range of slot s in it; tokens without an
+adapter are in no segment). Two kernels, as S-LoRA/Punica's SGMV: `shrink` computes v = x A[s]^T for a
+chunk of up to BLOCK_T tokens of one segment (a tensor-core dot, A[s] read once per chunk, not per token)
+and `expand` adds v B[s]^T into those tokens' rows of y. The grid is fixed by the step's token count and
+the number of slots (programs whose chunk is past their segment's end exit at once), so the kernels
+take no host synchronisation and keep one shape per step size: capturable in the decode CUDA graphs while
+adapters come and go (the graphs read `perm` and `seg` from fixed buffers the step writes).
+
+Same function as `lora_ref.lora_add_ref` (float32 accumulation; fp32 inputs multiply in IEEE fp32, not
+TF32; one rounding to y's dtype).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .lora_ref import check_lora_args
+
+BLOCK_T = 16
+
+
+@triton.jit
+def _shrink_kernel(X, PERM, SEG, A, V, K, stride_x, stride_as, stride_ar, stride_v,
+                   R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    s = tl.program_id(0)
+    start = tl.load(SEG + s) + tl.program_id(1) * BLOCK_T
+    end = tl.load(SEG + s + 1)
+    if start < end:
+        t = start + tl.arange(0, BLOCK_T)
+        tmask = t < end
+        rows = tl.load(PERM + t, mask=tmask, other=0).to(tl.int64)
+        r = tl.arange(0, R)
+        base = A + s.to(tl.int64) * stride_as
+        acc = tl.zeros((BLOCK_T, R), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < K
+            x = tl.load(X + rows[:, None] * stride_x + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
+            a = tl.load(base + r[None, :] * stride_ar + k[:, None], mask=kmask[:, None], other=0.0)   # [K, R]
+            if IEEE:
+                acc += tl.dot(x, a.to(x.dtype), input_precision="ieee")
+            else:
+                acc += tl.dot(x, a.to(x.dtype))
+        tl.store(V + rows[:, None] * stride_v + r[None, :], acc, mask=tmask[:, None])
+
+
+@triton.jit
+def _expand_kernel(V, PERM, SEG, B, Y, N, stride_v, stride_bs, stride_bn, stride_y, CHUNKS,
+                   R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    pid = tl.program_id(0)
+    s = pid // CHUNKS
+    start = tl.load(SEG + s) + (pid % CHUNKS) * BLOCK_T
+    end = tl.load(SEG + s + 1)
+    if start < end:
+        t = start + tl.arange(0, BLOCK_T)
+        tmask = t < end
+        rows = tl.load(PERM + t, mask=tmask, other=0).to(tl.int64)
+        r = tl.arange(0, R)
+        v = tl.load(V + rows[:, None] * stride_v + r[None, :], mask=tmask[:, None], other=0.0)   # fp32 [T, R]
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = n < N
+        b = tl.load(B + s.to(tl.int64) * stride_bs + n[None, :] * stride_bn + r[:, None], mask=nmask[None, :],
+                    other=0.0)                                                                      # [R, N]
+        if IEEE:
+            acc = tl.dot(v, b, input_precision="ieee")
+        else:
+            # v rounded to the adapter's 16-bit type, as a 16-bit PEFT model's lora_A output is
+            acc = tl.dot(v.to(b.dtype), b)
+        yp = Y + rows[:, None] * stride_y + n[None, :]
+        m = tmask[:, None] & nmask[None, :]
+        y = tl.load(yp, mask=m, other=0.0).to(tl.float32)
+        tl.store(yp, (y + acc).to(Y.dtype.element_ty), mask=m)
+
+
+def lora_add(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, seg: torch.Tensor, a: torch.Tensor,
+             b: torch.Tensor) -> torch.Tensor:
+    """y[t] += B[s] @ (A[s] @ x[t]) in place for every token t in slot s's segment; returns y.
+
+    x [T, in], y [T, out] (row stride free, unit column stride), `perm` int32 (>= the segments' total
+    entries), `seg` int32 [slots + 1], A [slots, R, in], B [slots, out, R] contiguous, R a power of two >= 16
+    (the pool pads ranks)."""
+    check_lora_args(x, y, perm, a, b)
+    t, k = x.shape
+    slots, r = a.shape[0], a.shape[1]
+    n = b.shape[1]
+    if seg.shape[0] != slots + 1:
+        raise ValueError(f"lora: seg has {seg.shape[0]} entries for {slots} slots")
+    if r < 16 or r & (r - 1):
+        raise ValueError(f"lora: pool rank {r} must be a power of two >= 16")
+    if t == 0:
+        return y
+    x = x if x.stride(1) == 1 else x.contiguous()
+    v = torch.empty(t, r, device=x.device, dtype=torch.float32)
+    chunks = triton.cdiv(t, BLOCK_T)
+    ieee = x.dtype == torch.float32
+    _shrink_kernel[(slots, chunks)](x, perm, seg, a, v, k, x.stride(0), a.stride(0), a.stride(1), v.stride(0),
+                                    R=r, BLOCK_T=BLOCK_T, BLOCK_K=64, IEEE=ieee)
+    block_n = 64
+    _expand_kernel[(slots * chunks, triton.cdiv(n, block_n))](v, perm, seg, b, y, n, v.stride(0), b.stride(0),
+                                                               b.stride(1), y.stride(0), chunks, R=r, BLOCK_T=BLOCK_T,
+                                                               BLOCK_N=block_n, IEEE=ieee)
+    return y
