@@ -71,12 +71,12 @@ GEMV_CONFIGS: dict[tuple[int, int, int], GemvConfig] = {
 
 
 # Per-GPU tables, keyed by a substring of the CUDA device name, consulted before GEMV_CONFIGS (the H100's).
-# "H200": tune_decode.py on an NVIDIA H200 (triton 3.6, fp16, batch-1 decode graph; 70 s a model, 2026-12-02):
+# "H200": tune_decode.py on an NVIDIA H200 (triton 3.6, fp16, batch-1 decode graph; 70 s a model):
 # step 0.929 -> 0.901 ms (SantaCoder-1B), 0.449 -> 0.444 ms (GPT-2 medium). Raw trials:
-# benchmarks/results/h200/run1_pre_split/. SantaCoder's lm_head was not reached within the budget.
-# GPT-2 medium re-tuned in the seventh session on the current graph (one-split attention, host picks, staged
-# inputs), with the PDL release point and the prefetch depth as tuned dimensions (150 s, two rounds): step
-# 0.4216 -> 0.3898 ms; raw trials benchmarks/results/h200/run5/tuned3-trials.json.
+# benchmarks/results/h200/2026-12-02-gemv-tune/. SantaCoder's lm_head was not reached within the budget.
+# GPT-2 medium re-tuned on the graph with one-split attention, host picks and staged
+# inputs, with the PDL release point and the prefetch depth as tuned dimensions (150 s, two rounds): step
+# 0.4216 -> 0.3898 ms; raw trials benchmarks/results/h200/2026-12-02-staged-inputs/tuned3-trials.json.
 DEVICE_GEMV_CONFIGS: dict[str, dict[tuple[int, int, int], GemvConfig]] = {
     "H200": {
         (1, 2304, 2048): GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1),   # santacoder qkv

@@ -54,7 +54,7 @@ ONE_TILE_WARPS = 8
 # registers instead of tensor-core dots over a group padded to 16 rows (15 of them padding): the dots
 # move the K and V tiles through shared memory into the MMA operand layout after `gdc_wait`. H200,
 # GPT-2 medium's batch-1 decode graph (one 256 x 64 tile a head): 0.3935 -> 0.3718 ms a step
-# (tune_decode.py --mha-ab; docs/benchmarks.md, eighth session). Measured at batch 1 only; MHA steps of
+# (tune_decode.py --mha-ab; docs/benchmarks.md, "How the decode step is built"). Measured at batch 1 only; MHA steps of
 # more rows take it too (each program still holds one head's tile).
 MHA_WITHOUT_DOT = True
 

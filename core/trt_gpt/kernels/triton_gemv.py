@@ -277,7 +277,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
         # The second K tile before the wait too: the whole [BLOCK_N, 2 * BLOCK_K] slice streams in under
         # the previous kernels, while the x tiles and the fp32 products after the wait stay one tile wide
         # (a [BLOCK_N, 2 * BLOCK_K] tile would double those registers too). H200, GPT-2 medium's fc
-        # (K = 2 x 512): part of the 0.4216 -> 0.3898 ms step of docs/benchmarks.md (seventh session).
+        # (K = 2 x 512): part of the GPT-2 medium re-tune on the H200 (step 0.4216 -> 0.3898 ms;
+        # benchmarks/results/h200/2026-12-02-staged-inputs).
         w_second = _load_k(w_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
         if GATED:
             g_second = _load_k(g_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
