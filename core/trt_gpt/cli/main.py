@@ -142,13 +142,22 @@ def _run(args: list[str]) -> int:
         return 1
 
 
+# variables every supported launcher (mpirun: MPICH/Open MPI/MVAPICH, srun's PMI, torchrun) sets in a rank
+_LAUNCHER_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_STEP_ID", "WORLD_SIZE")
+
+
 def _exit(code: int) -> None:
     """Exit; under a multi-rank launch, with every rank ending on rank 0's code (`distributed.exit_after_run`)."""
     dist_llm = sys.modules.get("trt_gpt.runtime.distributed_llm")
     if dist_llm is not None and code != 0:
         dist_llm.release_followers(code)
     dist_mod = sys.modules.get("trt_gpt.distributed")
-    if dist_mod is None or (getattr(dist_mod, "_WORLD", None) is None and code == 0):
+    # the native-teardown-free exit is for processes a launcher started (a failing rank must leave MPI
+    # unfinalized for mpirun to fail the job); a plain process, or `main()` called in-process by a test
+    # or a script, exits normally
+    launched = dist_mod is not None and (getattr(dist_mod, "_WORLD", None) is not None
+                                         or any(v in os.environ for v in _LAUNCHER_VARS))
+    if not launched:
         sys.exit(code)
     dist_mod.exit_after_run(code)
 
