@@ -52,38 +52,27 @@ def registered_quantizers() -> list[tuple[Any, str]]:
     return [(r.item, r.plugin) for r in get_plugins().collect("register_quantizers")]
 
 
-def _claiming(attr: str, algo: str) -> Any | None:
+def _implementing(field: str, attr: str, algo: str | None, where: str) -> Any | None:
+    """The registered quantizer listing `algo` in its `attr`, None for no algorithm, else a one-line error
+    naming the config field and what the loaded plugins implement."""
+    if not algo:
+        return None
     for q, _plugin in registered_quantizers():
         if algo in getattr(q, attr, ()):
             return q
-    return None
-
-
-def _known(attr: str) -> str:
     names = sorted({a for q, _ in registered_quantizers() for a in getattr(q, attr, ())})
-    return ", ".join(names) if names else "none"
+    raise TrtGptError(f"{where}: quantization.{field} '{algo}' is not implemented by any loaded plugin "
+                      f"(implemented: {', '.join(names) if names else 'none'})")
 
 
 def quantizer_for(qcfg: QuantConfig, where: str = "config.json") -> Any | None:
     """The quantizer implementing `qcfg.quant_algo` (None when the weights are not quantized)."""
-    if not qcfg.quant_algo:
-        return None
-    q = _claiming("quant_algos", qcfg.quant_algo)
-    if q is None:
-        raise TrtGptError(f"{where}: quantization.quant_algo '{qcfg.quant_algo}' is not implemented by any loaded "
-                          f"plugin (implemented: {_known('quant_algos')})")
-    return q
+    return _implementing("quant_algo", "quant_algos", qcfg.quant_algo, where)
 
 
 def kv_quantizer_for(qcfg: QuantConfig, where: str = "config.json") -> Any | None:
     """The quantizer implementing `qcfg.kv_cache_quant_algo` (None for a cache in the model's dtype)."""
-    if not qcfg.kv_cache_quant_algo:
-        return None
-    q = _claiming("kv_cache_quant_algos", qcfg.kv_cache_quant_algo)
-    if q is None:
-        raise TrtGptError(f"{where}: quantization.kv_cache_quant_algo '{qcfg.kv_cache_quant_algo}' is not implemented "
-                          f"by any loaded plugin (implemented: {_known('kv_cache_quant_algos')})")
-    return q
+    return _implementing("kv_cache_quant_algo", "kv_cache_quant_algos", qcfg.kv_cache_quant_algo, where)
 
 
 def excluded(qcfg: QuantConfig, role: str, layer_idx: int | None) -> bool:
