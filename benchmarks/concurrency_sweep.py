@@ -80,7 +80,8 @@ def plot_sweep(reports: list[dict], png: Path) -> None:
 def run_sweep(args: argparse.Namespace, bench_args: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for c in args.concurrency:
-        cmd = ["trt-gpt", "bench", "--engine_dir", str(args.engine_dir), "--num_requests", str(args.num_requests),
+        n = max(16, args.requests_per_concurrency * c) if args.requests_per_concurrency else args.num_requests
+        cmd = ["trt-gpt", "bench", "--engine_dir", str(args.engine_dir), "--num_requests", str(n),
                "--concurrency", str(c), "--input_len", str(args.input_len), "--output_len", str(args.output_len),
                "--output", str(args.out / f"c{c}.json"), *bench_args]
         print("==", " ".join(cmd), flush=True)
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024])
     run.add_argument("--num_requests", type=int, default=1024)
+    run.add_argument("--requests_per_concurrency", type=int, default=0,
+                     help="instead of --num_requests: K x the concurrency requests (at least 16) each point")
     run.add_argument("--input_len", type=int, default=128)
     run.add_argument("--output_len", type=int, default=128)
     plot = sub.add_parser("plot", help="plot a directory of reports")
