@@ -92,51 +92,95 @@ CONFIGS = {
 }
 
 
+def _two_steps(model, cfg, prompt_len: int, fused: bool) -> torch.Tensor:
+    """Logits of a prompt step and one decode step on a fresh cache, on the fused path or the module path."""
+    saved = model.fused
+    model.fused = saved if fused else None
+    try:
+        kv_dtype = {"INT8": torch.int8, "FP8": torch.float8_e4m3fn}.get(cfg.quantization.kv_cache_quant_algo,
+                                                                         torch.float32)
+        kv = [(torch.zeros(4, 2, 8, 16, device=DEVICE, dtype=kv_dtype),
+               torch.zeros(4, 2, 8, 16, device=DEVICE, dtype=kv_dtype)) for _ in range(cfg.num_hidden_layers)]
+        i32 = dict(dtype=torch.int32, device=DEVICE)
+        n = prompt_len
+        slots = [16 + p if p < 8 else p - 8 for p in range(n + 1)]   # block table [2, 0], 8 slots a block
+        meta = AttentionMetadata(cu_q_lens=torch.tensor([0, n], **i32), context_lens=torch.tensor([n], **i32),
+                                 block_tables=torch.tensor([[2, 0]], **i32),
+                                 slot_mapping=torch.tensor(slots[:n], **i32), max_q_len=n, max_context_len=n,
+                                 q_lens_host=[n], context_lens_host=[n])
+        ids = torch.tensor([(5 + 7 * i) % 61 for i in range(n)], device=DEVICE)
+        first = model(ids, torch.arange(n, device=DEVICE), meta, kv)
+        meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 1], **i32), context_lens=torch.tensor([n + 1], **i32),
+                                 block_tables=torch.tensor([[2, 0]], **i32),
+                                 slot_mapping=torch.tensor(slots[n:], **i32), max_q_len=1,
+                                 max_context_len=n + 1, q_lens_host=[1], context_lens_host=[n + 1])
+        second = model(torch.tensor([7], device=DEVICE), torch.tensor([n], device=DEVICE), meta, kv)
+        return torch.cat([first, second])
+    finally:
+        model.fused = saved
+
+
+def _model(cfg: ModelConfig):
+    from trt_gpt.kernels.backends import get_attention_backend
+
+    with torch.device("meta"):
+        model = GPTForCausalLM(cfg)
+    state = random_weights(cfg, DEVICE, seed=1)
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    for k, v in state.items():   # norms and biases away from their identity values (float tensors only)
+        if v.dim() == 1 and v.is_floating_point() and v.numel() > 1:
+            v.add_(torch.randn(v.shape, generator=g, device=DEVICE) * 0.3)
+        if k.endswith("cache_scaling_factor"):
+            v.fill_(0.02)   # 8-bit caches: a scale that the activations of these weights use
+    model.load_state_dict(state, assign=True)
+    model.setup_runtime(torch.device(DEVICE), 32, get_attention_backend(DEVICE, torch.float32))
+    return model
+
+
 # 3: the prompt step takes the fused layers too; 12: the prompt runs the module path's layers, then the fused
 # decode step reads two cache blocks
 @pytest.mark.parametrize("prompt_len", [3, 12])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fused_path_matches_module_path(fused_env, name, prompt_len):
-    from trt_gpt.kernels.backends import get_attention_backend
-
     cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32, **CONFIGS[name])
-    with torch.device("meta"):
-        model = GPTForCausalLM(cfg)
-    state = random_weights(cfg, DEVICE, seed=1)
-    g = torch.Generator(device=DEVICE).manual_seed(3)
-    for k, v in state.items():   # norms and biases away from their identity values
-        if v.dim() == 1:
-            v.add_(torch.randn(v.shape, generator=g, device=DEVICE) * 0.3)
-    model.load_state_dict(state, assign=True)
-    model.setup_runtime(torch.device(DEVICE), 32, get_attention_backend(DEVICE, torch.float32))
+    model = _model(cfg)
     assert model.fused is not None
+    ref, got = _two_steps(model, cfg, prompt_len, False), _two_steps(model, cfg, prompt_len, True)
+    assert ref.abs().max() > 0.1
+    assert (ref - got).abs().max().item() <= 1e-4
 
-    def run(fused: bool) -> torch.Tensor:
-        saved = model.fused
-        model.fused = saved if fused else None
-        try:
-            kv = [(torch.zeros(4, 2, 8, 16, device=DEVICE), torch.zeros(4, 2, 8, 16, device=DEVICE))
-                  for _ in range(2)]
-            i32 = dict(dtype=torch.int32, device=DEVICE)
-            n = prompt_len
-            slots = [16 + p if p < 8 else p - 8 for p in range(n + 1)]   # block table [2, 0], 8 slots a block
-            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, n], **i32), context_lens=torch.tensor([n], **i32),
-                                     block_tables=torch.tensor([[2, 0]], **i32),
-                                     slot_mapping=torch.tensor(slots[:n], **i32), max_q_len=n, max_context_len=n,
-                                     q_lens_host=[n], context_lens_host=[n])
-            ids = torch.tensor([(5 + 7 * i) % 61 for i in range(n)], device=DEVICE)
-            first = model(ids, torch.arange(n, device=DEVICE), meta, kv)
-            meta = AttentionMetadata(cu_q_lens=torch.tensor([0, 1], **i32), context_lens=torch.tensor([n + 1], **i32),
-                                     block_tables=torch.tensor([[2, 0]], **i32),
-                                     slot_mapping=torch.tensor(slots[n:], **i32), max_q_len=1,
-                                     max_context_len=n + 1, q_lens_host=[1], context_lens_host=[n + 1])
-            second = model(torch.tensor([7], device=DEVICE), torch.tensor([n], device=DEVICE), meta, kv)
-            return torch.cat([first, second])
-        finally:
-            model.fused = saved
 
-    ref, got = run(False), run(True)
+# weight formats and 8-bit caches on the fused path: each format's own small-batch kernel (the weight-only
+# GEMV with its fused norm / activation / residual), the gate and the cache write done apart where the
+# format's kernel has no epilogue for them
+QUANTIZED = {
+    "int4 g8, gated": ("swiglu rmsnorm no-bias", dict(quant_algo="W4A16_GPTQ", group_size=8)),
+    "int8, int8 cache, learned positions": ("layernorm1p residual-multiplier",
+                                            dict(quant_algo="W8A16", kv_cache_quant_algo="INT8")),
+    "int4 per channel, fp8 cache, rope": ("squared-relu rope", dict(quant_algo="W4A16", kv_cache_quant_algo="FP8")),
+    "float weights, int8 cache": ("layernorm1p residual-multiplier", dict(kv_cache_quant_algo="INT8")),
+}
+
+
+@pytest.mark.parametrize("prompt_len", [3, 12])
+@pytest.mark.parametrize("name", list(QUANTIZED))
+def test_fused_path_matches_module_path_quantized(fused_env, name, prompt_len):
+    from trt_gpt.config import QuantConfig
+
+    base, quant = QUANTIZED[name]
+    cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32,
+                      quantization=QuantConfig(**quant), **CONFIGS[base])
+    model = _model(cfg)
+    assert model.fused is not None
+    calls = []
+    for layer in model.transformer.layers:
+        m = layer.mlp.proj.method
+        real = m.small_batch
+        m.small_batch = lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k)
+    ref, got = _two_steps(model, cfg, prompt_len, False), _two_steps(model, cfg, prompt_len, True)
+    assert calls, "the fused path did not run"
     assert ref.abs().max() > 0.1
     assert (ref - got).abs().max().item() <= 1e-4
 

@@ -22,7 +22,7 @@ from trt_gpt.plugins import get_plugins
 class HalfScaled(LinearMethod):
     """A toy format (float64 test oracle below): int8 weights with one float scale per output row."""
     name = "toy"
-    fused = False
+    small_batch_fusions = None
 
     def create_weights(self, layer, in_features, out_features):
         layer.add_param("weight", (out_features, in_features), torch.int8)

@@ -81,13 +81,12 @@ class FusedLayers:
     fuse_argmax = True
 
     def __init__(self, model: Any, activation: str, max_rows: int):
+        from ..kernels.kv_store import KVWrite
         from ..kernels.triton_argmax import ArgmaxOut
         from ..kernels.triton_embed import embed
-        from ..kernels.kv_store import KVWrite
-        from ..kernels.triton_gemv import MAX_M, NormArgs, fused_linear
+        from ..kernels.triton_gemv import MAX_M, NormArgs
 
-        self.fused_linear, self.kv_write, self.embed_kernel = fused_linear, KVWrite, embed
-        self.argmax_out = ArgmaxOut
+        self.kv_write, self.embed_kernel, self.argmax_out = KVWrite, embed, ArgmaxOut
         self.max_rows = min(max_rows, MAX_M)
         self.activation = activation
         cfg = model.cfg
@@ -96,6 +95,9 @@ class FusedLayers:
         self.norms = [(self._norm_args(layer.input_layernorm, NormArgs), self._norm_args(layer.post_layernorm, NormArgs))
                       for layer in t.layers]
         self.final_norm = self._norm_args(t.ln_f, NormArgs) if hasattr(t, "ln_f") else None
+        if hasattr(model, "lm_head"):
+            # the head's greedy picks come from its kernel only where its weight format fuses them
+            self.fuse_argmax = self.fuse_argmax and "argmax" in model.lm_head.method.small_batch_fusions
 
     @staticmethod
     def _norm_args(norm: Any, norm_args: Any) -> Any:
@@ -117,10 +119,8 @@ class FusedLayers:
             return None
         from .linear import linears
 
-        if not all(lin.method.fused for _, lin in linears(model)):
-            return None   # a weight format the fused kernels do not read (quantized layers take the module path)
-        if any(layer.attention.kv_scales is not None for layer in model.transformer.layers):
-            return None   # the GEMV epilogue's cache store writes float caches only (an 8-bit one: module path)
+        if any(lin.method.small_batch_fusions is None for _, lin in linears(model)):
+            return None   # a weight format without a small-batch kernel (its layers take the module path)
         from ..errors import TrtGptError
         from ..kernels.gemv_configs import load_env_configs
         try:
@@ -135,26 +135,36 @@ class FusedLayers:
 
     def layer(self, idx: int, layer: Any, x: torch.Tensor, positions: torch.Tensor, meta: Any, kv: tuple,
               rope: Any, backend: Any, window: int | None) -> torch.Tensor:
-        """One decoder layer (`DecoderLayer.forward`'s function) for a step that `applies`."""
-        lin, m = self.fused_linear, self.multiplier
+        """One decoder layer (`DecoderLayer.forward`'s function) for a step that `applies`. Each linear layer's
+        weight format runs its own small-batch kernel (`LinearMethod.small_batch`); what that kernel does not
+        fuse (the cache write, the gate) runs here as the module path runs it."""
+        m = self.multiplier
         norm_in, norm_post = self.norms[idx]
         attn, mlp = layer.attention, layer.mlp
-        if rope is None:
-            # the qkv kernel's epilogue stores k and v in the cache: no separate cache-write kernel
+        qkv_l = attn.qkv
+        if rope is None and attn.kv_scales is None and "kv_write" in qkv_l.method.small_batch_fusions:
+            # the qkv kernel's epilogue stores k and v in the (float) cache: no separate cache-write kernel
             q_cols = attn.heads * attn.head_size
             kvw = self.kv_write(kv[0], kv[1], meta.slot_mapping, q_cols, attn.kv_heads, attn.head_size)
-            qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in, kv_write=kvw)
+            qkv = qkv_l.method.small_batch(qkv_l, x, norm=norm_in, kv_write=kvw)
             q = qkv[:, :q_cols].view(-1, attn.heads, attn.head_size)
         else:
-            qkv = lin(x, attn.qkv.weight, attn.qkv.bias, norm=norm_in)
+            # RoPE, an 8-bit cache or a format without the epilogue: the one K/V write of the module path
+            qkv = qkv_l.method.small_batch(qkv_l, x, norm=norm_in)
             q = attn.cache_qkv(qkv, positions, meta, kv, rope, backend)
-        out = backend.attention(q, kv[0], kv[1], meta, attn.scale, window)
-        x = lin(out.reshape(x.shape[0], -1), attn.dense.weight, attn.dense.bias, residual=x, residual_scale=m)
-        gate = mlp.gate if mlp.gated else None
-        h = lin(x, mlp.fc.weight, mlp.fc.bias, norm=norm_post, activation=self.activation,
-                gate_weight=gate.weight if gate is not None else None,
-                gate_bias=gate.bias if gate is not None else None)
-        return lin(h, mlp.proj.weight, mlp.proj.bias, residual=x, residual_scale=m)
+        out = backend.attention(q, kv[0], kv[1], meta, attn.scale, window, kv_scales=attn.kv_scales)
+        dense = attn.dense
+        x = dense.method.small_batch(dense, out.reshape(x.shape[0], -1), residual=x, residual_scale=m)
+        fc = mlp.fc
+        if not mlp.gated:
+            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation)
+        elif "gate" in fc.method.small_batch_fusions:
+            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation, gate=mlp.gate)
+        else:
+            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation)
+            h = h * mlp.gate.method.small_batch(mlp.gate, x, norm=norm_post)
+        proj = mlp.proj
+        return proj.method.small_batch(proj, h, residual=x, residual_scale=m)
 
     def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None,
              host_picks: Any | None = None) -> torch.Tensor:
@@ -162,5 +172,5 @@ class FusedLayers:
         each row's argmax over the first `vocab` logits (the epilogue's partials + one small kernel), which
         also stores them in host memory where `host_picks` says."""
         am = self.argmax_out(picks, vocab, host_picks) if picks is not None else None
-        return self.fused_linear(hidden, lm_head.weight, None, norm=self.final_norm, out_dtype=torch.float32,
-                                 argmax=am)
+        return lm_head.method.small_batch(lm_head, hidden, norm=self.final_norm, out_dtype=torch.float32,
+                                          argmax=am)

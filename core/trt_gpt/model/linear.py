@@ -36,14 +36,31 @@ class LinearMethod:
     `x @ W^T (+ bias)` from them.
     """
     name = "none"
-    # True when the fused small-batch kernels may read `layer.weight` as a plain [out, in] matrix
-    fused = True
+    # What `small_batch` fuses into its one kernel (FusedLayers does the rest with separate kernels):
+    # "norm" (prologue), "activation", "residual", "gate" (act(x W^T) * (x G^T)), "kv_write" (the K/V columns
+    # into the paged cache), "argmax" (greedy picks). None: the format has no small-batch kernel and a model
+    # holding such a layer takes the module path at every batch size.
+    small_batch_fusions: frozenset[str] | None = frozenset(
+        {"norm", "activation", "residual", "gate", "kv_write", "argmax"})
 
     def create_weights(self, layer: "Linear", in_features: int, out_features: int) -> None:
         layer.add_param("weight", (out_features, in_features))
 
     def apply(self, layer: "Linear", x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, layer.weight, bias)
+
+    def small_batch(self, layer: "Linear", x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
+                    residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: "Linear | None" = None,
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`layer(x)` with bias for a step of a few rows as one kernel (`FusedLayers`' path), with the
+        fusions of `small_batch_fusions` (arguments as `kernels.triton_gemv.fused_linear`'s): the decode GEMV
+        that reads `layer.weight` as stored."""
+        from ..kernels.triton_gemv import fused_linear
+
+        return fused_linear(x, layer.weight, layer.bias, norm=norm, activation=activation,
+                            gate_weight=gate.weight if gate is not None else None,
+                            gate_bias=gate.bias if gate is not None else None, residual=residual,
+                            residual_scale=residual_scale, kv_write=kv_write, argmax=argmax, out_dtype=out_dtype)
 
 
 class Linear(nn.Module):

@@ -25,7 +25,7 @@ QUANTIZED_ROLES = ("qkv", "dense", "fc", "gate", "proj")
 class FP8Method(LinearMethod):
     """e4m3 weight with per-tensor weight and static activation scales."""
     name = "fp8"
-    fused = False   # the fused small-batch decode kernels read float weights; these layers take the module path
+    small_batch_fusions = None   # no small-batch kernel reads this format: a model with it takes the module path
 
     def create_weights(self, layer: Linear, in_features: int, out_features: int) -> None:
         layer.add_param("weight", (out_features, in_features), FP8_DTYPE)

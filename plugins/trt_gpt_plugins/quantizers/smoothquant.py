@@ -111,7 +111,7 @@ SMOOTHER_ROLES = ("dense", "proj")      # no norm before them: the runtime divid
 class SmoothQuantMethod(LinearMethod):
     """INT8 weights and activations: `weight` int8 [out, in], `per_channel_scale` fp32 [out] (or [1]),
     `act_scale` fp32 [1] for static activation scales, `smoother` fp32 [in] for dense/proj."""
-    fused = False   # the fused small-batch decode kernels read float weights; these layers take the module path
+    small_batch_fusions = None   # no small-batch kernel reads this format: a model with it takes the module path
 
     def __init__(self, per_channel: bool, per_token: bool, smoother: bool):
         self.per_channel, self.per_token, self.smoother = per_channel, per_token, smoother

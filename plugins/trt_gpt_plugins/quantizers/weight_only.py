@@ -49,8 +49,9 @@ class WeightOnlySpec:
 
 class WeightOnlyMethod(LinearMethod):
     """Integer weights with per-channel or per-group scales (and AWQ's input scale), multiplied through
-    `weight_only_linear`."""
-    fused = False   # the fused small-batch decode kernels read float weights; these layers take the module path
+    `weight_only_linear`; at batch 1 the same GEMV with the norm prologue and the activation / residual
+    epilogue fused (`small_batch`), as the float format's decode kernel does."""
+    small_batch_fusions = frozenset({"norm", "activation", "residual"})
 
     def __init__(self, spec: WeightOnlySpec, where: str):
         self.spec, self.where = spec, where
@@ -74,6 +75,18 @@ class WeightOnlyMethod(LinearMethod):
         scale = getattr(layer, self.spec.scale_name)
         prequant = layer.prequant_scaling_factor if self.spec.awq else None
         return weight_only_linear(x, layer.weight, scale, self.spec.bits, bias, prequant)
+
+    def small_batch(self, layer: Linear, x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
+                    residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: Linear | None = None,
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        from trt_gpt.kernels.triton_weight_only import weight_only_linear as kernel
+
+        if gate is not None or kv_write is not None or argmax is not None:
+            raise ValueError(f"{self.where}: the weight-only GEMV fuses {sorted(self.small_batch_fusions)} only")
+        s = self.spec
+        return kernel(x, layer.weight, getattr(layer, s.scale_name), layer.bias, bits=s.bits, group_size=s.group_size,
+                      prequant=layer.prequant_scaling_factor if s.awq else None, out_dtype=out_dtype, norm=norm,
+                      activation=activation, residual=residual, residual_scale=residual_scale)
 
     def quantize(self, w: torch.Tensor, dtype: torch.dtype, prequant: torch.Tensor | None = None,
                  clip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
