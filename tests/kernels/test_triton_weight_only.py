@@ -19,7 +19,7 @@ from gemv_cases import oracle as fused_oracle  # noqa: E402  (the decode GEMV's 
 
 from trt_gpt.kernels import weight_only_configs  # noqa: E402
 from trt_gpt.kernels.triton_gemv import NormArgs  # noqa: E402
-from trt_gpt.kernels.triton_weight_only import dequantize_weight, weight_only_linear  # noqa: E402
+from trt_gpt.kernels.triton_weight_only import dequantize_weight, fp8_gemv, weight_only_linear  # noqa: E402
 from trt_gpt.kernels.weight_only_configs import (WoConfig, heuristic_config, parse_wo_configs,  # noqa: E402
                                                  wo_config)
 from trt_gpt.kernels.weight_only_ref import (dequantize, pack_int4, unpack_int4,  # noqa: E402
@@ -195,6 +195,42 @@ def test_decode_fusions(cfg, bits, group, norm_kind, dtype):
     got = weight_only_linear(x, w, s, b, bits=bits, group_size=group, config=cfg, norm=norm, activation="gelu",
                              residual=residual, residual_scale=0.7)
     check(got, ref, dtype)
+
+
+@pytest.mark.parametrize("m,k,norm_kind,dtype", [(1, 96, None, torch.float32), (3, 100, "layernorm", torch.float32),
+                                                 (2, 64, "rmsnorm", torch.float16)])
+def test_fp8_gemv_matches_the_fp8_definition(m, k, norm_kind, dtype):
+    # e4m3 weights and a static activation scale: x [normalised, rounded to its dtype] / s_x saturated to
+    # +-448 and rounded to e4m3 (triton_quant, the GEMV's producer), products summed, times s_x * s_w, then
+    # bias / activation / residual. The oracle composes that in float64 from torch's float8 cast (K = 100
+    # leaves a tail tile)
+    from trt_gpt.kernels.triton_quant import quantize_rows_fp8
+
+    gen = torch.Generator().manual_seed(11)
+    n = 19
+    w_q = (torch.randn(n, k, generator=gen) * 40).clamp(-448, 448).to(torch.float8_e4m3fn)
+    s_w, s_x = torch.tensor([0.003]), torch.tensor([0.02])
+    x = (torch.randn(m, k, generator=gen) * 2).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype)
+    residual = torch.randn(m, n, generator=gen).to(dtype)
+    norm = None
+    if norm_kind is not None:
+        nb = (torch.randn(k, generator=gen) * 0.5).to(dtype) if norm_kind == "layernorm" else None
+        norm = NormArgs(norm_kind, (torch.randn(k, generator=gen) * 0.5 + 1).to(dtype), nb, 1e-5)
+    h = fused_oracle(x, torch.eye(k, dtype=torch.float64), norm=norm).to(dtype)   # norm(x) as stored
+    x_q = (h.float() / s_x).clamp(-448, 448).to(torch.float8_e4m3fn)
+    ref = fused_oracle(x_q.double() * s_x.double(), w_q.double() * s_w.double(), b, activation="gelu",
+                       residual=residual, residual_scale=0.7)
+    dev = lambda t: t.to(DEVICE) if t is not None else None  # noqa: E731
+    got_q = quantize_rows_fp8(dev(x), dev(s_x), norm=None if norm is None else NormArgs(
+        norm.kind, dev(norm.weight), dev(norm.bias), norm.eps))
+    # the quantized input: equal bytes but where fp32 and float64 norms round across an e4m3 boundary
+    assert (got_q.cpu().float() != x_q.float()).float().mean() <= 0.02
+    got = fp8_gemv(got_q, dev(w_q), dev(s_w), dev(s_x), dev(b), out_dtype=dtype, activation="gelu",
+                   residual=dev(residual), residual_scale=0.7)
+    check(got, ref, dtype)
+    exact = fp8_gemv(dev(x_q), dev(w_q), dev(s_w), dev(s_x), dev(b), out_dtype=torch.float32)
+    check(exact, fused_oracle(x_q.double() * s_x.double(), w_q.double() * s_w.double(), b), torch.float32)
 
 
 def test_fusion_arguments():

@@ -160,6 +160,8 @@ QUANTIZED = {
                                             dict(quant_algo="W8A16", kv_cache_quant_algo="INT8")),
     "int4 per channel, fp8 cache, rope": ("squared-relu rope", dict(quant_algo="W4A16", kv_cache_quant_algo="FP8")),
     "float weights, int8 cache": ("layernorm1p residual-multiplier", dict(kv_cache_quant_algo="INT8")),
+    "fp8, fp8 cache, gated": ("swiglu rmsnorm no-bias", dict(quant_algo="FP8", kv_cache_quant_algo="FP8")),
+    "fp8, learned positions": ("layernorm1p residual-multiplier", dict(quant_algo="FP8")),
 }
 
 

@@ -15,6 +15,8 @@ e4m3's smallest normal 2^-6) rounds y to the nearest e4m3 value, which is then e
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -84,12 +86,50 @@ def dequantize_tile_bits(raw, scale, KIND: tl.constexpr):
 
 
 @triton.jit
-def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_xm, stride_qm,
+def _normed_tile(x_row, nw_ptr, nb_ptr, offs, mask, mean, rstd, NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr):
+    """x's tile in fp32, normalised (layernorm / rmsnorm with the row's statistics) and rounded to x's dtype
+    as the unfused norm module stores it."""
+    x = tl.load(x_row + offs, mask=mask, other=0.0)
+    if NORM == "none":
+        return x.to(tl.float32)
+    h = x.to(tl.float32)
+    if NORM == "layernorm":
+        h = h - mean
+    h = h * rstd * tl.load(nw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM_BIAS:
+        h += tl.load(nb_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return h.to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def _row_norm_stats(x_row, K, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(mean, 1 / sqrt(var + eps)) of a row for layernorm, (0, 1 / sqrt(mean square + eps)) for rmsnorm."""
+    mean = 0.0
+    if NORM == "layernorm":
+        acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs = k0 + tl.arange(0, BLOCK_K)
+            acc += tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        mean = tl.sum(acc, axis=0) / K
+    sq = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        d = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32) - mean
+        sq += tl.where(offs < K, d * d, 0.0)
+    return mean, 1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps)
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, nw_ptr, nb_ptr, eps, K, stride_xm, stride_qm,
                        HAS_SMOOTHER: tl.constexpr, DYNAMIC: tl.constexpr, KIND: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_K: tl.constexpr, NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = q_ptr + row * stride_qm
+    mean = 0.0
+    rstd = 1.0
+    if NORM != "none":
+        mean, rstd = _row_norm_stats(x_row, K, eps, NORM, BLOCK_K)
     if DYNAMIC:
         amax = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -103,20 +143,26 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, K, stride_
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < K
-        y = tl.math.div_rn(_load_row_tile(x_row, smoother_ptr, offs, mask, HAS_SMOOTHER), scale)
-        tl.store(q_row + offs, quantize_tile(y, KIND), mask=mask)
-
+        if NORM != "none":   # static scales only (the host allows a norm with quantize_rows_fp8 alone)
+            h = _normed_tile(x_row, nw_ptr, nb_ptr, offs, mask, mean, rstd, NORM, HAS_NORM_BIAS)
+        else:
+            h = _load_row_tile(x_row, smoother_ptr, offs, mask, HAS_SMOOTHER)
+        tl.store(q_row + offs, quantize_tile(tl.math.div_rn(h, scale), KIND), mask=mask)
 
 def _launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, smoother: torch.Tensor | None, dynamic: bool,
-            fp8: bool, block_k: int | None) -> None:
+            fp8: bool, block_k: int | None, norm: Any = None) -> None:
     m, k = x.shape
     if m == 0:
         return
     if block_k is None:
         block_k = 32 if x.device.type != "cuda" else min(4096, triton.next_power_of_2(k))
     sm = smoother.contiguous() if smoother is not None else s
-    _quant_rows_kernel[(m,)](x, q, s, sm, s, k, x.stride(0), q.stride(0), HAS_SMOOTHER=smoother is not None,
-                             DYNAMIC=dynamic, KIND=2 if fp8 else 1, BLOCK_K=block_k,
+    nw = norm.weight if norm is not None else s
+    nb = norm.bias if norm is not None and norm.bias is not None else s
+    _quant_rows_kernel[(m,)](x, q, s, sm, s, nw, nb, float(norm.eps) if norm is not None else 0.0, k, x.stride(0),
+                             q.stride(0), HAS_SMOOTHER=smoother is not None, DYNAMIC=dynamic, KIND=2 if fp8 else 1,
+                             BLOCK_K=block_k, NORM=norm.kind if norm is not None else "none",
+                             HAS_NORM_BIAS=norm is not None and norm.bias is not None,
                              num_warps=4 if block_k >= 1024 else 1)
 
 
@@ -140,9 +186,14 @@ def quantize_rows(x: torch.Tensor, act_scale: torch.Tensor | None = None,
     return q, s
 
 
-def quantize_rows_fp8(x: torch.Tensor, scale: torch.Tensor, block_k: int | None = None) -> torch.Tensor:
-    """`fp8_ref.quantize_fp8` in Triton for a row-major x [M, K] and a per-tensor scale: e4m3 [M, K]."""
+def quantize_rows_fp8(x: torch.Tensor, scale: torch.Tensor, block_k: int | None = None, norm: Any = None
+                      ) -> torch.Tensor:
+    """`fp8_ref.quantize_fp8` in Triton for a row-major x [M, K] and a per-tensor scale: e4m3 [M, K]. `norm`
+    (a `triton_gemv.NormArgs`) normalises each row first, rounded to x's dtype as the norm module stores it."""
     _check(x, None)
+    if norm is not None and (norm.weight.shape != (x.shape[1],) or norm.kind not in ("layernorm", "rmsnorm")):
+        raise ValueError(f"norm must be a layernorm or rmsnorm over [{x.shape[1]}], got {norm.kind} "
+                         f"{tuple(norm.weight.shape)}")
     q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    _launch(x, q, scale.float().reshape(1), None, False, True, block_k)
+    _launch(x, q, scale.float().reshape(1), None, False, True, block_k, norm)
     return q

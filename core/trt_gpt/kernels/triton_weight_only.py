@@ -29,6 +29,7 @@ Host-side checks read shapes only, so every path is CUDA-graph capturable.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -77,6 +78,9 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
     nw_ptrs = tl.broadcast_to(NW + COLS * offs_b, [1, BLOCK_N, BLOCK_KB])
     nb_ptrs = tl.broadcast_to(NB + COLS * offs_b, [1, BLOCK_N, BLOCK_KB])
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_KB], tl.float32)
+    s_act = 1.0
+    if CVT == "fp8":
+        s_act = tl.load(PQ).to(tl.float32)
     # The loop runs over weight elements: kb_split is a multiple of 16 on the GPU, so the compiler knows
     # every tile starts 16-byte aligned and loads it with 16-byte accesses (a loop over INT4 columns halved
     # to bytes lost that and issued 8-byte loads).
@@ -122,6 +126,15 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                     acc += xp * f
             if GROUP > 0:
                 acc += (part - 1.5 * xsum) * _group_scale(S, s_row, col, k0, K, GROUP, BLOCK_K)
+        elif CVT == "fp8":
+            # e4m3 x (quantized once by triton_quant, not per weight tile) and e4m3 weights, both handed over
+            # as int8 views (a masked load's zero fill needs an integer type): the product of two e4m3
+            # values is exact in fp32
+            if EVEN_K:
+                xb = tl.load(x_ptrs + k0, eviction_policy="evict_last")
+            else:
+                xb = tl.load(x_ptrs + k0, mask=col < K, other=0, eviction_policy="evict_last")
+            acc += xb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * wb.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         elif BITS == 4:
             lo, hi = _int4_to_float(wb, CVT)
             xe = _x_in(x_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, col, K, mean, rstd, PQ, x_ty, NORM,
@@ -149,7 +162,9 @@ def _gemv_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
         xs = _x_sums(x_rows, NW, NB, PQ, mean, rstd, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), x_ty, M_PAD, 256,
                      NORM, HAS_NORM_BIAS, HAS_PQ)
         y = 16.0 * y - 24.0 * xs
-    if GROUP == 0:
+    if CVT == "fp8":
+        y = y * (s_act * tl.load(S).to(tl.float32))   # per-tensor scales: alpha = s_x * s_w
+    elif GROUP == 0:
         y = y * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
     _store_result(y, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale, HAS_BIAS,
                   HAS_RESIDUAL, ACT, SPLIT)
@@ -263,14 +278,48 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
         b = bias.to(x.dtype) if bias is not None else None
         return F.linear(scaled_input(x2, prequant), w, b).to(out_dtype).reshape(*lead, n)
 
-    out = torch.empty(m, n, device=x.device, dtype=out_dtype)
+    return _launch(x2, weight, scales, bias, prequant, cfg, bits, group_size, out_dtype, norm, activation, residual,
+                   residual_scale).reshape(*lead, n)
+
+
+def fp8_gemv(x_q: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, act_scale: torch.Tensor,
+             bias: torch.Tensor | None = None, *, out_dtype: torch.dtype, activation: str | None = None,
+             residual: torch.Tensor | None = None, residual_scale: float = 1.0) -> torch.Tensor:
+    """`fp8_ref.fp8_gemm`'s function for a step of at most GEMV_MAX_M rows, as the weight-only GEMV: e4m3 x_q
+    [M, K] (`triton_quant.quantize_rows_fp8`, which can also normalise x first) and e4m3 weight [N, K], their
+    per-tensor scales, fp32 accumulation, then the [bias, activation, residual] epilogue, one cast."""
+    m, k = x_q.shape
+    n = weight.shape[0]
+    for name, t in (("x_q", x_q), ("weight", weight)):
+        if t.dtype != torch.float8_e4m3fn or t.dim() != 2 or t.shape[1] != k or t.stride(1) != 1:
+            raise ValueError(f"fp8_gemv: {name} must be a float8_e4m3fn [*, {k}] matrix contiguous along K, got "
+                             f"{t.dtype} {tuple(t.shape)}")
+    if weight_scale.numel() != 1 or act_scale.numel() != 1:
+        raise ValueError("fp8_gemv: weight_scale and act_scale must be per-tensor (one element each)")
+    if m > GEMV_MAX_M:
+        raise ValueError(f"fp8_gemv: at most {GEMV_MAX_M} rows, got {m}")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    cfg = dataclasses.replace(wo_config(m, n, k, 8, None, interpret=interpret), cvt="fp8")
+    _check_fusions(cfg, x_q, m, n, k, None, activation, residual)
+    return _launch(x_q.view(torch.int8), weight.view(torch.int8), weight_scale.float(), bias, act_scale.float(), cfg,
+                   8, None, out_dtype, None, activation, residual, residual_scale)
+
+
+def _launch(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+            prequant: torch.Tensor | None, cfg: WoConfig, bits: int, group_size: int | None, out_dtype: torch.dtype,
+            norm: NormArgs | None, activation: str | None, residual: torch.Tensor | None,
+            residual_scale: float) -> torch.Tensor:
+    """The tiled kernels' launch for checked arguments: out [M, N]."""
+    m, k = x2.shape
+    n = weight.shape[0]
+    out = torch.empty(m, n, device=x2.device, dtype=out_dtype)
     cols = 8 if cfg.cvt == "fold" else (2 if bits == 4 else 1)      # logical columns a weight element holds
     w_arg = weight.view(torch.int32) if cfg.cvt == "fold" else weight  # _check_config made sure it can
     kb = w_arg.shape[1]
     # k_split: logical columns a split walks, a multiple of BLOCK_K so that tiles never straddle splits
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     splits = triton.cdiv(k, k_split)
-    part = torch.empty(splits, m, n, device=x.device, dtype=torch.float32) if splits > 1 else out
+    part = torch.empty(splits, m, n, device=x2.device, dtype=torch.float32) if splits > 1 else out
     dummy = scales   # never dereferenced: the matching HAS_* / NORM constexpr is off
     res = residual.reshape(m, n) if residual is not None else out
     b = bias if bias is not None else dummy
@@ -282,7 +331,7 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
             res, res.stride(0), float(norm.eps) if norm is not None else 0.0, float(residual_scale))
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACT=activation or "none")
     common = dict(BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_KB=cfg.block_k // cols,
-                  BITS=bits, GROUP=group_size or 0, HAS_PQ=prequant is not None,
+                  BITS=bits, GROUP=group_size or 0, HAS_PQ=prequant is not None and cfg.cvt != "fp8",
                   EVEN_K=k % cfg.block_k == 0, CVT=cfg.cvt, SPLIT=splits > 1, COLS=cols,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **epilogue)
     if cfg.kernel == "gemv":
@@ -292,14 +341,14 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
             STATS_K=_stats_tile(m, k, cfg) if norm is not None else 1, **common)
     else:
         grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
-        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x.dtype), MANT=MANTISSA[x.dtype],
+        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x2.dtype), MANT=MANTISSA[x2.dtype],
                            **common)
     if splits > 1:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, b, res, out, m, n, splits, res.stride(0),
                                                             out.stride(0), float(residual_scale), BLOCK=block,
                                                             num_warps=4, **epilogue)
-    return out.reshape(*lead, n)
+    return out
 
 
 def _check_fusions(cfg: WoConfig, x: torch.Tensor, m: int, n: int, k: int, norm: NormArgs | None,

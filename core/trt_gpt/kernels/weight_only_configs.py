@@ -20,7 +20,7 @@ import triton
 from .triton_common import next_pow2
 
 KERNELS = ("gemv", "gemm", "dequant")
-CVTS = ("magic", "i2f", "fold")
+CVTS = ("magic", "i2f", "fold", "fp8")
 GEMV_MAX_M = 16          # the GEMV keeps [M_PAD, BLOCK_N, BLOCK_K] fp32 partials in registers
 CONFIGS_ENV = "TRT_GPT_WO_CONFIGS"
 TARGET_PROGRAMS = 264    # about two programs per SM on an H100/H200 (132 SMs)
@@ -53,6 +53,8 @@ class WoConfig:
             raise ValueError(f"WoConfig: split_k and num_stages must be >= 1, got {self}")
         if self.cvt not in CVTS:
             raise ValueError(f"WoConfig: cvt must be one of {CVTS}, got {self.cvt!r}")
+        if self.cvt == "fp8" and self.kernel != "gemv":
+            raise ValueError("WoConfig: cvt 'fp8' (e4m3 weights, kernels/triton_weight_only.fp8_gemv) is a gemv only")
         if self.cvt == "fold" and self.kernel == "dequant":
             raise ValueError("WoConfig: cvt 'fold' exists in the gemv and gemm kernels only")
         if self.kernel == "gemm" and min(self.block_m, self.block_n) < 16:

@@ -25,7 +25,9 @@ QUANTIZED_ROLES = ("qkv", "dense", "fc", "gate", "proj")
 class FP8Method(LinearMethod):
     """e4m3 weight with per-tensor weight and static activation scales."""
     name = "fp8"
-    small_batch_fusions = None   # no small-batch kernel reads this format: a model with it takes the module path
+    # at batch 1: the activation quantization (with the norm before it) in one kernel, then the e4m3 GEMV with
+    # the bias / activation / residual epilogue (kernels/triton_weight_only.fp8_gemv)
+    small_batch_fusions = frozenset({"norm", "activation", "residual"})
 
     def create_weights(self, layer: Linear, in_features: int, out_features: int) -> None:
         layer.add_param("weight", (out_features, in_features), FP8_DTYPE)
@@ -35,6 +37,20 @@ class FP8Method(LinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return fp8_linear(x, layer.weight, layer.weights_scaling_factor, bias, layer.activation_scaling_factor,
                           out_dtype=x.dtype)
+
+
+    def small_batch(self, layer: Linear, x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
+                    residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: Linear | None = None,
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        from trt_gpt.kernels.triton_quant import quantize_rows_fp8
+        from trt_gpt.kernels.triton_weight_only import fp8_gemv
+
+        if gate is not None or kv_write is not None or argmax is not None:
+            raise ValueError(f"the FP8 GEMV fuses {sorted(self.small_batch_fusions)} only")
+        x_q = quantize_rows_fp8(x.contiguous(), layer.activation_scaling_factor, norm=norm)
+        return fp8_gemv(x_q, layer.weight, layer.weights_scaling_factor, layer.activation_scaling_factor, layer.bias,
+                        out_dtype=out_dtype or x.dtype, activation=activation, residual=residual,
+                        residual_scale=residual_scale)
 
 
 class FP8Quantizer:
