@@ -21,6 +21,13 @@ row-parallel bias is added after the all-reduce, which a fused epilogue cannot d
 activation that the kernel implements (a norm or activation a plugin overrides keeps the module path).
 TRT_GPT_FUSED_DECODE_ROWS=0 switches it off; a number sets `max_rows`.
 
+Each linear layer runs its weight format's own small-batch kernel (`LinearMethod.small_batch`): the float
+GEMV above, the weight-only GEMV (INT8 / INT4 dequantized in registers) and the FP8 GEMV (after one
+norm-and-quantize kernel) with the same norm / activation / residual fusions. What a format's kernel does
+not fuse runs beside it as the module path runs it: the K/V cache write (also for 8-bit caches, through
+the one K/V write) and the gate of a gated MLP. A format without a small-batch kernel (SmoothQuant) and
+an engine with LoRA adapters take the module path.
+
 A tensor-core sibling of the GEMV for whole prompt steps was measured slower than cuBLAS plus the separate
 kernels and removed (docs/benchmarks.md).
 """
