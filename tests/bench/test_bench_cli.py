@@ -10,13 +10,8 @@ from trt_gpt.testing import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    t = tmp_path_factory.mktemp("bench")
-    run_cli("config", "--vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "1",
-            "--num_attention_heads", "2", "--dtype", "float32", "--output_path", t / "cfg.json")
-    run_cli("build", "--model_config", t / "cfg.json", "--output_dir", t / "engine", "--max_input_len", "32",
-            "--max_batch_size", "8")
-    return t / "engine"
+def engine(random_engine):
+    return random_engine(1)
 
 
 def test_bench_report_compare_hf_and_plot(engine, tmp_path):

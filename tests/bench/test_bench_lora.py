@@ -11,15 +11,10 @@ from trt_gpt.testing import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    t = tmp_path_factory.mktemp("bench_lora")
-    run_cli("config", "--vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "2",
-            "--num_attention_heads", "2", "--dtype", "float32", "--output_path", t / "cfg.json")
-    run_cli("build", "--model_config", t / "cfg.json", "--output_dir", t / "lora", "--max_input_len", "32",
-            "--max_batch_size", "8", "--max_lora_rank", "8", "--lora_target_modules", "attn_qkv", "mlp_4h_to_h")
-    run_cli("build", "--model_config", t / "cfg.json", "--output_dir", t / "plain", "--max_input_len", "32",
-            "--max_batch_size", "8")
-    return t / "lora", t / "plain"
+def engines(random_engine):
+    """(an engine with LoRA limits, one without)."""
+    return (random_engine(2, "--max_lora_rank", "8", "--lora_target_modules", "attn_qkv", "mlp_4h_to_h"),
+            random_engine(2))
 
 
 def test_bench_with_adapter_mix(engines):

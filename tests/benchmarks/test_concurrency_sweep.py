@@ -1,21 +1,9 @@
 """benchmarks/concurrency_sweep.py: the points it plots are the reports' own figures, by concurrency."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("concurrency_sweep", ROOT / "benchmarks" / "concurrency_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _report(concurrency, n, tput, p50, p90, hf=None) -> dict:
     r = {"device": "cpu", "dtype": "float32",
@@ -26,17 +14,17 @@ def _report(concurrency, n, tput, p50, p90, hf=None) -> dict:
     return r
 
 
-def test_points_sorted_by_concurrency_with_every_request_in_flight_when_unset():
-    mod = _module()
+def test_points_sorted_by_concurrency_with_every_request_in_flight_when_unset(bench_script):
+    mod = bench_script("concurrency_sweep")
     pts = mod.sweep_points([_report(None, 64, 900.0, 3.0, 4.0), _report(1, 64, 100.0, 1.0, 1.5, hf=10.0),
                             _report(8, 64, 500.0, 2.0, 2.5)])
     assert pts["trt_gpt"] == [(1, 100.0, 1.0, 1.5), (8, 500.0, 2.0, 2.5), (64, 900.0, 3.0, 4.0)]
     assert pts["hf"] == [(1, 10.0, 9.0, 9.5)]
 
 
-def test_plot_writes_a_png_from_a_directory_of_reports(tmp_path):
+def test_plot_writes_a_png_from_a_directory_of_reports(bench_script, tmp_path):
     pytest.importorskip("matplotlib")
-    mod = _module()
+    mod = bench_script("concurrency_sweep")
     for c in (1, 4):
         (tmp_path / f"c{c}.json").write_text(json.dumps(_report(c, 16, 10.0 * c, 1.0, 2.0)))
     (tmp_path / "gemv.json").write_text(json.dumps({"not": "a report"}))

@@ -3,9 +3,7 @@ accept for that shape (a sweep must not spend GPU time on configs that raise), a
 writes reads back through TRT_GPT_WO_CONFIGS' parser."""
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,18 +16,8 @@ pytest.importorskip("triton")
 from trt_gpt.kernels.triton_weight_only import _check_config  # noqa: E402
 from trt_gpt.kernels.weight_only_configs import heuristic_config, parse_wo_configs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("weight_only_bench", ROOT / "benchmarks" / "weight_only.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_every_default_and_swept_config_is_accepted():
-    mod = _module()
+def test_every_default_and_swept_config_is_accepted(bench_script):
+    mod = bench_script("weight_only")
     checked = 0
     for shapes in mod.MODELS.values():
         for n, k in shapes.values():
@@ -49,8 +37,8 @@ def test_every_default_and_swept_config_is_accepted():
     assert checked > 1000
 
 
-def test_tuned_table_reads_back():
-    mod = _module()
+def test_tuned_table_reads_back(bench_script):
+    mod = bench_script("weight_only")
     rows = [dict(model="m", layer="qkv", format="int4g128", M=1, N=5632, K=4608, best_config="gemv:16x128w4s2-fold",
                  fp16_us=20.0, best_us=8.0),
             dict(model="m", layer="fc", format="int8", M=64, N=18432, K=4608, best_config="gemm:64x128x64w4s3k2",

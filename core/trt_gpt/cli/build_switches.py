@@ -36,21 +36,21 @@ class BuildSwitches:
 
     def check(self, engine_dtype: str) -> bool:
         """Validate against the engine's dtype; returns whether the fused (flash) prompt attention is on."""
-        for flag, value in (("--gemm_plugin", self.gemm_plugin), ("--gpt_attention_plugin", self.gpt_attention_plugin),
-                            ("--lora_plugin", self.lora_plugin)):
-            if value not in DTYPE_CHOICES:
-                raise TrtGptError(f"{flag} is '{value}', expected one of {', '.join(DTYPE_CHOICES)}")
+        for flag, value, choices in (
+                ("--gemm_plugin", self.gemm_plugin, DTYPE_CHOICES),
+                ("--gpt_attention_plugin", self.gpt_attention_plugin, DTYPE_CHOICES),
+                ("--lora_plugin", self.lora_plugin, DTYPE_CHOICES),
+                ("--context_fmha", self.context_fmha, SWITCH_CHOICES),
+                ("--paged_kv_cache", self.paged_kv_cache, SWITCH_CHOICES),
+                ("--remove_input_padding", self.remove_input_padding, SWITCH_CHOICES)):
+            if value not in choices:
+                expected = "enable or disable" if choices is SWITCH_CHOICES else f"one of {', '.join(choices)}"
+                raise TrtGptError(f"{flag} is '{value}', expected {expected}")
             if value == "disable" and flag in ALWAYS_ON:
                 raise TrtGptError(f"{flag} disable is not available: {ALWAYS_ON[flag]}")
-            if value not in ("auto", "disable") and value != engine_dtype:
+            if choices is DTYPE_CHOICES and value not in ("auto", "disable") and value != engine_dtype:
                 raise TrtGptError(f"{flag} is {value} but the checkpoint's dtype is {engine_dtype}: trt-gpt runs an "
                                   f"engine in one dtype (use auto, or convert with --dtype {value})")
-        for flag, value in (("--context_fmha", self.context_fmha), ("--paged_kv_cache", self.paged_kv_cache),
-                            ("--remove_input_padding", self.remove_input_padding)):
-            if value not in SWITCH_CHOICES:
-                raise TrtGptError(f"{flag} is '{value}', expected enable or disable")
-            if value == "disable" and flag in ALWAYS_ON:
-                raise TrtGptError(f"{flag} disable is not available: {ALWAYS_ON[flag]}")
         if self.lora_plugin != "disable":
             from ..support import adapter_kinds
 

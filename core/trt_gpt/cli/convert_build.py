@@ -12,6 +12,8 @@ from ..config import BuildConfig, ModelConfig
 from ..errors import TrtGptError
 from ..mapping import Mapping
 from .build_switches import BuildSwitches
+from .calibration import (calib_dataset_option, calib_max_seq_length_option, calib_size_option, calibration_stats,
+                          needs_calibration)
 from .common import err_console, human_bytes, progress
 
 
@@ -46,12 +48,9 @@ def convert_cmd(
                                      help="SmoothQuant: per-output-channel weight scales (default: per tensor)."),
     int8_kv_cache: bool = typer.Option(False, "--int8_kv_cache",
                                        help="An INT8 KV cache with calibrated per-layer K and V scales."),
-    calib_dataset: Optional[Path] = typer.Option(None, "--calib_dataset",
-                                                 help="Calibration text for --awq, --smoothquant, --int8_kv_cache: "
-                                                      ".txt, or .jsonl with text/article (default: built-in)."),
-    calib_size: int = typer.Option(64, "--calib_size", help="Calibration windows."),
-    calib_max_seq_length: int = typer.Option(512, "--calib_max_seq_length",
-                                             help="Tokens per calibration window."),
+    calib_dataset: Optional[Path] = calib_dataset_option("--awq, --smoothquant, --int8_kv_cache"),
+    calib_size: int = calib_size_option(64),
+    calib_max_seq_length: int = calib_max_seq_length_option(),
 ) -> None:
     """Convert a HuggingFace or NeMo checkpoint into a (sharded) trt-gpt checkpoint."""
     from ..convert import convert
@@ -67,40 +66,14 @@ def convert_cmd(
     calibrated = quant is not None and needs_calibration(quant.quant_algo, quant.kv_cache_quant_algo)
     if calib_dataset is not None and not calibrated:
         raise TrtGptError("convert: --calib_dataset is used by --awq, --smoothquant and --int8_kv_cache only")
-    stats = calibration_stats(model_dir or nemo_ckpt_path, variant, calib_dataset, calib_size, calib_max_seq_length,
-                              max_samples=4096 if awq else 0) if calibrated else None
+    stats = calibration_stats(model_dir or nemo_ckpt_path, variant, quant, calib_dataset, calib_size,
+                              calib_max_seq_length) if calibrated else None
     with progress("convert") as step:
         res = convert(model_dir or nemo_ckpt_path, output_dir, dtype, variant, tp_size, pp_size, overwrite,
                       use_parallel_embedding, embedding_sharding_dim, quantization=quant, stats=stats, progress=step)
     err_console.print(f"converted {res.variant} → {res.output_dir}: {res.config.mapping.world_size} rank(s), "
                       f"{res.num_tensors} tensors, {human_bytes(res.num_bytes)}, {res.config.dtype}, "
                       f"{progress.elapsed:.1f}s")
-
-
-def needs_calibration(quant_algo: str | None, kv_cache_quant_algo: str | None) -> bool:
-    """Whether a format needs activation statistics (weight-only round-to-nearest does not)."""
-    return kv_cache_quant_algo is not None or quant_algo in ("FP8", "W4A16_AWQ") or \
-        (quant_algo or "").startswith("W8A8_SQ_")
-
-
-def calibration_stats(model_dir: Path, variant: Optional[str], calib_dataset: Optional[Path], calib_size: int,
-                      max_seq_length: int, max_samples: int = 0):
-    """Calibration statistics of the checkpoint's float model (`max_samples` input rows a layer for AWQ), with a
-    progress bar and a one-line summary."""
-    import torch
-    from rich.progress import Progress
-
-    from ..quant.calibration import calibrate, read_calib_texts
-
-    read_calib_texts(calib_dataset)   # a missing or empty file fails before the model is loaded
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("calibrate", total=calib_size)
-        stats = calibrate(model_dir, calib_dataset, calib_size, max_seq_length, max_samples=max_samples,
-                          variant=variant, device=device,
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-    err_console.print(stats.summary())
-    return stats
 
 
 def config_cmd(

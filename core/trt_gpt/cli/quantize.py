@@ -18,7 +18,8 @@ import typer
 
 from ..errors import TrtGptError
 from .common import err_console, human_bytes, progress
-from .convert_build import calibration_stats, needs_calibration
+from .calibration import (calib_dataset_option, calib_max_seq_length_option, calib_size_option, calibration_stats,
+                          needs_calibration)
 
 SMOOTHQUANT_ALPHA = 0.5   # int8_sq's migration strength (the reference's quantize.py takes no alpha either)
 
@@ -31,12 +32,9 @@ def quantize_cmd(
                                 help="fp8, int8_sq, w4a16_awq, int8_wo, int4_wo or full_prec."),
     kv_cache_dtype: Optional[str] = typer.Option(None, "--kv_cache_dtype",
                                                  help="int8 or fp8: an 8-bit KV cache with calibrated scales."),
-    calib_dataset: Optional[Path] = typer.Option(None, "--calib_dataset",
-                                                 help="Calibration text: .txt, or .jsonl with text/article "
-                                                      "(default: a built-in sample)."),
-    calib_size: int = typer.Option(512, "--calib_size", help="Calibration windows."),
-    calib_max_seq_length: int = typer.Option(512, "--calib_max_seq_length",
-                                             help="Tokens per calibration window."),
+    calib_dataset: Optional[Path] = calib_dataset_option(),
+    calib_size: int = calib_size_option(512),
+    calib_max_seq_length: int = calib_max_seq_length_option(),
     tp_size: int = typer.Option(1, "--tp_size", help="Tensor-parallel ranks."),
     pp_size: int = typer.Option(1, "--pp_size", help="Pipeline-parallel stages."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Variant name; detected when omitted."),
@@ -55,8 +53,7 @@ def quantize_cmd(
         raise TrtGptError(f"quantize: --tp_size ({tp_size}) and --pp_size ({pp_size}) must be positive")
     stats = None
     if qcfg is not None and needs_calibration(qcfg.quant_algo, qcfg.kv_cache_quant_algo):
-        stats = calibration_stats(model_dir, variant, calib_dataset, calib_size, calib_max_seq_length,
-                                  max_samples=4096 if qcfg.quant_algo == "W4A16_AWQ" else 0)
+        stats = calibration_stats(model_dir, variant, qcfg, calib_dataset, calib_size, calib_max_seq_length)
     elif calib_dataset is not None:
         raise TrtGptError(f"quantize: --calib_dataset is not used by --qformat {qformat} without an 8-bit KV cache")
     with progress("quantize") as step:

@@ -7,12 +7,12 @@ change without touching kernel code.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from .config_files import load_env_table, parse_json_table
 from .triton_common import next_pow2
 
 
@@ -103,38 +103,23 @@ _loaded_from: list[str] = []
 def parse_gemv_configs(text: str, source: str) -> dict[tuple[int, int, int], GemvConfig]:
     """A tuned table as written by benchmarks/tune_decode.py: {"M,N,K": [block_n, block_k, warps, stages]},
     optionally followed by early_release (0/1) and prefetch_tiles (1/2)."""
-    try:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("the top level must be an object")
-        table = {}
-        for key, val in raw.items():
-            m, n, k = (int(v) for v in key.split(","))
-            if not isinstance(val, list) or not 4 <= len(val) <= 6:
-                raise ValueError(f"entry {key!r}: four to six integers")
-            bn, bk, warps, stages, early, prefetch = [int(v) for v in val] + [0, 1][len(val) - 4:]
-            if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
-                raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
-            if early not in (0, 1) or prefetch not in (1, 2):
-                raise ValueError(f"entry {key!r}: early_release must be 0 or 1 and prefetch_tiles 1 or 2")
-            table[(next_pow2(m), n, k)] = GemvConfig(bn, bk, warps, stages, bool(early), prefetch)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: expected {{\"M,N,K\": [block_n, block_k, num_warps, num_stages, ...]}}: "
-                         f"{e}")
-    return table
+    def entry(key: str, val: Any) -> tuple[tuple[int, int, int], GemvConfig]:
+        m, n, k = (int(v) for v in key.split(","))
+        if not isinstance(val, list) or not 4 <= len(val) <= 6:
+            raise ValueError(f"entry {key!r}: four to six integers")
+        bn, bk, warps, stages, early, prefetch = [int(v) for v in val] + [0, 1][len(val) - 4:]
+        if min(bn, bk, warps, stages) < 1 or bn & (bn - 1) or bk & (bk - 1) or warps & (warps - 1):
+            raise ValueError(f"entry {key!r}: block sizes and warps must be powers of two")
+        if early not in (0, 1) or prefetch not in (1, 2):
+            raise ValueError(f"entry {key!r}: early_release must be 0 or 1 and prefetch_tiles 1 or 2")
+        return (next_pow2(m), n, k), GemvConfig(bn, bk, warps, stages, bool(early), prefetch)
+
+    return parse_json_table(text, source, entry, '{"M,N,K": [block_n, block_k, num_warps, num_stages, ...]}')
 
 
 def load_env_configs() -> None:
-    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) into OVERRIDES, once."""
-    path = os.environ.get(CONFIGS_ENV, "").strip()
-    if not path or path in _loaded_from:
-        return
-    try:
-        text = open(path, encoding="utf-8").read()
-    except OSError as e:
-        raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})")
-    OVERRIDES.update(parse_gemv_configs(text, f"{CONFIGS_ENV}={path}"))
-    _loaded_from.append(path)
+    """Merge the table named by TRT_GPT_GEMV_CONFIGS (a GPU-specific tuning) into OVERRIDES, once per path."""
+    load_env_table(CONFIGS_ENV, parse_gemv_configs, OVERRIDES, _loaded_from)
 
 
 def _heuristic_config(m_pad: int, n: int, k: int) -> GemvConfig:

@@ -24,15 +24,23 @@ BLOCK_T = 16
 
 
 @triton.jit
+def _chunk_rows(PERM, SEG, s, chunk, BLOCK_T: tl.constexpr):
+    """Chunk `chunk` of slot s's segment: (its tokens' rows [BLOCK_T] as int64, their mask, whether the
+    chunk holds any token; a program whose chunk is past its segment's end does nothing)."""
+    start = tl.load(SEG + s) + chunk * BLOCK_T
+    end = tl.load(SEG + s + 1)
+    t = start + tl.arange(0, BLOCK_T)
+    tmask = t < end
+    rows = tl.load(PERM + t, mask=tmask, other=0).to(tl.int64)
+    return rows, tmask, start < end
+
+
+@triton.jit
 def _shrink_kernel(X, PERM, SEG, A, V, K, stride_x, stride_as, stride_ar, stride_v,
                    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     s = tl.program_id(0)
-    start = tl.load(SEG + s) + tl.program_id(1) * BLOCK_T
-    end = tl.load(SEG + s + 1)
-    if start < end:
-        t = start + tl.arange(0, BLOCK_T)
-        tmask = t < end
-        rows = tl.load(PERM + t, mask=tmask, other=0).to(tl.int64)
+    rows, tmask, active = _chunk_rows(PERM, SEG, s, tl.program_id(1), BLOCK_T)
+    if active:
         r = tl.arange(0, R)
         base = A + s.to(tl.int64) * stride_as
         acc = tl.zeros((BLOCK_T, R), dtype=tl.float32)
@@ -53,12 +61,8 @@ def _expand_kernel(V, PERM, SEG, B, Y, N, stride_v, stride_bs, stride_bn, stride
                    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     pid = tl.program_id(0)
     s = pid // CHUNKS
-    start = tl.load(SEG + s) + (pid % CHUNKS) * BLOCK_T
-    end = tl.load(SEG + s + 1)
-    if start < end:
-        t = start + tl.arange(0, BLOCK_T)
-        tmask = t < end
-        rows = tl.load(PERM + t, mask=tmask, other=0).to(tl.int64)
+    rows, tmask, active = _chunk_rows(PERM, SEG, s, pid % CHUNKS, BLOCK_T)
+    if active:
         r = tl.arange(0, R)
         v = tl.load(V + rows[:, None] * stride_v + r[None, :], mask=tmask[:, None], other=0.0)   # fp32 [T, R]
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)

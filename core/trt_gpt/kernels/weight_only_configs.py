@@ -11,12 +11,13 @@ The choice is explicit in the config, so a benchmark can time each kernel on eac
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import triton
 
+from .config_files import load_env_table, parse_json_table
 from .triton_common import next_pow2
 
 KERNELS = ("gemv", "gemm", "dequant")
@@ -99,20 +100,14 @@ _loaded_from: list[str] = []
 
 def parse_wo_configs(text: str, source: str) -> dict[tuple[str, int, int, int], WoConfig]:
     """{"int4g128,M,N,K": {"kernel": "gemv", "block_n": 8, ...}} -> table (M rounded up to a power of two)."""
-    try:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("the top level must be an object")
-        table = {}
-        for key, val in raw.items():
-            fmt, m, n, k = key.split(",")
-            if not isinstance(val, dict):
-                raise ValueError(f"entry {key!r}: expected an object of WoConfig fields")
-            table[(fmt, next_pow2(int(m)), int(n), int(k))] = WoConfig(**val)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: expected {{\"int4g128,M,N,K\": {{\"kernel\": ..., \"block_n\": ..., "
-                         f"\"block_k\": ...}}}}: {e}") from None
-    return table
+    def entry(key: str, val: Any) -> tuple[tuple[str, int, int, int], WoConfig]:
+        fmt, m, n, k = key.split(",")
+        if not isinstance(val, dict):
+            raise ValueError(f"entry {key!r}: expected an object of WoConfig fields")
+        return (fmt, next_pow2(int(m)), int(n), int(k)), WoConfig(**val)
+
+    return parse_json_table(text, source, entry,
+                            '{"int4g128,M,N,K": {"kernel": ..., "block_n": ..., "block_k": ...}}')
 
 
 def dump_wo_configs(table: dict[tuple[str, int, int, int], WoConfig]) -> str:
@@ -121,15 +116,7 @@ def dump_wo_configs(table: dict[tuple[str, int, int, int], WoConfig]) -> str:
 
 def load_env_configs() -> None:
     """Merge the table named by TRT_GPT_WO_CONFIGS into OVERRIDES, once per path."""
-    path = os.environ.get(CONFIGS_ENV, "").strip()
-    if not path or path in _loaded_from:
-        return
-    try:
-        text = open(path, encoding="utf-8").read()
-    except OSError as e:
-        raise ValueError(f"{CONFIGS_ENV}={path}: cannot read the file ({e.strerror})") from None
-    OVERRIDES.update(parse_wo_configs(text, f"{CONFIGS_ENV}={path}"))
-    _loaded_from.append(path)
+    load_env_table(CONFIGS_ENV, parse_wo_configs, OVERRIDES, _loaded_from)
 
 
 def _split_for(programs: int, k: int, block_k: int) -> int:

@@ -20,11 +20,12 @@ from trt_gpt.config import ModelConfig
 from trt_gpt.errors import TrtGptError
 from trt_gpt.lora.canonical import LoraAdapter, LoraBuilder
 
+from .nemo_archive import looks_like_nemo, open_adapter_archive
+
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attention|mlp)\.adapter_layer\.(lora_\w+?_adapter)\."
                   r"linear_(in|out)\.weight$")
 _TARGETS = {"lora_kqv_adapter": "qkv", "lora_dense_attention_adapter": "dense", "lora_hto4h_adapter": "fc",
             "lora_4htoh_adapter": "proj"}
-_SUFFIXES = (".nemo", ".tar", ".tar.gz", ".tgz")
 
 
 class NemoLora:
@@ -35,24 +36,13 @@ class NemoLora:
 
     @staticmethod
     def detect(path: Path) -> bool:
-        p = Path(path)
-        return (p.is_file() and p.name.lower().endswith(_SUFFIXES)) or (p / "model_config.yaml").is_file()
+        return looks_like_nemo(path)
 
     def load(self, path: str | Path, config: ModelConfig, name: str | None = None) -> LoraAdapter:
-        try:
-            from trt_gpt_gpt_next.nemo_source import open_nemo
-            from trt_gpt_gpt_next.nemo_weights import regroup_qkv
-        except ImportError:
-            raise TrtGptError(f"{path}: NeMo LoRA archives need the gpt-next variant package (trt-gpt-gpt-next)") \
-                from None
         path = Path(path)
-        src = open_nemo(path)
-        if src is None:
-            raise TrtGptError(f"{path}: not a .nemo archive or an unpacked .nemo directory")
-        try:
-            if src.tp_size > 1 or src.pp_size > 1:
-                raise TrtGptError(f"{path}: the adapter is saved in {src.tp_size}x{src.pp_size} tensor/pipeline "
-                                  "parallel parts; expected one model_weights.ckpt (merge it with NeMo first)")
+        with open_adapter_archive(path, "LoRA adapter") as src:
+            from trt_gpt_gpt_next.nemo_weights import regroup_qkv   # importable: the archive opened
+
             tuning = (src.config.get("peft") or {}).get("lora_tuning") or {}
             pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
             for key in src.names():
@@ -81,5 +71,3 @@ class NemoLora:
                     continue
                 builder.add(layer, role, a, b, scale)
             return builder.build()
-        finally:
-            src.close()

@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
-from trt_gpt.config import ModelConfig, read_json
+from trt_gpt.config import ModelConfig
 from trt_gpt.errors import TrtGptError
 from trt_gpt.lora.canonical import LoraAdapter, LoraBuilder
 from trt_gpt.lora.targets import TargetMap, variant_of
+
+from .peft_dir import CONFIG_NAME, read_peft_config, read_peft_weights
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 # config fields whose non-default value asks for something a LoRA delta on a linear layer cannot express
@@ -41,25 +43,6 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(st))
-        if binf.is_file():
-            state = torch.load(str(binf), map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise ValueError("not a dict of tensors")
-            return state
-    except Exception as e:  # noqa: BLE001 - safetensors and unpickling raise many types; all mean "corrupt"
-        f = st if st.is_file() else binf
-        raise TrtGptError(f"{f}: not a readable adapter weights file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
-    raise TrtGptError(f"{path}: no adapter_model.safetensors or adapter_model.bin")
-
-
 class PeftLora:
     name = "peft"
     aliases = ("hf",)
@@ -68,16 +51,11 @@ class PeftLora:
 
     @staticmethod
     def detect(path: Path) -> bool:
-        return Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file()
+        return Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file()
 
     def load(self, path: str | Path, config: ModelConfig, name: str | None = None) -> LoraAdapter:
         path = Path(path)
-        cfg_file = path / "adapter_config.json"
-        pc = read_json(cfg_file)
-        if not isinstance(pc, dict):
-            raise TrtGptError(f"{cfg_file}: expected a JSON object")
-        if str(pc.get("peft_type", "LORA")).upper() != "LORA":
-            raise TrtGptError(f"{cfg_file}: field 'peft_type' is {pc.get('peft_type')!r}, expected 'LORA'")
+        cfg_file, pc = read_peft_config(path, "LORA", default="LORA")
         for fld, what in _REFUSED.items():
             if pc.get(fld):
                 raise TrtGptError(f"{cfg_file}: field '{fld}' is {pc[fld]!r}: {what} cannot be applied as a LoRA "
@@ -89,7 +67,7 @@ class PeftLora:
         rank_pat, alpha_pat = pc.get("rank_pattern") or {}, pc.get("alpha_pattern") or {}
         rslora = bool(pc.get("use_rslora", False))
         targets = TargetMap(variant_of(config, str(path)), config)
-        tensors = _read_tensors(path)
+        _, tensors = read_peft_weights(path)
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in tensors.items():
             m = _KEY.match(key)

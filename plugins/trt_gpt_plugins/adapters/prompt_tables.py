@@ -4,7 +4,7 @@
 - `npy`: what the reference's nemo_prompt_convert.py writes, [tasks, virtual_tokens, hidden] or
   [virtual_tokens, hidden] (one task); read with `np.load(allow_pickle=False)`.
 - `peft`: an HF PEFT prompt-tuning directory (adapter_config.json with peft_type PROMPT_TUNING,
-  adapter_model.safetensors holding `prompt_embeddings` [virtual_tokens, hidden]); one task.
+  adapter_model.safetensors or .bin holding `prompt_embeddings` [virtual_tokens, hidden]); one task.
 - `nemo`: a NeMo p-tuning / prompt-tuning `.nemo` archive, read by the gpt-next variant's `.nemo` reader
   (its traversal guards and weights-only loading): the PEFT-style `adapter_layer.ptuning_adapter.inference_table`
   (one task) or per-task `prompt_table.<task>.prompt_embeddings.weight` in `task_templates` order, shorter
@@ -22,7 +22,8 @@ import torch
 
 from trt_gpt.errors import TrtGptError
 
-NEMO_SUFFIXES = (".nemo", ".tar", ".tar.gz", ".tgz")
+from .nemo_archive import looks_like_nemo, open_adapter_archive
+from .peft_dir import CONFIG_NAME, read_peft_config, read_peft_weights
 
 
 def _as_tasks(t: torch.Tensor, where: str) -> torch.Tensor:
@@ -65,7 +66,7 @@ class PeftPromptTable:
 
     @staticmethod
     def detect(path: Path) -> bool:
-        cfg = Path(path) / "adapter_config.json"
+        cfg = Path(path) / CONFIG_NAME
         if not cfg.is_file():
             return False
         try:
@@ -76,29 +77,12 @@ class PeftPromptTable:
 
     def load(self, path: str | Path, config: Any = None) -> torch.Tensor:
         path = Path(path)
-        cfg_file = path / "adapter_config.json"
-        try:
-            pc = json.loads(cfg_file.read_text())
-        except (ValueError, OSError) as e:
-            raise TrtGptError(f"{cfg_file}: not valid JSON ({e})") from None
-        if not isinstance(pc, dict):
-            raise TrtGptError(f"{cfg_file}: expected a JSON object")
-        if str(pc.get("peft_type")).upper() != "PROMPT_TUNING":
-            raise TrtGptError(f"{cfg_file}: field 'peft_type' is {pc.get('peft_type')!r}, expected 'PROMPT_TUNING' "
-                              "(p-tuning and prefix tuning change more than the input embeddings)")
+        cfg_file, pc = read_peft_config(path, "PROMPT_TUNING", why="(p-tuning and prefix tuning change more "
+                                        "than the input embeddings)")
         subs = pc.get("num_transformer_submodules") or 1
         if subs != 1:
             raise TrtGptError(f"{cfg_file}: field 'num_transformer_submodules' is {subs!r}, expected 1 (a decoder)")
-        st = path / "adapter_model.safetensors"
-        if not st.is_file():
-            raise TrtGptError(f"{path}: no adapter_model.safetensors")
-        try:
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(st))
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-            raise TrtGptError(f"{st}: not a readable safetensors file ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+        st, tensors = read_peft_weights(path)
         if "prompt_embeddings" not in tensors:
             raise TrtGptError(f"{st}: no 'prompt_embeddings' tensor (found {', '.join(sorted(tensors)) or 'none'})")
         t = tensors["prompt_embeddings"]
@@ -120,23 +104,11 @@ class NemoPromptTable:
 
     @staticmethod
     def detect(path: Path) -> bool:
-        p = Path(path)
-        return (p.is_file() and p.name.lower().endswith(NEMO_SUFFIXES)) or (p / "model_config.yaml").is_file()
+        return looks_like_nemo(path)
 
     def load(self, path: str | Path, config: Any = None) -> torch.Tensor:
-        try:
-            from trt_gpt_gpt_next.nemo_source import open_nemo
-        except ImportError:
-            raise TrtGptError(f"{path}: NeMo prompt tables need the gpt-next variant package (trt-gpt-gpt-next)") \
-                from None
         path = Path(path)
-        src = open_nemo(path)
-        if src is None:
-            raise TrtGptError(f"{path}: not a .nemo archive or an unpacked .nemo directory")
-        try:
-            if src.tp_size > 1 or src.pp_size > 1:
-                raise TrtGptError(f"{path}: the table is saved in {src.tp_size}x{src.pp_size} tensor/pipeline "
-                                  "parallel parts; expected one model_weights.ckpt")
+        with open_adapter_archive(path, "prompt table") as src:
             names = src.names()
             inference = [n for n in names if "adapter_layer.ptuning_adapter" in n]
             if inference:
@@ -157,8 +129,6 @@ class NemoPromptTable:
             for i, t in enumerate(tables):
                 out[i, :t.shape[0]] = t
             return _as_tasks(out, str(path))
-        finally:
-            src.close()
 
 
 FORMATS = (NpyPromptTable(), PeftPromptTable(), NemoPromptTable())

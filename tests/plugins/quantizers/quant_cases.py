@@ -1,6 +1,7 @@
 """Shared cases of the W8A8 / FP8 engine tests: a tiny trained-shape GPT-2 from HF, its linear modules under
-canonical names, activation statistics recorded with hooks on the HF model (the calibration), and the
-statistics interface quantizers read."""
+canonical names, activation statistics recorded with hooks on the HF model (the calibration), the
+statistics interface quantizers read, the quantized engine built from them, and the engine's worst logit
+error against a float64 HF reference that applies the format's definition."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,7 +9,11 @@ from types import SimpleNamespace
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trt_gpt.testing import save_tiny
+from trt_gpt.build import build
+from trt_gpt.config import BuildConfig, QuantConfig
+from trt_gpt.convert import convert
+from trt_gpt.runtime.llm import LLM
+from trt_gpt.testing import random_prompts, save_tiny
 
 # canonical module -> HF GPT-2 module path (its Conv1D holds W^T)
 MODS = {"attention.qkv": "attn.c_attn", "attention.dense": "attn.c_proj", "mlp.fc": "mlp.c_fc",
@@ -61,3 +66,29 @@ class Stats:
 
     def for_rank(self, name, parallel, cfg):
         return SimpleNamespace(in_absmax=self.absmax[name], out_absmax=self.out_absmax.get(name))
+
+
+def quantized_engine(tmp_path, qcfg: QuantConfig, dtype: str = "float32"):
+    """hf_tiny under tmp_path/hf, calibrated on three random prompts, converted with `qcfg` and built into
+    tmp_path/engine; returns (the HF model, the statistics, the checkpoint's rank-0 tensors)."""
+    from safetensors.torch import load_file
+
+    hf = hf_tiny(tmp_path / "hf")
+    absmax = record_absmax(hf, random_prompts(211, [40, 33, 50], seed=3))
+    convert(tmp_path / "hf", tmp_path / "ckpt", dtype=dtype, quantization=qcfg, stats=Stats(absmax), overwrite=True)
+    build(tmp_path / "engine", BuildConfig(max_input_len=64, tokens_per_block=16), checkpoint_dir=tmp_path / "ckpt")
+    return hf, absmax, load_file(str(tmp_path / "ckpt" / "rank0.safetensors"))
+
+
+def worst_logit_error(engine_dir, ref, relative: bool = False) -> float:
+    """The largest |engine logit - reference logit| over three random prompts (divided by the prompt's
+    largest reference logit when `relative`); the engine on CPU runs the exact integer / emulated FP8 path."""
+    llm = LLM(engine_dir, device="cpu")
+    prompts = random_prompts(211, [12, 30, 7], seed=9)
+    worst = 0.0
+    for p, got in zip(prompts, llm.score(prompts)):
+        with torch.no_grad():
+            want = ref(torch.tensor([p])).logits[0]
+        err = (got.double() - want).abs().max()
+        worst = max(worst, (err / want.abs().max() if relative else err).item())
+    return worst

@@ -10,14 +10,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
-from quant_cases import MODS, Stats, hf_module, hf_tiny, record_absmax
+from quant_cases import MODS, Stats, hf_module, hf_tiny, quantized_engine, record_absmax, worst_logit_error
 from test_int8_gemm_ref import round_half_even_64
 
-from trt_gpt.build import build
-from trt_gpt.config import BuildConfig, QuantConfig
+from trt_gpt.config import QuantConfig
 from trt_gpt.convert import convert
 from trt_gpt.errors import TrtGptError
-from trt_gpt.runtime.llm import LLM
 from trt_gpt.testing import random_prompts
 from trt_gpt.quant.formats import smoothquant_algo
 
@@ -33,14 +31,7 @@ def fake_quant(z, static_scale):
 
 @pytest.mark.parametrize("per_channel,per_token", [(True, True), (False, False), (True, False)])
 def test_smoothquant_engine_matches_float64_definition(tmp_path, per_channel, per_token):
-    hf = hf_tiny(tmp_path / "hf")
-    calib = random_prompts(211, [40, 33, 50], seed=3)
-    absmax = record_absmax(hf, calib)
-    qcfg = QuantConfig(quant_algo=smoothquant_algo(per_channel, per_token))
-    convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32", quantization=qcfg, stats=Stats(absmax),
-            overwrite=True)
-    build(tmp_path / "engine", BuildConfig(max_input_len=64, tokens_per_block=16), checkpoint_dir=tmp_path / "ckpt")
-    ckpt = load_file(str(tmp_path / "ckpt" / "rank0.safetensors"))
+    _, absmax, ckpt = quantized_engine(tmp_path, QuantConfig(quant_algo=smoothquant_algo(per_channel, per_token)))
 
     ref = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).double().eval()
     for i in range(2):
@@ -63,13 +54,7 @@ def test_smoothquant_engine_matches_float64_definition(tmp_path, per_channel, pe
                 return (fake_quant(inp[0] / s, static),)
             m.register_forward_pre_hook(pre)
 
-    llm = LLM(tmp_path / "engine", device="cpu")   # the exact integer / emulated FP8 path
-    prompts = random_prompts(211, [12, 30, 7], seed=9)
-    worst = 0.0
-    for p, got in zip(prompts, llm.score(prompts)):
-        with torch.no_grad():
-            want = ref(torch.tensor([p])).logits[0]
-        worst = max(worst, (got.double() - want).abs().max().item())
+    worst = worst_logit_error(tmp_path / "engine", ref)
     assert worst <= 1e-3, worst
 
 
