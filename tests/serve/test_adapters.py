@@ -232,4 +232,36 @@ def test_bad_lora_dir_flags(setup):
         assert_one_line_error(proc, *needles)
 
 
+# the trained GPT-2 of the shared data and its PEFT LoRA (`../shared/data` next to the repo, or $TRT_GPT_SHARED_DATA)
 SHARED = Path(os.environ.get("TRT_GPT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SHAKESPEARE = SHARED / "models" / "gpt2-shakespeare"
+
+
+def test_trained_milton_adapter(tmp_path, serve_engine):
+    """The trained `lora-milton` adapter served as a model: its text is PEFT's, the base id's is the bare
+    model's, and the two differ."""
+    if not (SHAKESPEARE / "lora-milton" / "adapter_config.json").is_file():
+        pytest.skip(f"{SHAKESPEARE}: shared data absent")
+    from transformers import AutoTokenizer
+
+    from trt_gpt.testing import engine_from_checkpoint
+
+    engine = engine_from_checkpoint(SHAKESPEARE, tmp_path, max_input_len=32, max_seq_len=64, max_batch_size=4,
+                                    max_lora_rank=8)
+    tok = AutoTokenizer.from_pretrained(str(SHAKESPEARE))
+    prompt = "Of man's first disobedience, and the fruit"
+    ids = tok.encode(prompt)
+    want = {m: tok.decode(peft_greedy(peft_model(SHAKESPEARE, d), ids, 12))
+            for m, d in (("shakespeare", None), ("milton", SHAKESPEARE / "lora-milton"))}
+    assert want["shakespeare"] != want["milton"]
+    srv = serve_engine(engine, tmp_path, "--tokenizer_dir", str(SHAKESPEARE), "--served_model_name", "shakespeare",
+                       "--lora_dir", f"milton={SHAKESPEARE / 'lora-milton'}")
+    try:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        assert [m.id for m in c.models.list().data] == ["shakespeare", "milton"]
+        for model, text in want.items():
+            r = c.completions.create(model=model, prompt=prompt, temperature=0, max_tokens=12,
+                                     extra_body={"ignore_eos": True})
+            assert r.choices[0].text == text, model
+    finally:
+        assert srv.terminate() == 0, srv.log()
