@@ -210,26 +210,44 @@ def test_unload_while_a_request_uses_it(setup, server):
 
 def test_engine_without_lora(served, setup):
     """--lora_dir on an engine built without LoRA: one line naming the flag, before the engine loads; the
-    load route of such a server: 400."""
+    load route of such a server: 400 with OpenAI's error object."""
+    from fastapi.testclient import TestClient
+
+    from trt_gpt.runtime.async_llm import AsyncLLM
+    from trt_gpt.serve.app import ServeState, create_app
+    from trt_gpt.serve.chat_template import load_chat_template
+
     proc = run_cli("serve", "--engine_dir", served.engine, "--lora_dir", setup.dirs["milton"], "--device", "cpu",
                    check=False)
     assert_one_line_error(proc, "--lora_dir", "without LoRA")
-    srv = served.start()
-    try:
-        r = _post(srv, "load_lora_adapter", {"lora_name": "m", "lora_path": str(setup.dirs["milton"])})
+    state = ServeState(AsyncLLM(served.llm), "m", load_chat_template(None, served.tok))
+    with TestClient(create_app(state)) as http:
+        r = http.post("/v1/load_lora_adapter", json={"lora_name": "m2", "lora_path": str(setup.dirs["milton"])})
         assert r.status_code == 400 and "without LoRA" in r.json()["error"]["message"], r.text
-    finally:
-        assert srv.terminate() == 0
+        r = http.post("/v1/unload_lora_adapter", json={"lora_name": "m2"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
 
 
-def test_bad_lora_dir_flags(setup):
-    for args, needles in (([str(setup.tmp / "missing")], ("--lora_dir", "no such file")),
-                          ([str(setup.dirs["milton"]), f"milton={setup.dirs['late']}"], ("two adapters", "milton")),
-                          ([f"{BASE}={setup.dirs['late']}", "--served_model_name", BASE], ("base model",)),
-                          ([f"0={setup.dirs['late']}"], ("task uid",))):
-        proc = run_cli("serve", "--engine_dir", setup.engine, "--device", "cpu", "--port", "1", "--lora_dir", *args,
-                       check=False)
-        assert_one_line_error(proc, *needles)
+def test_bad_lora_dir_values(setup, tmp_path):
+    """Bad --lora_dir values: one line naming the flag (the CLI once; the checks themselves in-process)."""
+    from trt_gpt import LLM
+    from trt_gpt.errors import TrtGptError
+    from trt_gpt.serve.adapters import parse_lora_dirs, register_lora_dirs
+
+    proc = run_cli("serve", "--engine_dir", setup.engine, "--lora_dir", setup.tmp / "missing", check=False)
+    assert_one_line_error(proc, "--lora_dir", "no such file")
+    odd = tmp_path / "a=b"          # a path with '=' is a path, not NAME=DIR
+    odd.mkdir()
+    assert parse_lora_dirs([str(odd), f"x={setup.dirs['late']}"]) == [("a=b", odd), ("x", setup.dirs["late"])]
+    with pytest.raises(TrtGptError, match="two adapters are named 'milton'"):
+        parse_lora_dirs([str(setup.dirs["milton"]), f"milton={setup.dirs['late']}"])
+    junk = tmp_path / "junk.txt"
+    junk.write_text("not an adapter")
+    llm = LLM(setup.engine, device="cpu")
+    for dirs, needle in (([(BASE, setup.dirs["late"])], "base model"), ([("0", setup.dirs["late"])], "task uid"),
+                         ([("x", junk)], f"--lora_dir {junk}: .*not a LoRA adapter")):
+        with pytest.raises(TrtGptError, match=needle):
+            register_lora_dirs(llm, dirs, None, BASE)
 
 
 # the trained GPT-2 of the shared data and its PEFT LoRA (`../shared/data` next to the repo, or $TRT_GPT_SHARED_DATA)

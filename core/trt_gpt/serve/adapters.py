@@ -11,6 +11,7 @@ those requests finish with it; the engine drops its weights when the last one en
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,6 +84,7 @@ class UnloadLoraRequest(BaseModel):
 def add_adapter_routes(app: FastAPI, state: Any) -> None:
     """POST /v1/load_lora_adapter and /v1/unload_lora_adapter over `state` (a ServeState)."""
     llm = state.engine.llm
+    changing = asyncio.Lock()     # one load/unload at a time: two loads of one name must not both pass the check
 
     def need_lora() -> None:
         if getattr(llm, "lora", None) is None:
@@ -91,6 +93,10 @@ def add_adapter_routes(app: FastAPI, state: Any) -> None:
     @app.post("/v1/load_lora_adapter")
     async def load(body: LoadLoraRequest) -> PlainTextResponse:
         need_lora()
+        async with changing:
+            return await _load(body)
+
+    async def _load(body: LoadLoraRequest) -> PlainTextResponse:
         name = body.lora_name
         if name == state.model_name:
             raise ApiError(400, f"lora_name {name!r} is the base model's id", "lora_name")
@@ -106,6 +112,10 @@ def add_adapter_routes(app: FastAPI, state: Any) -> None:
     @app.post("/v1/unload_lora_adapter")
     async def unload(body: UnloadLoraRequest) -> PlainTextResponse:
         need_lora()
+        async with changing:
+            return await _unload(body)
+
+    async def _unload(body: UnloadLoraRequest) -> PlainTextResponse:
         name = body.lora_name
         if name not in state.adapters:
             raise ApiError(400, f"the LoRA adapter {name!r} is not loaded (loaded: "
