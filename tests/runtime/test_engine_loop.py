@@ -149,3 +149,28 @@ def test_streamed_text_grows_by_whole_characters(tmp_path):
         assert final == tok.decode(finals[rid].token_ids)
         for t in seen[:-1]:
             assert final.startswith(t) and not t.endswith("\ufffd")
+
+
+def test_call_runs_on_the_loop_thread_between_steps(tiny):
+    """`AsyncLLM.call` runs a function on the loop's thread (the one that steps) while a request runs; its
+    result and its error come back to the caller, and the running request is unaffected."""
+    from trt_gpt.runtime.async_llm import AsyncLLM
+
+    llm = tiny.llm()
+    engine = AsyncLLM(llm)
+    p = random_prompts(VOCAB, [6], seed=11)[0]
+
+    def fail() -> None:
+        raise TrtGptError("nope")
+
+    async def main():
+        stream = await engine.add(p, SamplingParams(max_tokens=8))
+        name = await engine.call(lambda: threading.current_thread().name)
+        with pytest.raises(TrtGptError, match="nope"):
+            await engine.call(fail)
+        toks = [t async for up in stream for t in up.token_ids]
+        return name, toks
+
+    name, toks = asyncio.run(main())
+    assert name == "trt-gpt-engine-loop"
+    assert toks == tiny.hf_generate(p, max_new_tokens=8)

@@ -105,6 +105,30 @@ def test_add_and_remove_at_run_time(setup):
     assert llm.executor.graphs is graphs_before
 
 
+def test_remove_counts_waiting_requests_and_retires_when_idle(setup):
+    """An adapter a request waits for (every slot held) is in use too; `when_idle` retires it instead: new
+    requests cannot name it, the ones using it finish with it, and it is dropped when the last one ends."""
+    llm = LLM(setup.engine, device="cpu", max_loras=1)
+    llm.add_lora("c", setup.loras["c"])
+    pa, pc = random_prompts(211, [5, 6], seed=7)
+    sa = llm.add_request(pa, SamplingParams(max_tokens=N, lora=0))     # holds the one slot
+    sc = llm.add_request(pc, SamplingParams(max_tokens=N, lora="c"))   # waits for it
+    assert sc in llm.lora.waiting
+    with pytest.raises(TrtGptError, match="in use"):
+        llm.remove_lora("c")
+    llm.remove_lora("c", when_idle=True)
+    with pytest.raises(TrtGptError, match="unknown LoRA 'c'"):
+        llm.add_request(pc, SamplingParams(lora="c"))
+    while not (sa.is_finished and sc.is_finished):
+        llm.step()
+    assert sa.output_ids == setup.greedy("a", pa) and sc.output_ids == setup.greedy("c", pc)
+    assert "c" not in llm.lora.weights and "c" not in llm.lora.resident
+    # an idle adapter goes at once
+    llm.add_lora("c", setup.loras["c"])
+    llm.remove_lora("c", when_idle=True)
+    assert "c" not in llm.lora.weights
+
+
 def test_bad_request_fails_alone(setup):
     llm = LLM(setup.engine, device="cpu")
     prompts = random_prompts(211, [5, 8], seed=5)

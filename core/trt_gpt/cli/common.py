@@ -1,18 +1,25 @@
-"""Shared CLI pieces: progress display, the one-line summary, and checks of user-given paths and devices."""
+"""Shared CLI pieces: progress display, the one-line summary, checks of user-given paths and devices, and
+options several commands declare alike."""
 from __future__ import annotations
 
 import contextlib
 import re
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
+import typer
 from rich.console import Console
 
 from ..errors import TrtGptError
 
 err_console = Console(stderr=True, log_path=False)   # log lines without the source file:line suffix
 out_console = Console(highlight=False, soft_wrap=True)
+
+
+def lora_ckpt_source_option() -> Any:
+    """`--lora_ckpt_source` (build and serve): the format the `--lora_dir` adapters are read in."""
+    return typer.Option("auto", "--lora_ckpt_source", help="hf (PEFT) or nemo; auto detects.")
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from ..mapping import Mapping
 from .build_switches import BuildSwitches
 from .calibration import (calib_dataset_option, calib_max_seq_length_option, calib_size_option, calibration_stats,
                           needs_calibration)
-from .common import err_console, human_bytes, progress
+from .common import err_console, human_bytes, lora_ckpt_source_option, progress
 
 
 def convert_cmd(
@@ -171,7 +171,7 @@ def build_cmd(
     lora_target_modules: Optional[list[str]] = typer.Option(
         None, "--lora_target_modules",
         help="attn_qkv attn_q attn_k attn_v attn_dense mlp_h_to_4h mlp_gate mlp_4h_to_h (default: the adapters')."),
-    lora_ckpt_source: str = typer.Option("auto", "--lora_ckpt_source", help="hf (PEFT) or nemo; auto detects."),
+    lora_ckpt_source: str = lora_ckpt_source_option(),
 ) -> None:
     """Build an engine directory for the given limits."""
     from ..build import build

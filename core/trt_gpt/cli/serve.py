@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from ..errors import TrtGptError
-from .common import err_console
+from .common import err_console, lora_ckpt_source_option
 
 
 def serve_cmd(
@@ -48,8 +48,15 @@ def serve_cmd(
         None, "--max_tokens_in_paged_kv_cache", help="KV cache size in tokens (instead of the fraction)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if present)."),
     log_level: str = typer.Option("info", "--log_level", help="debug, info, warning, error."),
+    # ---- LoRA adapters as models (docs/serving.md); the engine needs --max_lora_rank at build
+    lora_dir: Optional[list[str]] = typer.Option(
+        None, "--lora_dir", help="LoRA adapters served as models: DIR (id: its name) or NAME=DIR."),
+    lora_ckpt_source: str = lora_ckpt_source_option(),
+    max_loras: Optional[int] = typer.Option(None, "--max_loras",
+                                            help="Adapters resident on the device at once (default 8)."),
 ) -> None:
-    """Serve an engine over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    """Serve an engine over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models);
+    each LoRA adapter is a model id of its own."""
     try:
         import uvicorn
 
@@ -60,6 +67,7 @@ def serve_cmd(
     from ..runtime.async_llm import AsyncLLM
     from ..runtime.distributed_llm import llm_factory
     from ..runtime.llm import LLM
+    from ..serve.adapters import engine_adapters, parse_lora_dirs, register_lora_dirs
     from ..serve.chat_template import load_chat_template
 
     if not 0 < port < 65536:
@@ -74,8 +82,15 @@ def serve_cmd(
     if max_batch_size is not None and max_batch_size < 1:
         raise TrtGptError(f"--max_batch_size is {max_batch_size}, expected a positive integer")
 
-    # a bad template file fails before the engine loads
+    # a bad template file or adapter path fails before the engine loads
     template = load_chat_template(chat_template, None) if chat_template is not None else None
+    loras = parse_lora_dirs(lora_dir or [])
+    if loras:
+        from ..checkpoint import load_engine_config
+        from ..serve.adapters import NO_LORA
+
+        if not load_engine_config(engine_dir)[1].max_lora_rank:
+            raise TrtGptError(f"--lora_dir: {NO_LORA}")
     from ..distributed import discover
 
     if discover().rank > 0:
@@ -87,11 +102,13 @@ def serve_cmd(
     llm = llm_factory(LLM)(engine_dir, device=device, tokenizer_dir=tokenizer_dir, vocab_file=vocab_file,
                            kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
                            max_tokens_in_paged_kv_cache=max_tokens_in_paged_kv_cache,
-                           max_batch_size=max_batch_size, max_num_tokens=max_num_tokens)
+                           max_batch_size=max_batch_size, max_num_tokens=max_num_tokens, max_loras=max_loras)
     tok = llm.tokenizer
     template = template or load_chat_template(None, tok)
-    state = ServeState(AsyncLLM(llm), served_model_name or Path(engine_dir).resolve().name, template,
-                       max_queued_requests=max_queued_requests, api_key=api_key)
+    model_name = served_model_name or Path(engine_dir).resolve().name
+    register_lora_dirs(llm, loras, lora_ckpt_source, model_name)
+    state = ServeState(AsyncLLM(llm), model_name, template, max_queued_requests=max_queued_requests,
+                       api_key=api_key, adapters=engine_adapters(llm), lora_source=lora_ckpt_source)
     app = create_app(state)
 
     handler = logging.StreamHandler(sys.stderr)
@@ -102,6 +119,8 @@ def serve_cmd(
     serve_log.propagate = False
     serve_log.info("model %s, chat template: %s, up to %d requests in flight, pid %d", state.model_name,
                    template.source, state.capacity, os.getpid())
+    if state.adapters:
+        serve_log.info("LoRA adapters (model ids): %s", ", ".join(state.adapters))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
                             timeout_graceful_shutdown=drain_timeout, lifespan="off")
     server = uvicorn.Server(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, AsyncIterator, Hashable, Sequence as Seq
+from typing import Any, AsyncIterator, Callable, Hashable, Sequence as Seq
 
 from .detokenizer import TextStream
 from .engine_loop import EngineLoop, RequestOptions, Update, new_request_id
@@ -98,6 +98,10 @@ class AsyncLLM:
     async def cancel(self, request_id: Hashable) -> bool:
         """End a request at the next step; False if it was not running."""
         return await asyncio.wrap_future(self.loop.cancel(request_id))
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the engine loop's thread between steps (see `EngineLoop.call`)."""
+        return await asyncio.wrap_future(self.loop.call(fn))
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         return await asyncio.get_running_loop().run_in_executor(None, self.loop.wait_idle, timeout)

@@ -128,6 +128,11 @@ class EngineLoop:
         """End a request at the next step (its KV blocks freed); resolves to whether it was running."""
         return self._post("cancel", (request_id,))
 
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn()` on the loop thread between two steps (the `LLM` is not thread-safe: adding or removing
+        an adapter or a table goes through here while requests run); resolves to its result or error."""
+        return self._post("call", (fn,))
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no submitted request is left; True unless the timeout passed."""
         with self._cv:
@@ -160,7 +165,8 @@ class EngineLoop:
                 self._inbox.clear()
             for kind, args, fut in cmds:
                 try:
-                    fut.set_result(self._submit(*args) if kind == "submit" else self._cancel(*args))
+                    fut.set_result(self._submit(*args) if kind == "submit" else
+                                   self._cancel(*args) if kind == "cancel" else args[0]())
                 except BaseException as e:   # reported to the caller, the loop goes on
                     fut.set_exception(e)
             if self._tracked:

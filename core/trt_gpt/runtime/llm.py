@@ -236,10 +236,13 @@ class LLM:
         self.lora.add(str(name), load_lora(path, self.cfg, self.build.max_lora_rank, self.lora.pool.roles, source,
                                            name=str(name)))
 
-    def remove_lora(self, name: str) -> None:
+    def remove_lora(self, name: str, when_idle: bool = False) -> None:
+        """Drop an adapter. While requests use it (running or waiting for a slot) this raises, or with
+        `when_idle=True` retires it: new requests cannot name it, those using it finish with it, and it is
+        dropped when the last of them ends."""
         if self.lora is None:
             raise TrtGptError("remove_lora: the engine was built without LoRA")
-        self.lora.remove(str(name))
+        self.lora.remove(str(name), when_idle)
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a request now and return its cache blocks."""

@@ -264,11 +264,40 @@ __all__ = ["LoraPool", "LoraManager", "lora_name", "DEFAULT_MAX_LORAS", "ROLES"]
 
 
 class LoraRequests(LoraManager):
-    """The manager as the `LLM` uses it: requests waiting for a slot, engine-dir adapters at start."""
+    """The manager as the `LLM` uses it: requests waiting for a slot, engine-dir adapters at start, and
+    adapters retired while requests still use them (dropped when the last one ends)."""
 
     def __init__(self, pool: LoraPool, cfg: ModelConfig, max_rows: int):
         super().__init__(pool, cfg, max_rows)
         self.waiting: list[Any] = []
+        self.retiring: set[str] = set()
+
+    def users(self, name: str) -> int:
+        """Requests using the adapter: holding its slot, or waiting for one."""
+        return self.holders.get(name, 0) + sum(lora_name(s.params.lora) == name for s in self.waiting)
+
+    def add(self, name: str, adapter: LoraAdapter) -> None:
+        if name in self.retiring:
+            raise TrtGptError(f"LoRA '{name}' is being removed ({self.users(name)} request(s) still use it); "
+                              "add it again when they finish")
+        super().add(name, adapter)
+
+    def remove(self, name: str, when_idle: bool = False) -> None:
+        """Drop an adapter. One that requests use (a waiting request will need its weights too) is refused,
+        or with `when_idle` retired: new requests cannot name it, and it goes when the last user ends."""
+        if name not in self.weights or name in self.retiring:
+            raise TrtGptError(f"LoRA '{name}' is not loaded (loaded: {', '.join(self.names()) or 'none'})")
+        n = self.users(name)
+        if n and not when_idle:
+            raise TrtGptError(f"LoRA '{name}' is in use by {n} running request(s); remove it when they finish")
+        if n:
+            self.retiring.add(name)
+        else:
+            super().remove(name)
+
+    def names(self) -> list[str]:
+        """The adapters requests may name (not those being removed)."""
+        return [n for n in self.weights if n not in self.retiring]
 
     @classmethod
     def for_engine(cls, engine: Any, max_loras: int | None, max_tokens: int) -> "LoraRequests | None":
@@ -298,6 +327,9 @@ class LoraRequests(LoraManager):
         """Give a new request its adapter's slot; False (and kept waiting) when every slot is held."""
         name = lora_name(seq.params.lora)
         if name is not None:
+            if name in self.retiring:
+                raise TrtGptError(f"unknown LoRA '{name}' (it is being removed; loaded: "
+                                  f"{', '.join(self.names()) or 'none'})")
             self.check(name)
         if self.acquire(seq.request_id, name):
             return True
@@ -317,3 +349,7 @@ class LoraRequests(LoraManager):
         if seq in self.waiting:
             self.waiting.remove(seq)
         self.release(seq.request_id)
+        name = lora_name(seq.params.lora)
+        if name in self.retiring and not self.users(name):
+            self.retiring.discard(name)
+            super().remove(name)

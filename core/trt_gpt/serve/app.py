@@ -1,5 +1,5 @@
 """The HTTP routes of `trt-gpt serve` (FastAPI): OpenAI's completions, chat completions and models, plus
-/health and /metrics.
+/health and /metrics; LoRA adapters are models of their own (serve/adapters.py).
 
 Admission: a request takes one slot per choice; past `max_batch_size + max_queued_requests` slots it is
 refused with 429 and `Retry-After`, so the queue never grows without bound. Errors are OpenAI's error
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..runtime.async_llm import AsyncLLM
+from .adapters import add_adapter_routes
 from .chat_template import ChatTemplate
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_api import Generation, chat_specs, completion_specs
@@ -38,8 +39,9 @@ class ServeState:
     chat_template: ChatTemplate
     max_queued_requests: int = 256
     api_key: str | None = None
-    # the model ids /v1/models lists and `model` may name (LoRA adapters will add theirs here)
-    model_ids: Callable[[], list[str]] | None = None
+    # the LoRA adapters served, each a model id of its own (its name in the engine), in load order
+    adapters: list[str] = field(default_factory=list)
+    lora_source: str | None = None      # --lora_ckpt_source for adapters loaded at run time
     in_flight: int = 0
     metrics: ServerMetrics = field(init=False)
 
@@ -53,7 +55,16 @@ class ServeState:
         self.metrics = ServerMetrics(llm, lambda: self.in_flight)
 
     def models(self) -> list[str]:
-        return self.model_ids() if self.model_ids is not None else [self.model_name]
+        return [self.model_name, *self.adapters]
+
+    def lora_of(self, model: str | None) -> str | None:
+        """The engine adapter a request's `model` selects (None: the base model); unknown ids are a 404."""
+        if model is None or model == self.model_name:
+            return None
+        if model in self.adapters:
+            return model
+        raise ApiError(404, f"model {model!r} does not exist (GET /v1/models lists them)", "model",
+                       code="model_not_found")
 
     def acquire(self, n: int) -> None:
         """Take `n` slots (one per choice) or refuse with 429: the queue stays bounded."""
@@ -152,8 +163,11 @@ def create_app(state: ServeState) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict:
         created = int(time.time())
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "trt-gpt"}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "trt-gpt",
+                                            "root": m, "parent": None if m == state.model_name else state.model_name}
                                            for m in state.models()]}
+
+    add_adapter_routes(app, state)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -170,10 +184,8 @@ async def _serve(state: ServeState, request: Request, kind: str, req: Any) -> Re
     endpoint = request.url.path
     start = time.perf_counter()
     try:
-        if req.model is not None and req.model not in state.models():
-            raise ApiError(404, f"model {req.model!r} does not exist (GET /v1/models lists them)", "model",
-                           code="model_not_found")
-        specs = completion_specs(state, req) if kind == "completion" else chat_specs(state, req)
+        lora = state.lora_of(req.model)
+        specs = completion_specs(state, req, lora) if kind == "completion" else chat_specs(state, req, lora)
         gen = Generation(state, kind, req, specs)
         state.acquire(gen.num_choices)
     except ApiError as e:

@@ -51,6 +51,7 @@ class Generation:
         self.state, self.kind, self.req, self.specs = state, kind, req, specs
         self.id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
+        self.model = req.model or state.model_name      # an adapter's id when the request named one
         self.arrival = time.perf_counter()
         self.num_choices = sum(s.beams or 1 for s in specs)
         self.choices = [Choice(i) for i in range(self.num_choices)]
@@ -150,7 +151,7 @@ class Generation:
                                 "finish_reason": c.finish_reason,
                                 "logprobs": self._chat_logprobs(c.logprobs) if self.req.logprobs else None})
         return {"id": self.id, "object": "text_completion" if self.kind == "completion" else "chat.completion",
-                "created": self.created, "model": self.state.model_name, "system_fingerprint": None,
+                "created": self.created, "model": self.model, "system_fingerprint": None,
                 "choices": choices, "usage": self.usage()}
 
     def _prefix(self, c: Choice) -> str:
@@ -163,7 +164,7 @@ class Generation:
         obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"
 
         def chunk(choices: list[dict], with_usage: dict | None = None) -> str:
-            body = {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name,
+            body = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                     "system_fingerprint": None, "choices": choices}
             if usage:
                 body["usage"] = with_usage
@@ -249,7 +250,7 @@ def _check_params(params: SamplingParams, vocab_size: int) -> None:
         raise ApiError(400, str(e), field_name) from None
 
 
-def completion_specs(state: Any, req: CompletionRequest) -> list[Spec]:
+def completion_specs(state: Any, req: CompletionRequest, lora: str | None = None) -> list[Spec]:
     if req.echo and req.logprobs is not None:
         raise ApiError(400, "echo with logprobs is not supported (prompt logprobs are not computed)", "echo")
     beams = req.best_of or req.n if req.use_beam_search else 0
@@ -269,7 +270,7 @@ def completion_specs(state: Any, req: CompletionRequest) -> list[Spec]:
         prefix = ((prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)) if req.echo else "")
         opts = RequestOptions(detokenize=True, stop=req.stop_list, logprobs=req.logprobs)
         if beams:
-            params = req.sampling_params(mt, state.end_id, 0)
+            params = req.sampling_params(mt, state.end_id, 0, lora)
             params.num_beams, params.length_penalty = beams, req.length_penalty
             params.top_k, params.temperature, params.seed = 0, 1.0, None
             _check_params(params, state.vocab_size)
@@ -279,13 +280,13 @@ def completion_specs(state: Any, req: CompletionRequest) -> list[Spec]:
             specs.append(Spec(p_i * req.n, ids, params, RequestOptions(snapshots=True), prefix, beams=req.n))
             continue
         for j in range(req.n):
-            params = req.sampling_params(mt, state.end_id, j)
+            params = req.sampling_params(mt, state.end_id, j, lora)
             _check_params(params, state.vocab_size)
             specs.append(Spec(p_i * req.n + j, ids, params, opts, prefix))
     return specs
 
 
-def chat_specs(state: Any, req: ChatCompletionRequest) -> list[Spec]:
+def chat_specs(state: Any, req: ChatCompletionRequest, lora: str | None = None) -> list[Spec]:
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
     messages = [{"role": m.role, "content": m.text()} | ({"name": m.name} if m.name else {}) for m in req.messages]
@@ -299,7 +300,7 @@ def chat_specs(state: Any, req: ChatCompletionRequest) -> list[Spec]:
                           logprobs=(req.top_logprobs or 0) if req.logprobs else None)
     specs = []
     for j in range(req.n):
-        params = req.sampling_params(mt, state.end_id, j)
+        params = req.sampling_params(mt, state.end_id, j, lora)
         _check_params(params, state.vocab_size)
         specs.append(Spec(j, ids, params, opts))
     return specs

@@ -72,9 +72,11 @@ class _Sampling(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int, end_id: int | None, choice: int) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, end_id: int | None, choice: int,
+                        lora: str | None = None) -> SamplingParams:
         """The runtime's params for choice `choice` of this request (choice i of a seeded request uses
-        seed + i, so the n choices differ and each is reproducible on its own)."""
+        seed + i, so the n choices differ and each is reproducible on its own), with the LoRA adapter its
+        `model` selected (None: the base model)."""
         temperature = 1.0 if self.temperature is None else self.temperature
         top_k = self.top_k if self.top_k is not None and self.top_k > 0 else 0
         top_p = 0.0 if self.top_p is None or self.top_p >= 1 else self.top_p
@@ -84,7 +86,7 @@ class _Sampling(BaseModel):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, min_tokens=min(self.min_tokens, max_tokens),
             end_id=None if self.ignore_eos else end_id,
-            seed=None if self.seed is None else (self.seed + choice) % 2**64)
+            seed=None if self.seed is None else (self.seed + choice) % 2**64, lora=lora)
 
 
 TokenIds = list[Annotated[int, Field(ge=0)]]
