@@ -192,9 +192,12 @@ def test_triton_backend_engine_equals_torch_engine(tmp_path, monkeypatch, kv):
     params = SamplingParams(max_tokens=6)
     ref = LLM(tmp_path / "engine", device="cpu")
     want, want_tokens = ref.score(prompts), [o.token_ids for o in ref.generate(prompts, params)]
+    want_one = ref.generate(prompts[:1], params)[0].token_ids
     monkeypatch.setenv(ENV_VAR, "triton")
     llm = LLM(tmp_path / "engine", device="cpu")
-    assert llm.engine.model.backend.name == "triton" and llm.engine.model.fused is None
+    # batch-1 steps take the fused small-batch layers, whose K/V write goes through the 8-bit cache spec
+    assert llm.engine.model.backend.name == "triton" and llm.engine.model.fused is not None
+    assert llm.generate(prompts[:1], params)[0].token_ids == want_one
     assert llm.engine.kv_spec.quantized
     for a, b in zip(llm.score(prompts), want):
         assert (a - b).abs().max().item() <= 1e-4
