@@ -29,14 +29,14 @@ def test_load_env_table_once_per_path(tmp_path, monkeypatch):
         calls.append(source)
         return parse_json_table(text, source, _entry, '{"N": int}')
 
-    monkeypatch.delenv("TRT_GPT_TEST_TABLE", raising=False)
-    load_env_table("TRT_GPT_TEST_TABLE", parse, into, loaded)
+    monkeypatch.delenv("TRT_GPT_X", raising=False)
+    load_env_table("TRT_GPT_X", parse, into, loaded)
     assert into == {} and calls == []                        # unset: nothing read
     (tmp_path / "a.json").write_text('{"4": 40}')
-    monkeypatch.setenv("TRT_GPT_TEST_TABLE", str(tmp_path / "a.json"))
-    load_env_table("TRT_GPT_TEST_TABLE", parse, into, loaded)
-    load_env_table("TRT_GPT_TEST_TABLE", parse, into, loaded)
-    assert into == {4: 40} and calls == [f"TRT_GPT_TEST_TABLE={tmp_path / 'a.json'}"]
-    monkeypatch.setenv("TRT_GPT_TEST_TABLE", str(tmp_path / "missing.json"))
-    with pytest.raises(ValueError, match=r"TRT_GPT_TEST_TABLE=.*missing.json: cannot read the file \(No such"):
-        load_env_table("TRT_GPT_TEST_TABLE", parse, into, loaded)
+    monkeypatch.setenv("TRT_GPT_X", str(tmp_path / "a.json"))
+    load_env_table("TRT_GPT_X", parse, into, loaded)
+    load_env_table("TRT_GPT_X", parse, into, loaded)
+    assert into == {4: 40} and calls == [f"TRT_GPT_X={tmp_path / 'a.json'}"]
+    monkeypatch.setenv("TRT_GPT_X", str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"TRT_GPT_X=.*missing.json: cannot read the file \(No such"):
+        load_env_table("TRT_GPT_X", parse, into, loaded)
