@@ -1,0 +1,86 @@
+"""LoRA adapters on quantized base engines: the adapters stay in float while the base is INT8 / INT4
+weight-only, FP8 or SmoothQuant W8A8.
+
+Oracles, independent of the code under test:
+* weight-only: HF transformers with every quantized linear replaced by the checkpoint's own integers x
+  scales (unpacked and scaled by hand in `wo_oracle`), wrapped by PEFT's `PeftModel` with the same adapter;
+* FP8 and SmoothQuant: one layer of the engine (the very module the model calls, adapter attached by the
+  slot pool) against a float64 computation from the format's definition plus s * (x A^T) B^T with A, B read
+  from the PEFT adapter file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from trt_gpt import LLM, SamplingParams  # noqa: E402
+from trt_gpt.build import build  # noqa: E402
+from trt_gpt.config import BuildConfig, QuantConfig  # noqa: E402
+from trt_gpt.convert import convert  # noqa: E402
+from trt_gpt.lora.testing import make_peft_adapter, peft_greedy, peft_logits  # noqa: E402
+from trt_gpt.testing import random_prompts  # noqa: E402
+
+from wo_oracle import dequantized_reference, hf_gpt2  # noqa: E402
+
+VOCAB, N = 211, 6
+# every GPT-2 linear; r=4, alpha=8: PEFT's scale 2
+LORA_KW = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
+
+
+def quantized_lora_engine(work: Path, qcfg: QuantConfig, stats=None) -> tuple[Path, Path, Path]:
+    """tiny GPT-2 under work/hf, a PEFT adapter for it, the checkpoint converted with `qcfg` and an engine
+    built with the adapter as task uid 0; returns (hf dir, adapter dir, engine dir)."""
+    hf_gpt2(work / "hf")
+    lora = make_peft_adapter(work / "hf", work / "lora", seed=1, **LORA_KW)
+    convert(work / "hf", work / "ckpt", dtype="float32", quantization=qcfg, stats=stats, overwrite=True)
+    build(work / "engine", BuildConfig(max_input_len=64, tokens_per_block=16, max_batch_size=4, max_lora_rank=8),
+          checkpoint_dir=work / "ckpt", overwrite=True, lora_dirs=[lora])
+    return work / "hf", lora, work / "engine"
+
+
+def peft_on(base: torch.nn.Module, lora: Path | None) -> torch.nn.Module:
+    from peft import PeftModel
+
+    if lora is None:
+        return base
+    return PeftModel.from_pretrained(base, str(lora)).double().eval()
+
+
+# ------------------------------------------------------------------ weight-only base + PEFT LoRA
+@pytest.mark.parametrize("algo,bits", [("W8A16", 8), ("W4A16_GPTQ", 4)])
+def test_weight_only_base_with_lora_matches_peft_on_dequantized(tmp_path, algo, bits):
+    from transformers import GPT2LMHeadModel
+
+    hf_dir, lora, engine = quantized_lora_engine(tmp_path, QuantConfig(quant_algo=algo, group_size=16))
+    hf = GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    base = dequantized_reference(hf, "gpt2", tmp_path / "ckpt", bits)          # float64, integers x scales
+    ref = peft_on(dequantized_reference(hf, "gpt2", tmp_path / "ckpt", bits), lora)
+    float_ref = peft_on(GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float64).eval(), lora)
+    llm = LLM(engine, device="cpu")
+    assert llm.lora.pool.dtype == torch.float32      # the adapter in the model's float dtype, not the base's ints
+    assert llm.engine.model.transformer.layers[0].mlp.fc.method.name.startswith(f"int{bits}")
+
+    prompts = random_prompts(VOCAB, [5, 11], seed=3)
+    for p, got in zip(prompts, llm.score(prompts, lora=0)):
+        want = peft_logits(ref, p)
+        assert (want - got).abs().max().item() <= 1e-4
+        assert (peft_logits(base, p) - want).abs().max().item() > 1e-2     # the adapter matters here
+        # and so does the quantization: PEFT on the float model is not what the engine computes
+        assert (peft_logits(float_ref, p) - got).abs().max().item() > 1e-3
+    outs = llm.generate(prompts, SamplingParams(max_tokens=N, lora=0))
+    for p, o in zip(prompts, outs):
+        assert o.token_ids == peft_greedy(ref, p, N)
+
+    # a mixed batch (adapter, none) equals each request alone (and the references)
+    keys = [0, -1]
+    mixed = llm.generate(prompts, [SamplingParams(max_tokens=N, lora=k, return_logits=True) for k in keys])
+    for p, k, o in zip(prompts, keys, mixed):
+        alone = llm.generate([p], SamplingParams(max_tokens=N, lora=k, return_logits=True))[0]
+        assert o.token_ids == alone.token_ids == peft_greedy(ref if k == 0 else base, p, N)
+        assert (o.generation_logits - alone.generation_logits).abs().max().item() <= 1e-5
