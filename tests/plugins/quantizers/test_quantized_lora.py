@@ -84,3 +84,91 @@ def test_weight_only_base_with_lora_matches_peft_on_dequantized(tmp_path, algo, 
         alone = llm.generate([p], SamplingParams(max_tokens=N, lora=k, return_logits=True))[0]
         assert o.token_ids == alone.token_ids == peft_greedy(ref if k == 0 else base, p, N)
         assert (o.generation_logits - alone.generation_logits).abs().max().item() <= 1e-5
+
+
+# ------------------------------------------------------------------ FP8 / SmoothQuant base: layer level
+# canonical role -> (module under a decoder layer, the HF GPT-2 module PEFT targets)
+LAYER_ROLES = {"qkv": ("attention.qkv", "attn.c_attn"), "dense": ("attention.dense", "attn.c_proj"),
+               "fc": ("mlp.fc", "mlp.c_fc"), "proj": ("mlp.proj", "mlp.c_proj")}
+
+
+def calibrated_lora_engine(work: Path, qcfg: QuantConfig) -> tuple[LLM, dict, dict]:
+    """The engine of `quantized_lora_engine` calibrated on random prompts; returns (its LLM with the adapter
+    resident and staged for tokens 0..3, tokens 4..5 without it; the checkpoint; the adapter's tensors)."""
+    from quant_cases import Stats, record_absmax
+    from transformers import GPT2LMHeadModel
+
+    hf = hf_gpt2(work / "hf")
+    absmax = record_absmax(hf, random_prompts(VOCAB, [40, 33], seed=3))
+    _, lora, engine = quantized_lora_engine(work, qcfg, Stats(absmax))
+    assert isinstance(hf, GPT2LMHeadModel)
+    llm = LLM(engine, device="cpu")
+    llm.lora.acquire(10_000, "0")
+    slot = llm.lora.request_slot[10_000]
+    llm.lora.pool.stage([slot] * 4 + [-1] * 2, 6)
+    return llm, load_file(str(work / "ckpt" / "rank0.safetensors")), load_file(str(lora / "adapter_model.safetensors"))
+
+
+def lora_delta64(x: torch.Tensor, adapter: dict, hf_module: str, scale: float = LORA_KW["lora_alpha"] / LORA_KW["r"]
+                 ) -> torch.Tensor:
+    """s * (x A^T) B^T in float64 from PEFT's tensors of layer 0's `hf_module` (A [r, in], B [out, r])."""
+    pre = f"base_model.model.transformer.h.0.{hf_module}"
+    a, b = adapter[f"{pre}.lora_A.weight"].double(), adapter[f"{pre}.lora_B.weight"].double()
+    return scale * (x.double() @ a.t()) @ b.t()
+
+
+def layer_inputs(n_in: int) -> torch.Tensor:
+    return torch.randn(6, n_in, generator=torch.Generator().manual_seed(7))
+
+
+def test_fp8_base_keeps_float_adapter_and_adds_its_delta(tmp_path):
+    """y = FP8 product (fp8_ref's definition, here in float64) + s (x A^T) B^T for the adapter's tokens."""
+    llm, ckpt, adapter = calibrated_lora_engine(tmp_path, QuantConfig(quant_algo="FP8"))
+    pool = llm.lora.pool
+    assert pool.dtype == torch.float32 and all(a.dtype == b.dtype == torch.float32 for a, b in pool.tensors.values())
+    layer = llm.engine.model.transformer.layers[0]
+    for role, (path, hf_mod) in LAYER_ROLES.items():
+        lin = layer.get_submodule(path)
+        assert lin.weight.dtype == torch.float8_e4m3fn and lin.adapter is not None
+        name = f"transformer.layers.0.{path}"
+        x = layer_inputs(lin.in_features)
+        s_x, s_w = ckpt[f"{name}.activation_scaling_factor"], ckpt[f"{name}.weights_scaling_factor"]
+        # e4m3(saturate(x / s_x)): the division in x's fp32, the cast is the e4m3 rounding itself
+        x_q = (x / s_x).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).double()
+        base = (x_q @ ckpt[f"{name}.weight"].double().t()) * (s_x.double() * s_w.double()) + ckpt[f"{name}.bias"].double()
+        want = base.clone()
+        want[:4] += lora_delta64(x[:4], adapter, hf_mod)
+        with torch.no_grad():
+            got = lin(x)
+        assert (got.double() - want).abs().max().item() <= 1e-3, role
+        assert (base[:4] - want[:4]).abs().max().item() > 1e-2      # the delta is visible at this tolerance
+    # and the engine runs with the adapter, which changes its logits
+    p = random_prompts(VOCAB, [9], seed=4)
+    assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
+
+
+def test_smoothquant_base_adds_the_float_delta(tmp_path):
+    """W8A8 (per-token, per-channel) base: y = the W8A8 product (int8_gemm_ref's definition, float64 here,
+    the runtime smoother of dense/proj included) + s (x A^T) B^T for the adapter's tokens."""
+    from trt_gpt.quant.formats import smoothquant_algo
+
+    llm, ckpt, adapter = calibrated_lora_engine(
+        tmp_path, QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=0.5))
+    assert llm.lora.pool.dtype == torch.float32
+    layer = llm.engine.model.transformer.layers[0]
+    for role, (path, hf_mod) in LAYER_ROLES.items():
+        lin = layer.get_submodule(path)
+        assert lin.weight.dtype == torch.int8 and lin.adapter is not None
+        name = f"transformer.layers.0.{path}"
+        x = layer_inputs(lin.in_features)
+        xs = x / ckpt[f"{name}.smoother"] if f"{name}.smoother" in ckpt else x    # fp32, as defined
+        s_x = xs.abs().amax(dim=1, keepdim=True) / 127.0
+        x_q = torch.round((xs / s_x).clamp(-127.0, 127.0)).double()
+        base = (x_q @ ckpt[f"{name}.weight"].double().t()) * s_x.double() * ckpt[f"{name}.per_channel_scale"].double() \
+            + ckpt[f"{name}.bias"].double()
+        want = base.clone()
+        want[:4] += lora_delta64(x[:4], adapter, hf_mod)
+        with torch.no_grad():
+            got = lin(x)
+        assert (got.double() - want).abs().max().item() <= 1e-3, role
+        assert (base[:4] - want[:4]).abs().max().item() > 1e-2
