@@ -26,6 +26,8 @@ from trt_gpt.convert import convert  # noqa: E402
 from trt_gpt.lora.testing import make_peft_adapter, peft_greedy, peft_logits  # noqa: E402
 from trt_gpt.testing import random_prompts  # noqa: E402
 
+from trt_gpt.quant.formats import smoothquant_algo  # noqa: E402
+
 from wo_oracle import dequantized_reference, hf_gpt2  # noqa: E402
 
 VOCAB, N = 211, 6
@@ -33,11 +35,15 @@ VOCAB, N = 211, 6
 LORA_KW = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
 
 
-def quantized_lora_engine(work: Path, qcfg: QuantConfig, stats=None) -> tuple[Path, Path, Path]:
-    """tiny GPT-2 under work/hf, a PEFT adapter for it, the checkpoint converted with `qcfg` and an engine
-    built with the adapter as task uid 0; returns (hf dir, adapter dir, engine dir)."""
-    hf_gpt2(work / "hf")
-    lora = make_peft_adapter(work / "hf", work / "lora", seed=1, **LORA_KW)
+def quantized_lora_engine(work: Path, qcfg: QuantConfig, stats=None, targets: list[str] | None = None
+                          ) -> tuple[Path, Path, Path]:
+    """tiny GPT-2 under work/hf (kept when there), a PEFT adapter for it (on `targets`, default every linear),
+    the checkpoint converted with `qcfg` and an engine built with the adapter as task uid 0; returns
+    (hf dir, adapter dir, engine dir)."""
+    if not (work / "hf").is_dir():
+        hf_gpt2(work / "hf")
+    lora = make_peft_adapter(work / "hf", work / "lora", seed=1,
+                             **{**LORA_KW, "target_modules": targets or LORA_KW["target_modules"]})
     convert(work / "hf", work / "ckpt", dtype="float32", quantization=qcfg, stats=stats, overwrite=True)
     build(work / "engine", BuildConfig(max_input_len=64, tokens_per_block=16, max_batch_size=4, max_lora_rank=8),
           checkpoint_dir=work / "ckpt", overwrite=True, lora_dirs=[lora])
@@ -53,37 +59,72 @@ def peft_on(base: torch.nn.Module, lora: Path | None) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------ weight-only base + PEFT LoRA
-@pytest.mark.parametrize("algo,bits", [("W8A16", 8), ("W4A16_GPTQ", 4)])
-def test_weight_only_base_with_lora_matches_peft_on_dequantized(tmp_path, algo, bits):
-    from transformers import GPT2LMHeadModel
+class WeightOnlyCase:
+    """A weight-only engine with the adapter as uid 0, and the PEFT references: `ref` (the adapter on HF with
+    the checkpoint's dequantized weights), `base` (that model alone), `float_ref` (the adapter on the float HF
+    model, which the engine must NOT match)."""
 
-    hf_dir, lora, engine = quantized_lora_engine(tmp_path, QuantConfig(quant_algo=algo, group_size=16))
-    hf = GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    base = dequantized_reference(hf, "gpt2", tmp_path / "ckpt", bits)          # float64, integers x scales
-    ref = peft_on(dequantized_reference(hf, "gpt2", tmp_path / "ckpt", bits), lora)
-    float_ref = peft_on(GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float64).eval(), lora)
-    llm = LLM(engine, device="cpu")
+    def __init__(self, work: Path, algo: str, bits: int):
+        from transformers import GPT2LMHeadModel
+
+        self.bits = bits
+        hf_dir, self.lora, self.engine = quantized_lora_engine(work, QuantConfig(quant_algo=algo, group_size=16))
+        hf = GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        self.base = dequantized_reference(hf, "gpt2", work / "ckpt", bits)          # float64, integers x scales
+        self.ref = peft_on(dequantized_reference(hf, "gpt2", work / "ckpt", bits), self.lora)
+        self.float_ref = peft_on(GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float64).eval(), self.lora)
+
+    def greedy(self, uid: int, prompt: list[int], n: int = N) -> list[int]:
+        return peft_greedy(self.ref if uid == 0 else self.base, prompt, n)
+
+
+@pytest.fixture(scope="module", params=[("W8A16", 8), ("W4A16_GPTQ", 4)], ids=["int8", "int4_g16"])
+def wo_case(request, tmp_path_factory) -> WeightOnlyCase:
+    return WeightOnlyCase(tmp_path_factory.mktemp(request.param[0]), *request.param)
+
+
+def test_weight_only_base_with_lora_matches_peft_on_dequantized(wo_case):
+    c = wo_case
+    llm = LLM(c.engine, device="cpu")
     assert llm.lora.pool.dtype == torch.float32      # the adapter in the model's float dtype, not the base's ints
-    assert llm.engine.model.transformer.layers[0].mlp.fc.method.name.startswith(f"int{bits}")
+    assert llm.engine.model.transformer.layers[0].mlp.fc.method.name.startswith(f"int{c.bits}")
 
     prompts = random_prompts(VOCAB, [5, 11], seed=3)
     for p, got in zip(prompts, llm.score(prompts, lora=0)):
-        want = peft_logits(ref, p)
+        want = peft_logits(c.ref, p)
         assert (want - got).abs().max().item() <= 1e-4
-        assert (peft_logits(base, p) - want).abs().max().item() > 1e-2     # the adapter matters here
+        assert (peft_logits(c.base, p) - want).abs().max().item() > 1e-2     # the adapter matters here
         # and so does the quantization: PEFT on the float model is not what the engine computes
-        assert (peft_logits(float_ref, p) - got).abs().max().item() > 1e-3
+        assert (peft_logits(c.float_ref, p) - got).abs().max().item() > 1e-3
     outs = llm.generate(prompts, SamplingParams(max_tokens=N, lora=0))
     for p, o in zip(prompts, outs):
-        assert o.token_ids == peft_greedy(ref, p, N)
+        assert o.token_ids == c.greedy(0, p)
 
     # a mixed batch (adapter, none) equals each request alone (and the references)
     keys = [0, -1]
     mixed = llm.generate(prompts, [SamplingParams(max_tokens=N, lora=k, return_logits=True) for k in keys])
     for p, k, o in zip(prompts, keys, mixed):
         alone = llm.generate([p], SamplingParams(max_tokens=N, lora=k, return_logits=True))[0]
-        assert o.token_ids == alone.token_ids == peft_greedy(ref if k == 0 else base, p, N)
+        assert o.token_ids == alone.token_ids == c.greedy(k, p)
         assert (o.generation_logits - alone.generation_logits).abs().max().item() <= 1e-5
+
+
+def test_weight_only_base_with_triton_lora_kernel(wo_case, monkeypatch):
+    """The GPU's path on CPU: the Triton gather-matmul (interpreted) reading the decode graphs' fixed slot
+    column, over the weight-only layers; a mixed batch equals the PEFT references. INT4 only (the kernel
+    sees the base's float output either way; the interpreter is slow)."""
+    if wo_case.bits != 4:
+        pytest.skip("one weight-only format suffices for the kernel path")
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "eager")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    llm = LLM(wo_case.engine, device="cpu")
+    assert llm.executor.graphs is not None and llm.lora.pool.triton
+    keys = [0, -1, 0]
+    prompts = random_prompts(VOCAB, [4, 5, 3], seed=6)
+    outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=k) for k in keys])
+    assert [o.token_ids for o in outs] == [wo_case.greedy(k, p, 4) for k, p in zip(keys, prompts)]
 
 
 # ------------------------------------------------------------------ FP8 / SmoothQuant base: layer level
@@ -92,7 +133,8 @@ LAYER_ROLES = {"qkv": ("attention.qkv", "attn.c_attn"), "dense": ("attention.den
                "fc": ("mlp.fc", "mlp.c_fc"), "proj": ("mlp.proj", "mlp.c_proj")}
 
 
-def calibrated_lora_engine(work: Path, qcfg: QuantConfig) -> tuple[LLM, dict, dict]:
+def calibrated_lora_engine(work: Path, qcfg: QuantConfig, targets: list[str] | None = None
+                           ) -> tuple[LLM, dict, dict]:
     """The engine of `quantized_lora_engine` calibrated on random prompts; returns (its LLM with the adapter
     resident and staged for tokens 0..3, tokens 4..5 without it; the checkpoint; the adapter's tensors)."""
     from quant_cases import Stats, record_absmax
@@ -100,7 +142,7 @@ def calibrated_lora_engine(work: Path, qcfg: QuantConfig) -> tuple[LLM, dict, di
 
     hf = hf_gpt2(work / "hf")
     absmax = record_absmax(hf, random_prompts(VOCAB, [40, 33], seed=3))
-    _, lora, engine = quantized_lora_engine(work, qcfg, Stats(absmax))
+    _, lora, engine = quantized_lora_engine(work, qcfg, Stats(absmax), targets)
     assert isinstance(hf, GPT2LMHeadModel)
     llm = LLM(engine, device="cpu")
     llm.lora.acquire(10_000, "0")
@@ -147,21 +189,23 @@ def test_fp8_base_keeps_float_adapter_and_adds_its_delta(tmp_path):
     assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
 
 
-def test_smoothquant_base_adds_the_float_delta(tmp_path):
-    """W8A8 (per-token, per-channel) base: y = the W8A8 product (int8_gemm_ref's definition, float64 here,
-    the runtime smoother of dense/proj included) + s (x A^T) B^T for the adapter's tokens."""
-    from trt_gpt.quant.formats import smoothquant_algo
+SQ = QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=0.5)
 
-    llm, ckpt, adapter = calibrated_lora_engine(
-        tmp_path, QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=0.5))
+
+def test_smoothquant_base_adds_the_float_delta(tmp_path):
+    """W8A8 (per-token, per-channel) base, adapter on dense and proj (the layers whose smoothing is the
+    runtime `smoother`, so they read the model's own activations): y = the W8A8 product (int8_gemm_ref's
+    definition, float64 here, the smoother included) + s (x A^T) B^T for the adapter's tokens."""
+    llm, ckpt, adapter = calibrated_lora_engine(tmp_path, SQ, targets=["c_proj"])
     assert llm.lora.pool.dtype == torch.float32
     layer = llm.engine.model.transformer.layers[0]
-    for role, (path, hf_mod) in LAYER_ROLES.items():
+    for role in ("dense", "proj"):
+        path, hf_mod = LAYER_ROLES[role]
         lin = layer.get_submodule(path)
         assert lin.weight.dtype == torch.int8 and lin.adapter is not None
         name = f"transformer.layers.0.{path}"
         x = layer_inputs(lin.in_features)
-        xs = x / ckpt[f"{name}.smoother"] if f"{name}.smoother" in ckpt else x    # fp32, as defined
+        xs = x / ckpt[f"{name}.smoother"]                 # fp32, as defined
         s_x = xs.abs().amax(dim=1, keepdim=True) / 127.0
         x_q = torch.round((xs / s_x).clamp(-127.0, 127.0)).double()
         base = (x_q @ ckpt[f"{name}.weight"].double().t()) * s_x.double() * ckpt[f"{name}.per_channel_scale"].double() \
@@ -172,3 +216,29 @@ def test_smoothquant_base_adds_the_float_delta(tmp_path):
             got = lin(x)
         assert (got.double() - want).abs().max().item() <= 1e-3, role
         assert (base[:4] - want[:4]).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("target,role", [("c_attn", "qkv"), ("c_fc", "fc")])
+def test_smoothquant_refuses_adapter_on_norm_smoothed_layer(tmp_path, target, role):
+    """qkv and fc read the norm's output divided by the smoothing scale folded into the norm (which the
+    checkpoint does not keep): an adapter there would add s (x/s_sq A^T) B^T, a wrong delta. Refused in one
+    line at build and when added at run time, naming the adapter, layer and role."""
+    from quant_cases import Stats, record_absmax
+
+    from trt_gpt.errors import TrtGptError
+
+    hf = hf_gpt2(tmp_path / "hf")
+    stats = Stats(record_absmax(hf, random_prompts(VOCAB, [40], seed=3)))
+    with pytest.raises(TrtGptError) as e:
+        quantized_lora_engine(tmp_path, SQ, stats, targets=[target])
+    msg = str(e.value)
+    assert "\n" not in msg and f"layer 0 {role}" in msg and "SmoothQuant" in msg
+    assert not (tmp_path / "engine").exists()
+    # an engine with an allowed adapter, then the refused one at run time; the first keeps working
+    _, good, engine = quantized_lora_engine(tmp_path, SQ, stats, targets=["c_proj"])
+    bad = make_peft_adapter(tmp_path / "hf", tmp_path / "bad", seed=2, **{**LORA_KW, "target_modules": [target]})
+    llm = LLM(engine, device="cpu")
+    with pytest.raises(TrtGptError, match=f"layer 0 {role}.*SmoothQuant"):
+        llm.add_lora("bad", bad)
+    p = random_prompts(VOCAB, [7], seed=4)
+    assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
