@@ -189,6 +189,33 @@ def test_fp8_base_keeps_float_adapter_and_adds_its_delta(tmp_path):
     assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
 
 
+def test_fp8_engine_with_lora_matches_peft_on_fp8_definition(tmp_path):
+    """Engine level: HF in float64 with every linear's weight the checkpoint's e4m3 values x s_w and its input
+    rounded to e4m3 with the static scale (a pre-hook on the base layer, `test_fp8_ref`'s rounding), wrapped
+    by PEFT with the adapter (whose branch reads the unrounded input): logits within 1e-3 relative."""
+    from quant_cases import MODS, hf_module
+    from test_fp8_ref import e4m3_round_64
+    from transformers import GPT2LMHeadModel
+
+    llm, ckpt, _ = calibrated_lora_engine(tmp_path, QuantConfig(quant_algo="FP8"))
+    llm.lora.release(10_000)
+    ref = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).double().eval()
+    for i in range(2):
+        for mod in MODS:
+            name = f"transformer.layers.{i}.{mod}"
+            m = hf_module(ref, i, mod)
+            m.weight.data.copy_((ckpt[f"{name}.weight"].double() * ckpt[f"{name}.weights_scaling_factor"].double()).T)
+            s_x = ckpt[f"{name}.activation_scaling_factor"].double()
+            m.register_forward_pre_hook(lambda mod_, inp, s_x=s_x: (e4m3_round_64(inp[0] / s_x) * s_x,))
+    base = peft_logits(ref, [1, 2, 3])
+    ref = peft_on(ref, tmp_path / "lora")
+    assert (peft_logits(ref, [1, 2, 3]) - base).abs().max().item() > 1e-2     # PEFT did wrap the FP8 layers
+    prompts = random_prompts(VOCAB, [12, 7], seed=9)
+    for p, got in zip(prompts, llm.score(prompts, lora=0)):
+        want = ref(torch.tensor([p])).logits[0].detach()
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-3
+
+
 SQ = QuantConfig(quant_algo=smoothquant_algo(True, True), smoothquant_val=0.5)
 
 
