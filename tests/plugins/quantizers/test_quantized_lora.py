@@ -269,3 +269,42 @@ def test_smoothquant_refuses_adapter_on_norm_smoothed_layer(tmp_path, target, ro
         llm.add_lora("bad", bad)
     p = random_prompts(VOCAB, [7], seed=4)
     assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
+
+
+def test_fp8_starcoder2_fp16_keeps_fp16_adapter(tmp_path):
+    """The reference's example: an FP8 StarCoder2 (GQA) in float16 with a PEFT LoRA on q/k/v/o. The pool is
+    float16; the fused qkv layer adds each projection's delta to its rows: y = FP8 product + [dq | dk | dv],
+    checked against float64 from the definitions (fp16 output: 2e-3 of the largest value)."""
+    from wo_oracle import hf_starcoder2
+
+    hf_starcoder2(tmp_path / "hf")
+    lora = make_peft_adapter(tmp_path / "hf", tmp_path / "lora", seed=1, r=4, lora_alpha=8,
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float16", quantization=QuantConfig(quant_algo="FP8"))
+    build(tmp_path / "engine", BuildConfig(max_input_len=64, tokens_per_block=16, max_batch_size=2),
+          checkpoint_dir=tmp_path / "ckpt", lora_dirs=[lora])
+    llm = LLM(tmp_path / "engine", device="cpu")
+    pool = llm.lora.pool
+    assert pool.dtype == torch.float16 and all(a.dtype == b.dtype == torch.float16 for a, b in pool.tensors.values())
+    lin = llm.engine.model.transformer.layers[0].attention.qkv
+    assert lin.weight.dtype == torch.float8_e4m3fn
+    llm.lora.acquire(1, "0")
+    pool.stage([llm.lora.request_slot[1]] * 3, 3)
+
+    ckpt, ad = load_file(str(tmp_path / "ckpt" / "rank0.safetensors")), load_file(str(lora / "adapter_model.safetensors"))
+    name = "transformer.layers.0.attention.qkv"
+    x = layer_inputs(lin.in_features)[:3].half()
+    s_x, s_w = ckpt[f"{name}.activation_scaling_factor"], ckpt[f"{name}.weights_scaling_factor"]
+    x_q = (x.float() / s_x).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).double()
+    want = (x_q @ ckpt[f"{name}.weight"].double().t()) * (s_x.double() * s_w.double())
+    if f"{name}.bias" in ckpt:
+        want += ckpt[f"{name}.bias"].double()
+    base = want.clone()
+    pre = "base_model.model.model.layers.0.self_attn"
+    want += torch.cat([2.0 * (x.double() @ ad[f"{pre}.{p}.lora_A.weight"].double().t())
+                       @ ad[f"{pre}.{p}.lora_B.weight"].double().t() for p in ("q_proj", "k_proj", "v_proj")], dim=1)
+    with torch.no_grad():
+        got = lin(x)
+    assert got.dtype == torch.float16
+    assert (got.double() - want).abs().max().item() <= 2e-3 * want.abs().max().item()
+    assert (base - want).abs().max().item() > 0.1 * want.abs().max().item()    # the delta is no rounding error
