@@ -96,3 +96,29 @@ def test_plugins_list_shows_adapter_formats():
     out = run_cli("plugins", "list", "--json").stdout
     assert "lora:peft" in out and "lora:nemo" in out
     assert all(f"prompt_table:{f}" in out for f in ("npy", "peft", "nemo"))
+
+
+def test_lora_on_int8_weight_only_base(setup, tmp_path):
+    """convert --use_weight_only (INT8) -> build --lora_dir -> run --lora_task_uids 0 -1: uid 0's greedy tokens
+    are PEFT's on HF with the checkpoint's integers x scales as weights, uid -1's that model's without it."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from peft import PeftModel
+    from wo_oracle import dequantized_reference
+
+    hf, d, loras = setup
+    run_cli("convert", "--model_dir", hf, "--output_dir", tmp_path / "ckpt", "--dtype", "float32",
+            "--use_weight_only", "--weight_only_precision", "int8")
+    run_cli("build", "--checkpoint_dir", tmp_path / "ckpt", "--output_dir", tmp_path / "engine", "--max_batch_size",
+            "2", "--max_input_len", "32", "--lora_dir", loras[0], "--max_lora_rank", "8")
+    texts, uids = ["The quick brown fox", "Hello there"], ["0", "-1"]
+    run_cli("run", "--engine_dir", tmp_path / "engine", "--device", "cpu", "--input_text", *texts,
+            "--max_output_len", str(N), "--lora_task_uids", *uids, "--output_csv", tmp_path / "out.csv")
+    got = [[int(t) for t in row] for row in csv.reader((tmp_path / "out.csv").read_text().splitlines())]
+    float_hf = GPT2LMHeadModel.from_pretrained(str(hf), dtype=torch.float32).eval()
+    base = dequantized_reference(float_hf, "gpt2", tmp_path / "ckpt", 8)
+    ref = PeftModel.from_pretrained(dequantized_reference(float_hf, "gpt2", tmp_path / "ckpt", 8),
+                                    str(loras[0])).double().eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "engine"))
+    assert got[0] == peft_greedy(ref, tok.encode(texts[0]), N)
+    assert got[1] == peft_greedy(base, tok.encode(texts[1]), N)
+    assert got[0] != peft_greedy(base, tok.encode(texts[0]), N)     # the adapter changes the output

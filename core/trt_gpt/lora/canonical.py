@@ -98,6 +98,11 @@ class LoraAdapter:
             if not 0 <= layer < cfg.num_hidden_layers:
                 raise TrtGptError(f"{where}: layer index out of the base model's {cfg.num_hidden_layers} layers "
                                   "(an adapter for another base model)")
+            reason = _rescaled_input(cfg, layer, role)
+            if reason:
+                raise TrtGptError(f"{where}: {reason}, so a LoRA there would add the wrong delta; adapt only "
+                                  "layers reading the model's own activations (SmoothQuant: attn_dense, "
+                                  "mlp_4h_to_h) or use an FP8 / weight-only base")
             if role not in roles:
                 raise TrtGptError(f"{where}: the engine was built without this LoRA target (its targets: "
                                   f"{', '.join(roles)}); rebuild with --lora_target_modules naming it")
@@ -112,6 +117,13 @@ class LoraAdapter:
                 raise TrtGptError(f"{where}: rank {m.rank} exceeds max_lora_rank {max_rank} (rebuild with a larger "
                                   "--max_lora_rank)")
         return self
+
+
+def _rescaled_input(cfg: ModelConfig, layer: int, role: str) -> str | None:
+    """Why the base model's `role` layer of `layer` cannot take an adapter (its input is rescaled), or None."""
+    from ..quant.registry import linear_method
+
+    return getattr(linear_method(cfg, role, layer), "rescaled_input", None)
 
 
 class LoraBuilder:

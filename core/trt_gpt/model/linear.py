@@ -42,6 +42,11 @@ class LinearMethod:
     # holding such a layer takes the module path at every batch size.
     small_batch_fusions: frozenset[str] | None = frozenset(
         {"norm", "activation", "residual", "gate", "kv_write", "argmax"})
+    # Set where the layer's input is not the model's activation but that divided by a scale folded into the
+    # norm before it (SmoothQuant's folded smoothing, whose scale the checkpoint does not keep): a one-line
+    # reason naming the format. An adapter reading such an input would add the wrong delta, so LoRA
+    # refuses the layer (`LoraAdapter.validate`).
+    rescaled_input: str | None = None
 
     def create_weights(self, layer: "Linear", in_features: int, out_features: int) -> None:
         layer.add_param("weight", (out_features, in_features))

@@ -116,6 +116,9 @@ class SmoothQuantMethod(LinearMethod):
     def __init__(self, per_channel: bool, per_token: bool, smoother: bool):
         self.per_channel, self.per_token, self.smoother = per_channel, per_token, smoother
         self.name = f"w8a8_{'channel' if per_channel else 'tensor'}_{'token' if per_token else 'static'}"
+        if not smoother:   # qkv, fc, gate: 1/s lives in the norm's weights
+            self.rescaled_input = ("a SmoothQuant base reads this layer's input divided by the smoothing scale "
+                                   "folded into the norm before it")
 
     def create_weights(self, layer: Linear, in_features: int, out_features: int) -> None:
         layer.add_param("weight", (out_features, in_features), torch.int8)
