@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max_batch_size", type=int, default=64)
     ap.add_argument("--lora_rank", type=int, default=16)
     ap.add_argument("--max_loras", type=int, default=8)
+    ap.add_argument("--kv_cache_free_gpu_memory_fraction", type=float, default=0.9)
     ap.add_argument("--repeat", type=int, default=1, help="time each workload this many times (reports _rK)")
     args = ap.parse_args(argv)
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             try:
                 eng = build(args.shape, fmt, args, lora)
-                llm = LLM(eng, max_batch_size=args.max_batch_size, max_loras=args.max_loras if lora else None)
+                llm = LLM(eng, max_batch_size=args.max_batch_size, max_loras=args.max_loras if lora else None,
+                          kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction)
             except (subprocess.CalledProcessError, Exception) as e:  # report and go on to the next format
                 err = e.stderr.decode()[-400:] if isinstance(e, subprocess.CalledProcessError) else repr(e)
                 print(f"{args.shape} {fmt}: FAILED to build/load: {err}", flush=True)
