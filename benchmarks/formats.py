@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                         loras = None
                         if nloras:
                             loras, report["lora"] = setup_loras(llm, nloras, args.lora_rank)
-                        report["trt_gpt"] = r = run_engine(llm, wl, warmup=2 if wl.input_len < 1024 else 1,
-                                                           loras=loras)
+                        # warm-up at the run's concurrency, so that every batch size's kernels are compiled
+                        warm = 1 if wl.input_len >= 1024 else min(wl.num_requests, max(2, wl.concurrency or 64))
+                        report["trt_gpt"] = r = run_engine(llm, wl, warmup=warm, loras=loras)
                     except Exception as e:  # a failing workload is reported, the others still run
                         print(f"{args.shape} {fmt} {name}: FAILED: {e!r}"[:600], flush=True)
                         break

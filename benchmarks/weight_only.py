@@ -95,6 +95,9 @@ def gemv_candidates(m: int, k: int, bits: int, group: int | None) -> list[WoConf
             if not lo <= tile <= 8192 or pow2(m) * tile > 8192 or kb * per_byte > max(64, pow2(k)):
                 continue
             out.append(WoConfig("gemv", bn, kb * per_byte, num_warps=4, cvt=cvt))
+            if m == 1:   # more bytes in flight: a prefetched second tile, K split over more programs
+                out += [WoConfig("gemv", bn, kb * per_byte, num_warps=4, num_stages=st, split_k=sk, cvt=cvt)
+                        for st, sk in ((2, 1), (1, 2), (2, 2), (1, 4)) if kb * per_byte * sk * 4 <= max(64, k)]
     return out
 
 

@@ -173,6 +173,8 @@ def test_int4_offset_folding_gemm(group, dtype):
     (WoConfig("gemv", 8, 64, cvt="fold"), 4, None),
     (WoConfig("gemv", 16, 32, split_k=2, num_stages=2, cvt="fold"), 4, 32),  # split K: the reduce's epilogue
     (WoConfig("gemv", 8, 32), 4, 32),
+    (WoConfig("gemv", 4, 64, num_stages=2, cvt="fold"), 4, 16),   # tiles wider than a group: scales per word
+    (WoConfig("gemv", 4, 64, num_stages=2), 4, 16),
     (WoConfig("gemv", 8, 64, split_k=2), 8, None),
     (WoConfig("gemm", 16, 32, block_m=16, cvt="fold"), 4, 32),    # epilogue only (no norm in the GEMM)
 ], ids=lambda v: v.short() if isinstance(v, WoConfig) else str(v))
@@ -293,7 +295,9 @@ def test_bad_arguments():
 def test_config_selection_and_file_format(tmp_path, monkeypatch):
     assert heuristic_config(1, 4608, 4608, 4, 128).kernel == "gemv"
     assert heuristic_config(256, 4608, 4608, 4, 128).kernel == "gemm"
-    assert heuristic_config(1, 4608, 4608, 4, 128).block_k <= 128      # tiles stay inside a scale group
+    # decode tiles: 512-byte row segments (wider than a scale group) and a prefetched next tile
+    assert heuristic_config(1, 4608, 4608, 4, 128).block_k == 1024
+    assert heuristic_config(1, 4608, 4608, 4, 128).num_stages == 2
     path = tmp_path / "wo.json"
     path.write_text('{"int4g128,1,4608,4608": {"kernel": "dequant", "block_n": 16, "block_k": 128}}')
     monkeypatch.setenv("TRT_GPT_WO_CONFIGS", str(path))

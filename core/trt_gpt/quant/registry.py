@@ -99,4 +99,11 @@ def quantize_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig, stats: An
     q = quantizer_for(cfg.quantization, where)
     out = tensors if q is None else q.quantize(tensors, cfg, stats)
     kvq = kv_quantizer_for(cfg.quantization, where)
-    return out if kvq is None else kvq.quantize_kv(out, cfg, stats)
+    out = out if kvq is None else kvq.quantize_kv(out, cfg, stats)
+    # Scales a plugin makes from constants (random weights: activation and KV scales of 1) are born on the
+    # CPU; every tensor of the rank lives where its float weights were (the GPU for random-weight engines)
+    devices = {t.device for t in tensors.values()}
+    if len(devices) == 1:
+        device = devices.pop()
+        out = {k: v if v.device == device else v.to(device) for k, v in out.items()}
+    return out

@@ -74,7 +74,7 @@ class FP8Quantizer:
             w_q, s_w = quantize_weight_fp8(out.pop(f"{name}.weight"))
             out[f"{name}.weight"] = w_q
             out[f"{name}.weights_scaling_factor"] = s_w
-            act = torch.ones(1) if stats is None else \
+            act = torch.ones(1, device=w_q.device) if stats is None else \
                 fp8_scale(stats.for_rank(name, lin.parallel, cfg).in_absmax.float().amax())
             out[f"{name}.activation_scaling_factor"] = act
         return out

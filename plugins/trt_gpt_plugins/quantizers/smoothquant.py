@@ -185,7 +185,7 @@ class SmoothQuantQuantizer:
                     continue
                 weights = [out[f"{n}.weight"].float() for n in names]
                 if stats is None:
-                    act = torch.ones(weights[0].shape[1])
+                    act = torch.ones(weights[0].shape[1], device=weights[0].device)
                     s = act
                 else:
                     act = torch.stack([stats.for_rank(n, lins[n].parallel, cfg).in_absmax.float() for n in names]
