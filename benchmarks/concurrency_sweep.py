@@ -81,7 +81,9 @@ def run_sweep(args: argparse.Namespace, bench_args: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for c in args.concurrency:
         n = max(16, args.requests_per_concurrency * c) if args.requests_per_concurrency else args.num_requests
-        cmd = ["trt-gpt", "bench", "--engine_dir", str(args.engine_dir), "--num_requests", str(n),
+        # this interpreter's trt-gpt: a `trt-gpt` script on PATH may belong to another Python
+        cmd = [sys.executable, "-m", "trt_gpt.cli.main", "bench", "--engine_dir", str(args.engine_dir),
+               "--num_requests", str(n),
                "--concurrency", str(c), "--input_len", str(args.input_len), "--output_len", str(args.output_len),
                "--output", str(args.out / f"c{c}.json"), *bench_args]
         print("==", " ".join(cmd), flush=True)

@@ -99,8 +99,8 @@ class FusedLayers:
         cfg = model.cfg
         self.multiplier = cfg.residual_multiplier
         t = model.transformer
-        self.norms = [(self._norm_args(layer.input_layernorm, NormArgs), self._norm_args(layer.post_layernorm, NormArgs))
-                      for layer in t.layers]
+        self.norms = [(self._norm_args(layer.input_layernorm, NormArgs),
+                       self._norm_args(layer.post_layernorm, NormArgs)) for layer in t.layers]
         self.final_norm = self._norm_args(t.ln_f, NormArgs) if hasattr(t, "ln_f") else None
         if hasattr(model, "lm_head"):
             # the head's greedy picks come from its kernel only where its weight format fuses them
