@@ -2,7 +2,7 @@
 # The GPU suite behind docs/benchmarks.md: correctness on the GPU first, then each workload of its tables, side
 # by side with HF transformers. Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR [PART],
 # OUTDIR by convention benchmarks/results/<gpu>/<date>-<what>/
-# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | timeline | pdl | profile | ifb | small | b1hf | final | large | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
+# PART (one, or several comma-separated, run in this order of the script): check | kcheck | gemv | tune | step | timeline | pdl | profile | ifb | small | b1hf | final | large | quant | lora | serve | sweep | all (default). Writes OUTDIR/<name>.json and prints a table at the end.
 # `check` is the GPU-only paths' test run (CUDA-graph capture, PDL, bf16 kernels, the fused layers): tests/gpu,
 # every kernel test, the fused-layer model tests and the runtime suite with the engine on CUDA; it ends with
 # one line "gpu check: PASSED" or "gpu check: FAILED (...)" and exits non-zero on a failure.
@@ -156,6 +156,44 @@ if want large || want all; then  # the 7B workloads (HF's 7B on this machine did
   engine sc2_7b 49152 4608 32 36 4 18432 rope_gpt_neox 2048 4096
   bench sc2_7b_b1 sc2_7b --num_requests 4 --concurrency 1 --input_len 128 --output_len 128
   bench sc2_7b_ttft2048 sc2_7b --num_requests 4 --concurrency 1 --input_len 2048 --output_len 2 --warmup 1
+fi
+if want quant; then  # every weight format beside fp16 (StarCoder2-7B shape; one process and engine load a format)
+  for f in fp16 w4a16_gptq w8a16 fp8+fp8 w8a8_sq+int8; do
+    timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/formats.py --shape sc2_7b --formats $f --workloads b1 c16 c64 r1024 ttft2048 \
+      --max_batch_size 1024 --out "$OUT/quant" 2>&1 | grep -v "^W1"
+  done
+  timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/formats.py --shape sc1b --formats fp16 w4a16_gptq --workloads b1 --out "$OUT/quant" 2>&1 | grep -v "^W1"
+fi
+if want lora; then  # 8 rank-16 adapters at 64 in flight, one adapter at batch 1, against the same shape without
+  for f in fp16 w4a16_gptq; do
+    timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/formats.py --shape sc1b --formats $f --workloads b1 c64 b1+lora1 c64+lora8 \
+      --kv_cache_free_gpu_memory_fraction 0.4 --out "$OUT/lora" 2>&1 | grep -v "^W1"
+  done
+fi
+if want serve; then  # 1,024 requests and low-load TTFT through HTTP against in-process (SantaCoder-1B shape)
+  # the server's packages, where the machine lacks them: wheels in .whl/ (docs/serving.md)
+  if ! python3 -c "import fastapi, uvicorn" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+  fi
+  engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
+  bench serve_inproc_r1024 sc1024 --num_requests 1024 --input_len 128 --output_len 128
+  bench serve_inproc_c1 sc1024 --num_requests 16 --concurrency 1 --input_len 128 --output_len 128
+  $T serve --engine_dir /tmp/eng-sc1024 --tokenizer_dir ${SERVE_TOKENIZER:?a tokenizer dir (any GPT-2 BPE)} --port 8000 \
+    --max_queued_requests 4096 > "$OUT/serve.log" 2>&1 &
+  server=$!
+  for i in $(seq 1 120); do curl -s localhost:8000/health >/dev/null && break; sleep 1; done
+  for w in "c1 --num_requests 16 --concurrency 1" "r1024 --num_requests 1024"; do
+    set -- $w
+    timeout ${BENCH_TIMEOUT:-240} $T bench --backend openai --url http://127.0.0.1:8000 "${@:2}" --input_len 128 --output_len 128 \
+      --output "$OUT/serve_http_$1.json" 2>&1 | tail -1
+  done
+  kill $server 2>/dev/null; wait $server
+fi
+if want sweep; then  # throughput and TPOT against concurrency, and its plot
+  engine sc1024 49280 2048 24 16 1 8192 learned_absolute 2048 4096 1024
+  python3 benchmarks/concurrency_sweep.py run --engine_dir /tmp/eng-sc1024 --out "$OUT/sweep" --concurrency 1 4 16 64 256 1024 \
+    --requests_per_concurrency 2 2>&1 | grep "^bench:\|rror"
+  python3 benchmarks/concurrency_sweep.py plot "$OUT/sweep" --png "$OUT/concurrency.png"
 fi
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
