@@ -104,3 +104,18 @@ def test_segments_longer_than_a_chunk(dtype, tol):
 
 def test_segments_group_tokens_by_slot():
     assert segments([2, -1, 0, 2, 1, -1, 0], 3) == ([2, 6, 4, 0, 3], [0, 2, 3, 5])
+
+
+def test_few_tokens_split_k_and_sum_the_partials():
+    # batch-1-like steps: few (slot, chunk) programs, so the shrink splits K (K = 1,000: the last split is
+    # partial and ends inside a tile); the expand sums the splits' partials
+    from trt_gpt.kernels.triton_lora import shrink_splits
+
+    assert shrink_splits(2, 1000, 64) == (3, 384)
+    assert shrink_splits(256, 8192, 64)[0] == 1          # enough programs: no split
+    assert shrink_splits(1, 100, 64) == (1, 128)         # too narrow to split
+    x, y, idx, a, b = case(torch.float32, t=3, k=1000, n=20, r=16, slots=2, seed=3)
+    idx = torch.tensor([1, -1, 0], dtype=torch.int32)
+    want = expected(x, y, idx, a, b)
+    got = lora_add(*(v.to(DEVICE) for v in (x, y, idx, a, b)))
+    assert (got.double().cpu() - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())

@@ -36,15 +36,17 @@ def _chunk_rows(PERM, SEG, s, chunk, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _shrink_kernel(X, PERM, SEG, A, V, K, stride_x, stride_as, stride_ar, stride_v,
+def _shrink_kernel(X, PERM, SEG, A, V, K, K_SPLIT, stride_x, stride_as, stride_ar, stride_vs, stride_v,
                    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    # program (slot, chunk, split): the split's K range of v = x A[s]^T, as an fp32 partial V[split]
     s = tl.program_id(0)
+    split = tl.program_id(2)
     rows, tmask, active = _chunk_rows(PERM, SEG, s, tl.program_id(1), BLOCK_T)
     if active:
         r = tl.arange(0, R)
         base = A + s.to(tl.int64) * stride_as
         acc = tl.zeros((BLOCK_T, R), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(split * K_SPLIT, tl.minimum(K, (split + 1) * K_SPLIT), BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
             x = tl.load(X + rows[:, None] * stride_x + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
@@ -53,18 +55,20 @@ def _shrink_kernel(X, PERM, SEG, A, V, K, stride_x, stride_as, stride_ar, stride
                 acc += tl.dot(x, a.to(x.dtype), input_precision="ieee")
             else:
                 acc += tl.dot(x, a.to(x.dtype))
-        tl.store(V + rows[:, None] * stride_v + r[None, :], acc, mask=tmask[:, None])
+        tl.store(V + split * stride_vs + rows[:, None] * stride_v + r[None, :], acc, mask=tmask[:, None])
 
 
 @triton.jit
-def _expand_kernel(V, PERM, SEG, B, Y, N, stride_v, stride_bs, stride_bn, stride_y, CHUNKS,
+def _expand_kernel(V, PERM, SEG, B, Y, N, SPLITS, stride_vs, stride_v, stride_bs, stride_bn, stride_y, CHUNKS,
                    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     pid = tl.program_id(0)
     s = pid // CHUNKS
     rows, tmask, active = _chunk_rows(PERM, SEG, s, pid % CHUNKS, BLOCK_T)
     if active:
         r = tl.arange(0, R)
-        v = tl.load(V + rows[:, None] * stride_v + r[None, :], mask=tmask[:, None], other=0.0)   # fp32 [T, R]
+        v = tl.zeros((BLOCK_T, R), dtype=tl.float32)
+        for sp in range(0, SPLITS):   # the shrink's K-split partials, summed in a fixed order
+            v += tl.load(V + sp * stride_vs + rows[:, None] * stride_v + r[None, :], mask=tmask[:, None], other=0.0)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = n < N
         b = tl.load(B + s.to(tl.int64) * stride_bs + n[None, :] * stride_bn + r[:, None], mask=nmask[None, :],
@@ -78,6 +82,16 @@ def _expand_kernel(V, PERM, SEG, B, Y, N, stride_v, stride_bs, stride_bn, stride
         m = tmask[:, None] & nmask[None, :]
         y = tl.load(yp, mask=m, other=0.0).to(tl.float32)
         tl.store(yp, (y + acc).to(Y.dtype.element_ty), mask=m)
+
+
+def shrink_splits(programs: int, k: int, block_k: int, target: int = 128, min_cols: int = 256) -> tuple[int, int]:
+    """(splits, columns a split) of the shrink's K loop. A step of few tokens has few (slot, chunk) programs,
+    and one program walking all of K (8,192 columns: 128 dependent tiles) is a serial chain of loads: K is
+    split until about `target` programs run, each split at least `min_cols` wide and a multiple of
+    `block_k` (a split's tiles never straddle its neighbour's)."""
+    splits = max(1, min(triton.cdiv(target, max(programs, 1)), k // min_cols))
+    k_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
+    return triton.cdiv(k, k_split), k_split
 
 
 def lora_add(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, seg: torch.Tensor, a: torch.Tensor,
@@ -98,13 +112,14 @@ def lora_add(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, seg: torch.Te
     if t == 0:
         return y
     x = x if x.stride(1) == 1 else x.contiguous()
-    v = torch.empty(t, r, device=x.device, dtype=torch.float32)
     chunks = triton.cdiv(t, BLOCK_T)
+    splits, k_split = shrink_splits(slots * chunks, k, block_k=64)
+    v = torch.empty(splits, t, r, device=x.device, dtype=torch.float32)
     ieee = x.dtype == torch.float32
-    _shrink_kernel[(slots, chunks)](x, perm, seg, a, v, k, x.stride(0), a.stride(0), a.stride(1), v.stride(0),
-                                    R=r, BLOCK_T=BLOCK_T, BLOCK_K=64, IEEE=ieee)
+    _shrink_kernel[(slots, chunks, splits)](x, perm, seg, a, v, k, k_split, x.stride(0), a.stride(0), a.stride(1),
+                                            v.stride(0), v.stride(1), R=r, BLOCK_T=BLOCK_T, BLOCK_K=64, IEEE=ieee)
     block_n = 64
-    _expand_kernel[(slots * chunks, triton.cdiv(n, block_n))](v, perm, seg, b, y, n, v.stride(0), b.stride(0),
-                                                               b.stride(1), y.stride(0), chunks, R=r, BLOCK_T=BLOCK_T,
-                                                               BLOCK_N=block_n, IEEE=ieee)
+    _expand_kernel[(slots * chunks, triton.cdiv(n, block_n))](v, perm, seg, b, y, n, splits, v.stride(0), v.stride(1),
+                                                               b.stride(0), b.stride(1), y.stride(0), chunks, R=r,
+                                                               BLOCK_T=BLOCK_T, BLOCK_N=block_n, IEEE=ieee)
     return y
