@@ -85,6 +85,18 @@ def wo_case(request, tmp_path_factory) -> WeightOnlyCase:
     return WeightOnlyCase(tmp_path_factory.mktemp(request.param[0]), *request.param)
 
 
+
+def assert_base_plus_delta(lin, x, base, adapter, hf_mod, role):
+    """The layer's output on x equals the quantized base product `base` (float64, from the format's
+    definition) plus the adapter's float64 delta on the first four rows (the rows that use it), and the
+    delta is visible at the 1e-3 tolerance."""
+    want = base.clone()
+    want[:4] += lora_delta64(x[:4], adapter, hf_mod)
+    with torch.no_grad():
+        got = lin(x)
+    assert (got.double() - want).abs().max().item() <= 1e-3, role
+    assert (base[:4] - want[:4]).abs().max().item() > 1e-2
+
 def test_weight_only_base_with_lora_matches_peft_on_dequantized(wo_case):
     c = wo_case
     llm = LLM(c.engine, device="cpu")
@@ -179,12 +191,7 @@ def test_fp8_base_keeps_float_adapter_and_adds_its_delta(tmp_path):
         x_q = (x / s_x).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).double()
         base = (x_q @ ckpt[f"{name}.weight"].double().t()) * (s_x.double() * s_w.double()) \
             + ckpt[f"{name}.bias"].double()
-        want = base.clone()
-        want[:4] += lora_delta64(x[:4], adapter, hf_mod)
-        with torch.no_grad():
-            got = lin(x)
-        assert (got.double() - want).abs().max().item() <= 1e-3, role
-        assert (base[:4] - want[:4]).abs().max().item() > 1e-2      # the delta is visible at this tolerance
+        assert_base_plus_delta(lin, x, base, adapter, hf_mod, role)
     # and the engine runs with the adapter, which changes its logits
     p = random_prompts(VOCAB, [9], seed=4)
     assert (llm.score(p, lora=0)[0] - llm.score(p)[0]).abs().max().item() > 1e-2
@@ -238,12 +245,7 @@ def test_smoothquant_base_adds_the_float_delta(tmp_path):
         x_q = torch.round((xs / s_x).clamp(-127.0, 127.0)).double()
         base = (x_q @ ckpt[f"{name}.weight"].double().t()) * s_x.double() * ckpt[f"{name}.per_channel_scale"].double() \
             + ckpt[f"{name}.bias"].double()
-        want = base.clone()
-        want[:4] += lora_delta64(x[:4], adapter, hf_mod)
-        with torch.no_grad():
-            got = lin(x)
-        assert (got.double() - want).abs().max().item() <= 1e-3, role
-        assert (base[:4] - want[:4]).abs().max().item() > 1e-2
+        assert_base_plus_delta(lin, x, base, adapter, hf_mod, role)
 
 
 @pytest.mark.parametrize("target,role", [("c_attn", "qkv"), ("c_fc", "fc")])
