@@ -123,3 +123,13 @@ def test_row_parallel_adapter_adds_up_across_ranks():
     other = halves[1].adapter(x[:, 4:], other)
     halves[0].tp = TwoRanks(other)
     torch.testing.assert_close(halves[0](x[:, :4]).double(), full, atol=1e-5, rtol=1e-5)
+
+
+def test_check_fusions_names_what_a_format_does_not_fuse():
+    class NormOnly(LinearMethod):
+        name = "toy"
+        small_batch_fusions = frozenset({"norm"})
+
+    NormOnly().check_fusions("layer", gate=None, argmax=None)      # nothing asked: nothing to refuse
+    with pytest.raises(ValueError, match="layer: the toy small-batch kernel does not fuse argmax, gate"):
+        NormOnly().check_fusions("layer", gate=object(), argmax=object(), kv_write=None)

@@ -163,12 +163,10 @@ class FusedLayers:
         dense = attn.dense
         x = dense.method.small_batch(dense, out.reshape(x.shape[0], -1), residual=x, residual_scale=m)
         fc = mlp.fc
-        if not mlp.gated:
-            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation)
-        elif "gate" in fc.method.small_batch_fusions:
-            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation, gate=mlp.gate)
-        else:
-            h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation)
+        fused_gate = mlp.gated and "gate" in fc.method.small_batch_fusions
+        h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation,
+                                  gate=mlp.gate if fused_gate else None)
+        if mlp.gated and not fused_gate:
             h = h * mlp.gate.method.small_batch(mlp.gate, x, norm=norm_post)
         proj = mlp.proj
         return proj.method.small_batch(proj, h, residual=x, residual_scale=m)

@@ -54,6 +54,14 @@ class LinearMethod:
     def apply(self, layer: "Linear", x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, layer.weight, bias)
 
+    def check_fusions(self, where: str, **given: Any) -> None:
+        """ValueError naming the fusions among `given` (name -> argument) that this format's `small_batch`
+        does not compute: a kernel silently skipping one would return a wrong result."""
+        extra = sorted(k for k, v in given.items() if v is not None and k not in (self.small_batch_fusions or ()))
+        if extra:
+            raise ValueError(f"{where}: the {self.name} small-batch kernel does not fuse {', '.join(extra)} "
+                             f"(it fuses {', '.join(sorted(self.small_batch_fusions or ())) or 'nothing'})")
+
     def small_batch(self, layer: "Linear", x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
                     residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: "Linear | None" = None,
                     kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -86,15 +86,15 @@ def add_adapter_routes(app: FastAPI, state: Any) -> None:
     llm = state.engine.llm
     changing = asyncio.Lock()     # one load/unload at a time: two loads of one name must not both pass the check
 
-    def need_lora() -> None:
+    async def one_change(change: Any, body: Any) -> PlainTextResponse:
         if getattr(llm, "lora", None) is None:
             raise ApiError(400, NO_LORA, None)
+        async with changing:
+            return await change(body)
 
     @app.post("/v1/load_lora_adapter")
     async def load(body: LoadLoraRequest) -> PlainTextResponse:
-        need_lora()
-        async with changing:
-            return await _load(body)
+        return await one_change(_load, body)
 
     async def _load(body: LoadLoraRequest) -> PlainTextResponse:
         name = body.lora_name
@@ -111,9 +111,7 @@ def add_adapter_routes(app: FastAPI, state: Any) -> None:
 
     @app.post("/v1/unload_lora_adapter")
     async def unload(body: UnloadLoraRequest) -> PlainTextResponse:
-        need_lora()
-        async with changing:
-            return await _unload(body)
+        return await one_change(_unload, body)
 
     async def _unload(body: UnloadLoraRequest) -> PlainTextResponse:
         name = body.lora_name

@@ -45,8 +45,7 @@ class FP8Method(LinearMethod):
         from trt_gpt.kernels.triton_quant import quantize_rows_fp8
         from trt_gpt.kernels.triton_weight_only import fp8_gemv
 
-        if gate is not None or kv_write is not None or argmax is not None:
-            raise ValueError(f"the FP8 GEMV fuses {sorted(self.small_batch_fusions)} only")
+        self.check_fusions("fp8 linear layer", gate=gate, kv_write=kv_write, argmax=argmax)
         x_q = quantize_rows_fp8(x.contiguous(), layer.activation_scaling_factor, norm=norm)
         return fp8_gemv(x_q, layer.weight, layer.weights_scaling_factor, layer.activation_scaling_factor, layer.bias,
                         out_dtype=out_dtype or x.dtype, activation=activation, residual=residual,

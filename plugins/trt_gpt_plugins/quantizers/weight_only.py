@@ -81,8 +81,7 @@ class WeightOnlyMethod(LinearMethod):
                     kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         from trt_gpt.kernels.triton_weight_only import weight_only_linear as kernel
 
-        if gate is not None or kv_write is not None or argmax is not None:
-            raise ValueError(f"{self.where}: the weight-only GEMV fuses {sorted(self.small_batch_fusions)} only")
+        self.check_fusions(self.where, gate=gate, kv_write=kv_write, argmax=argmax)
         s = self.spec
         return kernel(x, layer.weight, getattr(layer, s.scale_name), layer.bias, bits=s.bits, group_size=s.group_size,
                       prequant=layer.prequant_scaling_factor if s.awq else None, out_dtype=out_dtype, norm=norm,
