@@ -78,6 +78,41 @@ def build(shape: str, fmt: str, args, lora: bool) -> Path:
     return eng
 
 
+def profile_decode(llm, steps: int) -> list[dict]:
+    """torch.profiler over `steps` batch-1 decode steps (CUDA graph replays included): per-step device time
+    of each kernel, largest first (the GEMV's share of a step is what the weight formats change)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from trt_gpt.runtime.sampling_params import SamplingParams
+
+    seq = llm.add_request(list(range(1, 129)), SamplingParams(max_tokens=steps + 16, min_tokens=steps + 16,
+                                                              end_id=None))
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(8):
+        llm.step()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            llm.step()
+        sync()
+    llm.cancel(seq)
+    llm.step()
+    rows = []
+    for e in prof.key_averages():
+        us = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) if cuda else \
+            e.self_cpu_time_total
+        if us > 0:
+            rows.append(dict(kernel=e.key[:90], us_per_step=us / steps, calls_per_step=e.count / steps))
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    print(f"  profile: {total:.0f} us of {'kernels' if cuda else 'CPU ops'} a decode step; top kernels (us/step, calls/step):")
+    for r in rows[:10]:
+        print(f"    {r['us_per_step']:9.1f}  {r['calls_per_step']:6.1f}  {r['kernel']}")
+    return rows
+
+
 def weight_bytes(llm) -> int:
     model = llm.engine.model
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -94,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max_loras", type=int, default=8)
     ap.add_argument("--kv_cache_free_gpu_memory_fraction", type=float, default=0.9)
     ap.add_argument("--repeat", type=int, default=1, help="time each workload this many times (reports _rK)")
+    ap.add_argument("--profile_steps", type=int, default=0,
+                    help="also profile this many batch-1 decode steps a format (per-kernel device time; written "
+                         "to DIR/<shape>_<format>_profile.json)")
     args = ap.parse_args(argv)
 
     import torch
@@ -147,6 +185,13 @@ def main(argv: list[str] | None = None) -> None:
                           f"TTFT p50 {r['ttft_ms']['p50']:8.2f} ms  TPOT p50 {r['tpot_ms']['p50']:7.3f} ms"
                           + (f"  lora load {report['lora']['slot_load_ms']:.2f} ms" if nloras else ""),
                           flush=True)
+            if args.profile_steps and not lora:
+                try:
+                    rows = profile_decode(llm, args.profile_steps)
+                    (args.out / f"{args.shape}_{fmt.replace('+', '-')}_profile.json").write_text(
+                        json.dumps(dict(format=fmt, steps=args.profile_steps, kernels=rows), indent=1) + "\n")
+                except Exception as e:  # noqa: BLE001 - a profile is extra; the timings above stand
+                    print(f"{args.shape} {fmt} profile: FAILED: {e!r}"[:400], flush=True)
             del llm
             gc.collect()
             torch.cuda.empty_cache()

@@ -47,9 +47,10 @@ from gemv import Timer, copies_for, make_norm  # noqa: E402  (benchmarks/gemv.py
 import torch.nn.functional as F  # noqa: E402
 
 from trt_gpt.kernels.triton_gemv import fused_linear  # noqa: E402
-from trt_gpt.kernels.triton_weight_only import weight_only_linear  # noqa: E402
+from trt_gpt.kernels.fp8_ref import fp8_gemm_ref, quantize_fp8  # noqa: E402
+from trt_gpt.kernels.triton_weight_only import fp8_gemv, weight_only_linear  # noqa: E402
 from trt_gpt.kernels.weight_only_configs import (GEMV_MAX_M, WoConfig, dump_wo_configs,  # noqa: E402
-                                                 format_key, heuristic_config, interpreter_config)
+                                                 format_key, fp8_config, heuristic_config, interpreter_config)
 from trt_gpt.kernels.weight_only_ref import pack_int4, weight_only_linear_ref  # noqa: E402
 
 MODELS = {   # (N, K) of each linear layer
@@ -57,7 +58,9 @@ MODELS = {   # (N, K) of each linear layer
     "santacoder-1b": dict(qkv=(2304, 2048), dense=(2048, 2048), fc=(8192, 2048), proj=(2048, 8192)),
 }
 DRY_MODELS = {"tiny": dict(qkv=(48, 128), dense=(128, 128), fc=(256, 128), proj=(128, 256))}
-FORMATS = {"int8": (8, None), "int4": (4, None), "int4g128": (4, 128), "int8g128": (8, 128)}
+# name -> (bits, group); "fp8" is e4m3 weights and x with per-tensor scales (triton_weight_only.fp8_gemv, M <= 16
+# only; its x is quantized once, outside the timed call)
+FORMATS = {"int8": (8, None), "int4": (4, None), "int4g128": (4, 128), "int8g128": (8, 128), "fp8": (8, None)}
 
 
 class EagerTimer:
@@ -145,26 +148,37 @@ class Case:
         self.model, self.layer, self.n, self.k, self.m, self.fmt = model, layer, n, k, m, fmt
         self.bits, self.group = FORMATS[fmt]
         gen = torch.Generator(device=device).manual_seed(n * 7 + k)
-        qmax = 7 if self.bits == 4 else 127
-        q = torch.randint(-qmax - 1, qmax + 1, (n, k), device=device, generator=gen, dtype=torch.int8)
-        w = pack_int4(q) if self.bits == 4 else q
-        del q
-        ns = k // self.group if self.group else 1
-        s = (torch.rand(n, ns, device=device, generator=gen) + 0.5) / (qmax * k ** 0.5)
-        self.scales = (s if self.group else s[:, 0]).to(torch.float16).contiguous()
-        self.ncopy = copies_for(w.numel(), args.flush_mb)
-        self.weights = [w] + [w.clone() for _ in range(self.ncopy - 1)]
         self.x = torch.randn(m, k, device=device, generator=gen).to(torch.float16)
         self.prequant = ((torch.rand(k, device=device, generator=gen) + 0.5).to(torch.float16)
-                         if args.prequant else None)
-        self.ref = weight_only_linear_ref(self.x, w, self.scales, bits=self.bits, group_size=self.group,
-                                          prequant=self.prequant, out_dtype=torch.float32)
+                         if args.prequant and fmt != "fp8" else None)
+        if fmt == "fp8":
+            w = (torch.randn(n, k, device=device, generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+            self.scales = torch.full((1,), 0.02 / k ** 0.5, device=device)
+            self.x_scale = torch.full((1,), 4.0 / 448, device=device)
+            self.x_q = quantize_fp8(self.x, self.x_scale)
+            self.ref = fp8_gemm_ref(self.x_q, w, self.x_scale, self.scales, out_dtype=torch.float32)
+        else:
+            qmax = 7 if self.bits == 4 else 127
+            q = torch.randint(-qmax - 1, qmax + 1, (n, k), device=device, generator=gen, dtype=torch.int8)
+            w = pack_int4(q) if self.bits == 4 else q
+            del q
+            ns = k // self.group if self.group else 1
+            s = (torch.rand(n, ns, device=device, generator=gen) + 0.5) / (qmax * k ** 0.5)
+            self.scales = (s if self.group else s[:, 0]).to(torch.float16).contiguous()
+            self.ref = weight_only_linear_ref(self.x, w, self.scales, bits=self.bits, group_size=self.group,
+                                              prequant=self.prequant, out_dtype=torch.float32)
+        self.ncopy = copies_for(w.numel(), args.flush_mb)
+        self.weights = [w] + [w.clone() for _ in range(self.ncopy - 1)]
         self.calls = max(args.calls, self.ncopy)
         self.wbytes = w.numel() + self.scales.numel() * 2
         self.row = dict(model=model, layer=layer, N=n, K=k, M=m, format=fmt, weight_bytes=self.wbytes,
                         weight_copies=self.ncopy, trials={}, errors={})
 
     def step(self, cfg: WoConfig | None):
+        if self.fmt == "fp8":
+            return lambda i: fp8_gemv(self.x_q, self.weights[i % self.ncopy], self.scales, self.x_scale,
+                                      out_dtype=torch.float16, config=cfg)
+
         def run(i):
             return weight_only_linear(self.x, self.weights[i % self.ncopy], self.scales, bits=self.bits,
                                       group_size=self.group, prequant=self.prequant, config=cfg)
@@ -208,19 +222,27 @@ def run_defaults(case: Case, args, timer, device, fp16_cache: dict) -> None:
         fp16_cache[key] = timer(lambda i: case.x @ ws[i % ncopy].T, max(args.calls, ncopy))
         del ws, w16
     row["fp16_us"] = fp16_cache[key]
-    default = (interpreter_config if device.type == "cpu" else heuristic_config)(case.m, case.n, case.k, case.bits,
-                                                                                case.group)
+    if case.fmt == "fp8":
+        default = fp8_config(case.m, case.n, case.k, interpret=device.type == "cpu")
+    else:
+        default = (interpreter_config if device.type == "cpu" else heuristic_config)(case.m, case.n, case.k,
+                                                                                    case.bits, case.group)
     row["default_config"] = default.short()
     row["default_us"] = case.trial(default, timer, args.tol)
-    row["dequant_us"] = case.trial(WoConfig("dequant", 16, 128), timer, args.tol)
+    if case.fmt != "fp8":
+        row["dequant_us"] = case.trial(WoConfig("dequant", 16, 128), timer, args.tol)
     for text in args.try_configs or []:
         cfg = WoConfig.from_short(text)
+        if (cfg.cvt == "fp8") != (case.fmt == "fp8") or cfg.cvt == "fold" and case.bits != 4:
+            continue
         if cfg.kernel != "gemv" or case.m <= GEMV_MAX_M:
             case.trial(cfg, timer, args.tol)
 
 
 def run_sweep(case: Case, args, timer, deadline: float) -> None:
     m, n, k = case.m, case.n, case.k
+    if case.fmt == "fp8":
+        return     # fp8: the defaults and --try configs only
     families = []
     if m <= GEMV_MAX_M:
         families.append(gemv_candidates(m, k, case.bits, case.group))
@@ -351,7 +373,7 @@ def tuned_table(rows: list[dict]) -> dict:
     for r in rows:
         if r.get("best_config"):
             bits, group = FORMATS[r["format"]]
-            table[(format_key(bits, group), pow2(r["M"]), r["N"], r["K"])] = WoConfig.from_short(r["best_config"])
+            table[("fp8" if r["format"] == "fp8" else format_key(bits, group), pow2(r["M"]), r["N"], r["K"])] = WoConfig.from_short(r["best_config"])
     return table
 
 
@@ -417,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         timer = graph_timer if m <= args.graph_max_m else eager_timer
         for model, shapes in models.items():
             for fmt_ in args.formats:
+                if fmt_ == "fp8" and m > GEMV_MAX_M:
+                    continue
                 for layer, (n, k) in shapes.items():
                     case = Case(model, layer, n, k, m, fmt_, args, device)
                     run_defaults(case, args, timer, device, fp16_cache)
@@ -430,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_chain and 1 in ms:
         print("\n# one decode layer's linear layers at M=1 with their fusions (CUDA graph; attention left out)")
         for model, shapes in models.items():
-            for fmt_ in args.formats:
+            for fmt_ in (f for f in args.formats if f != "fp8"):
                 c = run_chain(model, shapes, fmt_, args, graph_timer, device)
                 chains.append(c)
                 print(f"{model:14} {fmt_:9} fp16 fused {fmt(c.get('fp16_us'), '8.2f')}us | weight-only, norm fused "

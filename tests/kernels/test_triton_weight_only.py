@@ -108,11 +108,16 @@ def test_default_dispatch(m, bits, group):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, BF16])
-@pytest.mark.parametrize("kernel,m", [("gemv", 2), ("gemm", 17), ("dequant", 3)])
-def test_half_inputs(kernel, m, dtype):
-    q, (x, w, s, b, pq) = make(m, 21, 64, 4, 32, dtype, prequant=True, seed=1)
+@pytest.mark.parametrize("kernel,m", [("gemv", 2), ("gemm", 17), ("dequant", 3), ("gemm", 1)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_half_inputs(kernel, m, dtype, bits):
+    # int8 in the fp16 GEMM: the byte goes straight into an fp16 mantissa (every value -128..127 exact)
+    q, (x, w, s, b, pq) = make(m, 21, 64, bits, 32, dtype, prequant=True, seed=1)
+    if bits == 8:
+        q[0, :8] = torch.tensor([-128, 127, -1, 0, 1, 64, -64, 100], dtype=q.dtype)
+        w = q.to(torch.int8).to(w.device)
     cfg = WoConfig(kernel, 16, 32, block_m=16)
-    check(weight_only_linear(x, w, s, b, bits=4, group_size=32, prequant=pq, config=cfg),
+    check(weight_only_linear(x, w, s, b, bits=bits, group_size=32, prequant=pq, config=cfg),
           oracle(q, x, s, b, pq, 32), dtype)
 
 
@@ -199,9 +204,12 @@ def test_decode_fusions(cfg, bits, group, norm_kind, dtype):
     check(got, ref, dtype)
 
 
+@pytest.mark.parametrize("cfg", [None, WoConfig("gemm", 16, 32, block_m=16, cvt="fp8"),
+                                 WoConfig("gemm", 16, 32, block_m=16, split_k=2, cvt="fp8")],
+                         ids=lambda c: c.short() if c else "default")
 @pytest.mark.parametrize("m,k,norm_kind,dtype", [(1, 96, None, torch.float32), (3, 100, "layernorm", torch.float32),
                                                  (2, 64, "rmsnorm", torch.float16)])
-def test_fp8_gemv_matches_the_fp8_definition(m, k, norm_kind, dtype):
+def test_fp8_gemv_matches_the_fp8_definition(m, k, norm_kind, dtype, cfg):
     # e4m3 weights and a static activation scale: x [normalised, rounded to its dtype] / s_x saturated to
     # +-448 and rounded to e4m3 (triton_quant, the GEMV's producer), products summed, times s_x * s_w, then
     # bias / activation / residual. The oracle composes that in float64 from torch's float8 cast (K = 100
@@ -229,9 +237,9 @@ def test_fp8_gemv_matches_the_fp8_definition(m, k, norm_kind, dtype):
     # the quantized input: equal bytes but where fp32 and float64 norms round across an e4m3 boundary
     assert (got_q.cpu().float() != x_q.float()).float().mean() <= 0.02
     got = fp8_gemv(got_q, dev(w_q), dev(s_w), dev(s_x), dev(b), out_dtype=dtype, activation="gelu",
-                   residual=dev(residual), residual_scale=0.7)
+                   residual=dev(residual), residual_scale=0.7, config=cfg)
     check(got, ref, dtype)
-    exact = fp8_gemv(dev(x_q), dev(w_q), dev(s_w), dev(s_x), dev(b), out_dtype=torch.float32)
+    exact = fp8_gemv(dev(x_q), dev(w_q), dev(s_w), dev(s_x), dev(b), out_dtype=torch.float32, config=cfg)
     check(exact, fused_oracle(x_q.double() * s_x.double(), w_q.double() * s_w.double(), b), torch.float32)
 
 

@@ -29,7 +29,6 @@ Host-side checks read shapes only, so every path is CUDA-graph capturable.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
@@ -39,10 +38,10 @@ import triton.language as tl
 
 from .triton_common import dot_precision, next_pow2
 from .triton_gemv import ACTIVATIONS, NORMS, NormArgs, _row_stats, _stats_tile
-from .weight_only_configs import GEMV_MAX_M, WoConfig, wo_config
+from .weight_only_configs import GEMV_MAX_M, WoConfig, fp8_config, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
-from .weight_only_tiles import (_group_scale, _int4_to_float, _int8_to_float, _load_w, _nibble_mantissa, _plane,
-                                _scaled_x, _splitk_reduce_kernel, _store_result, _x_in, _x_sums, dequantize_weight)
+from .weight_only_tiles import (_group_scale, _int4_to_float, _int8_to_dot, _int8_to_float, _load_w,
+                                _nibble_mantissa, _plane, _scaled_x, _splitk_reduce_kernel, _store_result, _x_in, _x_sums, dequantize_weight)
 
 MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 
@@ -229,20 +228,27 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
             xo = _scaled_x(x_rows + col[None, :] + 1, col[None, :] + 1, K, PQ, x_ty, HAS_PQ, EVEN_K)
             acc = tl.dot(xe, lo.to(x_ty), acc, input_precision=DOT_PREC)
             acc = tl.dot(xo, hi.to(x_ty), acc, input_precision=DOT_PREC)
+        elif CVT == "fp8":
+            # e4m3 x (quantized by triton_quant) and e4m3 weights, both int8 views, straight into the FP8
+            # tensor cores (sm_89+), fp32 accumulation: no conversion instruction a weight
+            xt = _scaled_x(x_rows + kb[None, :], kb[None, :], K, PQ, x_ty, False, EVEN_K)
+            acc = tl.dot(xt.to(tl.float8e4nv, bitcast=True), wb.to(tl.float8e4nv, bitcast=True), acc)
         else:
-            w = _int8_to_float(wb, CVT)
+            w = _int8_to_dot(wb, CVT, x_ty)
             if GROUP > 0:
                 w = w * _group_scale(S, s_row, kb[:, None], k0, K, GROUP, BLOCK_K)
             xt = _scaled_x(x_rows + kb[None, :], kb[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
             acc = tl.dot(xt, w.to(x_ty), acc, input_precision=DOT_PREC)
-    if CVT == "fold" and GROUP > 0:
+    if CVT == "fp8":
+        acc = acc * (tl.load(PQ).to(tl.float32) * tl.load(S).to(tl.float32))   # alpha = s_x * s_w
+    elif CVT == "fold" and GROUP > 0:
         acc = 16.0 * acc
     elif CVT == "fold":
         # [BLOCK_M, 4096 / BLOCK_M] tiles: 32 fp32 a thread at 4 warps (256 wide spilled at BLOCK_M 64)
         xs = _x_sums(x_rows[:, :, None], NW, NB, PQ, 0.0, 1.0, COLS * kb_lo, tl.minimum(K, COLS * kb_hi), x_ty,
                      BLOCK_M, max(16, 4096 // BLOCK_M), "none", False, HAS_PQ)
         acc = 16.0 * acc - 24.0 * xs
-    if GROUP == 0:
+    if GROUP == 0 and CVT != "fp8":
         acc = acc * tl.load(S + tl.minimum(offs_n, N - 1)).to(tl.float32)[None, :]
     _store_result(acc, rows, offs_n, M, N, B, R, OUT, P, stride_rm, stride_om, pid_k, residual_scale, HAS_BIAS,
                   HAS_RESIDUAL, ACT, SPLIT)
@@ -284,10 +290,13 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
 def fp8_gemv(x_q: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, act_scale: torch.Tensor,
              bias: torch.Tensor | None = None, *, out_dtype: torch.dtype, activation: str | None = None,
-             residual: torch.Tensor | None = None, residual_scale: float = 1.0) -> torch.Tensor:
-    """`fp8_ref.fp8_gemm`'s function for a step of at most GEMV_MAX_M rows, as the weight-only GEMV: e4m3 x_q
-    [M, K] (`triton_quant.quantize_rows_fp8`, which can also normalise x first) and e4m3 weight [N, K], their
-    per-tensor scales, fp32 accumulation, then the [bias, activation, residual] epilogue, one cast."""
+             residual: torch.Tensor | None = None, residual_scale: float = 1.0,
+             config: WoConfig | None = None) -> torch.Tensor:
+    """`fp8_ref.fp8_gemm`'s function for a step of at most GEMV_MAX_M rows, in the weight-only kernels: e4m3
+    x_q [M, K] (`triton_quant.quantize_rows_fp8`, which can also normalise x first) and e4m3 weight [N, K],
+    their per-tensor scales, fp32 accumulation, then the [bias, activation, residual] epilogue, one cast.
+    The kernel is `weight_only_configs.fp8_config`'s choice (or `config`, whose cvt must be "fp8"): the GEMV
+    (fp32 FMAs) or the GEMM (FP8 tensor cores, the rows padded to a tile)."""
     m, k = x_q.shape
     n = weight.shape[0]
     for name, t in (("x_q", x_q), ("weight", weight)):
@@ -298,8 +307,10 @@ def fp8_gemv(x_q: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         raise ValueError("fp8_gemv: weight_scale and act_scale must be per-tensor (one element each)")
     if m > GEMV_MAX_M:
         raise ValueError(f"fp8_gemv: at most {GEMV_MAX_M} rows, got {m}")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    cfg = dataclasses.replace(wo_config(m, n, k, 8, None, interpret=interpret), cvt="fp8")
+    cfg = config or fp8_config(m, n, k, interpret=os.environ.get("TRITON_INTERPRET") == "1")
+    if cfg.cvt != "fp8" or cfg.kernel == "dequant":
+        raise ValueError(f"fp8_gemv: the config must be a gemv or gemm one with cvt 'fp8', got {cfg.short()}")
+    _check_config(cfg, m, k, weight, 8, None)
     _check_fusions(cfg, x_q, m, n, k, None, activation, residual)
     return _launch(x_q.view(torch.int8), weight.view(torch.int8), weight_scale.float(), bias, act_scale.float(), cfg,
                    8, None, out_dtype, None, activation, residual, residual_scale)
@@ -341,7 +352,7 @@ def _launch(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: 
             STATS_K=_stats_tile(m, k, cfg) if norm is not None else 1, **common)
     else:
         grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
-        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x2.dtype), MANT=MANTISSA[x2.dtype],
+        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x2.dtype), MANT=MANTISSA.get(x2.dtype, 0),
                            **common)
     if splits > 1:
         block = 1024

@@ -10,6 +10,7 @@ The choice is explicit in the config, so a benchmark can time each kernel on eac
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -54,8 +55,9 @@ class WoConfig:
             raise ValueError(f"WoConfig: split_k and num_stages must be >= 1, got {self}")
         if self.cvt not in CVTS:
             raise ValueError(f"WoConfig: cvt must be one of {CVTS}, got {self.cvt!r}")
-        if self.cvt == "fp8" and self.kernel != "gemv":
-            raise ValueError("WoConfig: cvt 'fp8' (e4m3 weights, kernels/triton_weight_only.fp8_gemv) is a gemv only")
+        if self.cvt == "fp8" and self.kernel == "dequant":
+            raise ValueError("WoConfig: cvt 'fp8' (e4m3 weights, kernels/triton_weight_only.fp8_gemv) exists in the "
+                             "gemv and gemm kernels only")
         if self.cvt == "fold" and self.kernel == "dequant":
             raise ValueError("WoConfig: cvt 'fold' exists in the gemv and gemm kernels only")
         if self.kernel == "gemm" and min(self.block_m, self.block_n) < 16:
@@ -169,6 +171,18 @@ def interpreter_config(m: int, n: int, k: int, bits: int, group_size: int | None
     if m <= GEMV_MAX_M:
         return WoConfig("gemv", min(16, next_pow2(n)), max(cap_k, 8 if bits == 4 else 1), cvt=cvt)
     return WoConfig("gemm", 16, max(16 if cvt == "fold" else 32, cap_k), block_m=16, cvt=cvt)
+
+
+def fp8_config(m: int, n: int, k: int, interpret: bool = False) -> WoConfig:
+    """The kernel of `triton_weight_only.fp8_gemv` (e4m3 weights and x, M <= GEMV_MAX_M): OVERRIDES, then
+    WO_CONFIGS under the format key "fp8", then the INT8 GEMV's tiles with the e4m3 conversion."""
+    if not interpret:
+        load_env_configs()
+        key = ("fp8", next_pow2(max(1, m)), n, k)
+        for table in (OVERRIDES, WO_CONFIGS):
+            if key in table:
+                return table[key]
+    return dataclasses.replace(wo_config(m, n, k, 8, None, interpret), cvt="fp8")
 
 
 def wo_config(m: int, n: int, k: int, bits: int, group_size: int | None, interpret: bool = False) -> WoConfig:
