@@ -18,7 +18,7 @@ from test_fp8_ref import e4m3_round_64  # noqa: E402
 from trt_gpt.kernels.fp8_ref import FP8_DTYPE, quantize_fp8  # noqa: E402
 from trt_gpt.kernels.int8_gemm_ref import quantize_activations  # noqa: E402
 from trt_gpt.kernels.kv_cache_spec import dequantize, quantize  # noqa: E402
-from trt_gpt.kernels.triton_quant import (dequantize_tile_bits, quantize_rows, quantize_rows_fp8,  # noqa: E402
+from trt_gpt.kernels.triton_quant import (dequantize_tile_bits, norm_rows, quantize_rows, quantize_rows_fp8,  # noqa: E402
                                           quantize_tile_bits)
 
 import triton  # noqa: E402
@@ -101,3 +101,26 @@ def test_tile_bits_round_trip_equals_the_cache_definition(kind, dtype):
     want = quantize(x, dtype, s)
     assert torch.equal(q.cpu(), want.view(torch.int8))
     assert torch.equal(back.cpu(), dequantize(want, s))
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_norm_rows_equals_the_definition(kind, dtype):
+    # float64 statistics of each row, (x - mean) / sqrt(var + eps) * w + b (rmsnorm: x / rms * w), rounded to
+    # x's dtype; rows of K = 100 span several chunks and a tail (every program recomputes the statistics)
+    from trt_gpt.kernels.triton_gemv import NormArgs
+
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 100, generator=gen) * 2 + 0.5).to(dtype)
+    w = (torch.randn(100, generator=gen) * 0.5 + 1).to(dtype)
+    b = (torch.randn(100, generator=gen) * 0.5).to(dtype) if kind == "layernorm" else None
+    xd = x.double()
+    if kind == "layernorm":
+        ref = (xd - xd.mean(1, keepdim=True)) / torch.sqrt(xd.var(1, unbiased=False, keepdim=True) + 1e-5)
+        ref = ref * w.double() + b.double()
+    else:
+        ref = xd / torch.sqrt(xd.pow(2).mean(1, keepdim=True) + 1e-5) * w.double()
+    got = norm_rows(x.to(DEVICE), NormArgs(kind, w.to(DEVICE), None if b is None else b.to(DEVICE), 1e-5))
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(got.cpu().double(), ref, rtol=tol, atol=tol)

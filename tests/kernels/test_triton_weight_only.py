@@ -301,11 +301,16 @@ def test_bad_arguments():
 
 
 def test_config_selection_and_file_format(tmp_path, monkeypatch):
-    assert heuristic_config(1, 4608, 4608, 4, 128).kernel == "gemv"
+    assert heuristic_config(1, 2048, 2048, 4, 128).kernel == "gemv"
+    assert heuristic_config(2, 4608, 4608, 4, 128).kernel == "gemv"
     assert heuristic_config(256, 4608, 4608, 4, 128).kernel == "gemm"
     # decode tiles: 512-byte row segments (wider than a scale group) and a prefetched next tile
-    assert heuristic_config(1, 4608, 4608, 4, 128).block_k == 1024
-    assert heuristic_config(1, 4608, 4608, 4, 128).num_stages == 2
+    assert heuristic_config(1, 2048, 2048, 4, 128).block_k == 1024
+    assert heuristic_config(1, 2048, 2048, 4, 128).num_stages == 2
+    # INT4 layers above 2^24 weights at M = 1: the tensor-core GEMM, K split to ~600 programs
+    big = heuristic_config(1, 4608, 4608, 4, 128)
+    assert (big.kernel, big.block_m, big.block_k, big.split_k) == ("gemm", 16, 128, 8)
+    assert heuristic_config(1, 4608, 4608, 8, None).kernel == "gemv"          # INT8 keeps the GEMV
     path = tmp_path / "wo.json"
     path.write_text('{"int4g128,1,4608,4608": {"kernel": "dequant", "block_n": 16, "block_k": 128}}')
     monkeypatch.setenv("TRT_GPT_WO_CONFIGS", str(path))

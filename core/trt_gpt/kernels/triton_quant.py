@@ -1,4 +1,4 @@
-"""Activation quantization in Triton, one program per row: INT8 (per-token dynamic or static per-tensor
+"""Activation quantization in Triton (and the norm before it, or the norm alone: `norm_rows`): INT8 (per-token dynamic or static per-tensor
 scale, optional SmoothQuant smoother; `int8_gemm_ref.quantize_activations`) and FP8 e4m3 (static
 per-tensor scale; `fp8_ref.quantize_fp8`), bit-equal to those torch definitions.
 
@@ -153,10 +153,14 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, smoother_ptr, static_ptr, nw_ptr, nb
             h = _normed_tile(x_row, nw_ptr, nb_ptr, offs, mask, mean, rstd, NORM, HAS_NORM_BIAS)
         else:
             h = _load_row_tile(x_row, smoother_ptr, offs, mask, HAS_SMOOTHER)
-        tl.store(q_row + offs, quantize_tile(tl.math.div_rn(h, scale), KIND), mask=mask)
+        if KIND == 0:
+            tl.store(q_row + offs, h, mask=mask)   # the norm alone (`norm_rows`): already in x's dtype
+        else:
+            tl.store(q_row + offs, quantize_tile(tl.math.div_rn(h, scale), KIND), mask=mask)
 
 def _launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, smoother: torch.Tensor | None, dynamic: bool,
-            fp8: bool, block_k: int | None, norm: Any = None) -> None:
+            kind: int, block_k: int | None, norm: Any = None) -> None:
+    """kind: 1 INT8, 2 FP8 e4m3, 0 none (norm_rows)."""
     m, k = x.shape
     if m == 0:
         return
@@ -170,7 +174,7 @@ def _launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, smoother: torch.T
     nb = norm.bias if norm is not None and norm.bias is not None else s
     _quant_rows_kernel[(m, triton.cdiv(k, k_chunk))](
         x, q, s, sm, s, nw, nb, float(norm.eps) if norm is not None else 0.0, k, k_chunk, x.stride(0), q.stride(0),
-        HAS_SMOOTHER=smoother is not None, DYNAMIC=dynamic, KIND=2 if fp8 else 1, BLOCK_K=block_k,
+        HAS_SMOOTHER=smoother is not None, DYNAMIC=dynamic, KIND=kind, BLOCK_K=block_k,
         NORM=norm.kind if norm is not None else "none", HAS_NORM_BIAS=norm is not None and norm.bias is not None,
         STATS_K=max(block_k, min(4096, triton.next_power_of_2(k))) if gpu else block_k,
         num_warps=4 if block_k >= 512 else 1)
@@ -192,7 +196,7 @@ def quantize_rows(x: torch.Tensor, act_scale: torch.Tensor | None = None,
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     dynamic = act_scale is None
     s = torch.empty(m, dtype=torch.float32, device=x.device) if dynamic else act_scale.float().reshape(1)
-    _launch(x, q, s, smoother, dynamic, False, block_k)
+    _launch(x, q, s, smoother, dynamic, 1, block_k)
     return q, s
 
 
@@ -205,5 +209,19 @@ def quantize_rows_fp8(x: torch.Tensor, scale: torch.Tensor, block_k: int | None 
         raise ValueError(f"norm must be a layernorm or rmsnorm over [{x.shape[1]}], got {norm.kind} "
                          f"{tuple(norm.weight.shape)}")
     q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    _launch(x, q, scale.float().reshape(1), None, False, True, block_k, norm)
+    _launch(x, q, scale.float().reshape(1), None, False, 2, block_k, norm)
     return q
+
+
+def norm_rows(x: torch.Tensor, norm: Any, block_k: int | None = None) -> torch.Tensor:
+    """norm(x) for a row-major x [M, K] (a `triton_gemv.NormArgs`: layernorm or rmsnorm), fp32 statistics,
+    rounded to x's dtype as the norm module stores it: the quantizing kernel without the quantization. For a
+    few decode rows it spreads each row over many programs (torch's layer_norm runs a 4,608-wide row as one
+    block: ~9 us on an H200), so a kernel without a norm prologue can take its input from here."""
+    _check(x, None)
+    if norm.weight.shape != (x.shape[1],) or norm.kind not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"norm must be a layernorm or rmsnorm over [{x.shape[1]}], got {norm.kind} "
+                         f"{tuple(norm.weight.shape)}")
+    out = torch.empty_like(x)
+    _launch(x, out, torch.ones(1, device=x.device), None, False, 0, block_k, norm)
+    return out

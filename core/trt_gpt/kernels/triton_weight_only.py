@@ -36,9 +36,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .gemv_ref import apply_norm_ref
 from .triton_common import dot_precision, next_pow2
 from .triton_gemv import ACTIVATIONS, NORMS, NormArgs, _row_stats, _stats_tile
+from .triton_quant import norm_rows
 from .weight_only_configs import GEMV_MAX_M, WoConfig, fp8_config, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
 from .weight_only_tiles import (_group_scale, _int4_to_dot, _int4_to_float, _int8_to_dot, _int8_to_float, _load_w,
@@ -290,7 +290,7 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if norm is not None and cfg.kernel != "gemv" and config is None:
         # the kernel measured best for this shape (a table may pick the tensor-core GEMM at M = 1) has no
         # norm prologue: the norm runs before it, as the module path's norm does
-        x2, norm = _norm_apart(x2, norm), None
+        x2, norm = norm_rows(x2, norm), None
     _check_config(cfg, m, k, weight, bits, group_size)
     _check_fusions(cfg, x2, m, n, k, norm, activation, residual)
     if cfg.kernel == "dequant":
@@ -300,13 +300,6 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
     return _launch(x2, weight, scales, bias, prequant, cfg, bits, group_size, out_dtype, norm, activation, residual,
                    residual_scale).reshape(*lead, n)
-
-
-def _norm_apart(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
-    """The norm prologue's function as torch kernels: fp32 statistics, output in x's dtype."""
-    if norm.kind == "layernorm":
-        return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)   # one kernel, fp32 inside
-    return apply_norm_ref(x, norm)
 
 
 def fp8_gemv(x_q: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, act_scale: torch.Tensor,

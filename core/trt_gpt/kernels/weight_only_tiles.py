@@ -30,7 +30,7 @@ def _int8_to_float(b, CVT: tl.constexpr):
 
 @triton.jit
 def _int8_to_dot(b, CVT: tl.constexpr, X_TY: tl.constexpr):
-    """int8 tile -> values in [-128, 127] for a tensor-core dot with x of type X_TY. With "magic" and fp16
+    """int8 tile -> values in [-128, 127] of type X_TY for a tensor-core dot. With "magic" and fp16
     x the byte goes straight into an fp16 mantissa (0x6400 | (b + 128) reads 1024 + b + 128, exact, then
     one fp16 subtract): no fp32 round trip, whose fp32-to-fp16 conversions run at a quarter of the FMA rate
     on sm_90 and would bind a decode step's M = 1 tiles."""
@@ -38,7 +38,8 @@ def _int8_to_dot(b, CVT: tl.constexpr, X_TY: tl.constexpr):
         u = b.to(tl.uint8, bitcast=True).to(tl.int16)
         # the literal makes the xor 32-bit: back to 16 bits before the bitcast (the interpreter does not care)
         return (u ^ 0x6480).to(tl.int16).to(tl.float16, bitcast=True) - 1152.0
-    return _int8_to_float(b, CVT)
+    # X_TY on both branches: Triton type-checks the two returns against each other
+    return _int8_to_float(b, CVT).to(X_TY)
 
 
 @triton.jit
