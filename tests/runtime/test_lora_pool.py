@@ -1,8 +1,9 @@
 """Multi-LoRA inside in-flight batching, against HF PEFT run one request at a time: mixed batches (A, B,
 none, A), requests joining mid-flight, more adapters than slots (LRU swaps between steps, never of a held
-adapter), adapters added and removed at run time, the decode-graph protocol with the Triton kernel, bad
-requests that fail alone, the small-batch fused path with adapters in its GEMVs; a LoRA and a prompt-tuning table in one request (greedy and beam search) against
-PEFT fed `inputs_embeds` built from the table."""
+adapter), adapters added and removed at run time, the decode-graph protocol with the Triton kernel, the
+small-batch fused path with the adapters in its GEMVs, bad requests that fail alone; a LoRA and a
+prompt-tuning table in one request (greedy and beam search) against PEFT fed `inputs_embeds` built from
+the table."""
 from __future__ import annotations
 
 from pathlib import Path
