@@ -17,6 +17,8 @@ activations through memory. One kernel family covers every linear layer of a dec
 
 * the qkv projection can also store its K and V columns straight into the paged KV cache (`KVWrite`),
   through the cache's one store helper (`kv_store`), which removes the separate cache-write kernel;
+* a layer with LoRA adapters adds each row's delta v B[slot]^T before the bias (`LoraEpilogue`, see
+  lora_epilogue), from the fp32 partials of the row shrink run just before (`triton_lora_rows`);
 * the lm_head can also leave each row's greedy pick (`ArgmaxOut`, see triton_argmax): its epilogue reduces
   its own tile, and one small kernel reduces the tiles' partials;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
