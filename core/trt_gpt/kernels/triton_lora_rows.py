@@ -86,7 +86,8 @@ def lora_shrink_rows(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor, *, n
                          f"{tuple(slots.shape)} {slots.dtype}")
     m_pad = next_pow2(m)
     if block_k is None:
-        block_k = max(16, min(64, TILE_ELEMENTS // (m_pad * r), next_pow2(k)))
+        # the widest tile the register budget allows: most splits are then a single tile (no serial loads)
+        block_k = max(16, min(256, TILE_ELEMENTS // (m_pad * r), next_pow2(k)))
     splits, k_split = shrink_splits(1, k, block_k, target=max_splits, min_cols=block_k)
     v = torch.empty(splits, m, r, device=x.device, dtype=torch.float32)
     pdl = use_pdl(x.device)

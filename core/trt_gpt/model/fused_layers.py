@@ -212,6 +212,9 @@ class FusedLayers:
                 lora = self.lora_epilogue(v, adapter.b, adapter.slots)
             return lin.method.small_batch(lin, x, norm=norm_args, activation=act, gate=gate, residual=residual,
                                           residual_scale=m, kv_write=kv_write, lora=lora)
+        if gate is not None or kv_write is not None:
+            raise ValueError(f"{lin.role}: the gate / K/V write cannot be fused where the adapter runs beside "
+                             "the kernel")
         h = norm[1](x) if norm is not None else x
         y = adapter(h, lin.method.small_batch(lin, h))
         if activation:
