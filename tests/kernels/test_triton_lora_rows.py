@@ -75,10 +75,10 @@ def lora_oracle(x, w, b, a, lb, slots, *, norm=None, activation=None, gate_weigh
     return torch.cat(rows)
 
 
-def slot_col(length: int = 8) -> torch.Tensor:
+def slot_col(slots: list[int] = SLOTS, length: int = 12) -> torch.Tensor:
     """The pool's per-token column: longer than the step, -1 after its rows (padded graph rows)."""
     col = torch.full((length,), -1, dtype=torch.int32)
-    col[:len(SLOTS)] = torch.tensor(SLOTS, dtype=torch.int32)
+    col[:len(slots)] = torch.tensor(slots, dtype=torch.int32)
     return col.to(DEVICE)
 
 
@@ -104,10 +104,10 @@ def test_shrink_rows_default_tiles():
     assert (v.sum(0).double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
-def run_lora(x, w, b, a, lb, kw, dtype, config=None):
+def run_lora(x, w, b, a, lb, kw, dtype, config=None, slots=SLOTS):
     """shrink + fused_linear with the LoRA epilogue, and fused_linear_ref, against the float64 oracle."""
-    col = slot_col()
-    want = lora_oracle(x, w, b, a, lb, SLOTS, **kw)
+    col = slot_col(slots)
+    want = lora_oracle(x, w, b, a, lb, slots, **kw)
     v = lora_shrink_rows(x, a, col, norm=kw.get("norm"), block_k=32, max_splits=3)
     lora = LoraEpilogue(v, lb, col)
     out = torch.full((x.shape[0], w.shape[0]), float("nan"), device=DEVICE, dtype=x.dtype)
@@ -133,6 +133,15 @@ def test_lora_epilogue_matches_definition(dtype, combo):
     # the row without an adapter is exactly the kernel's output without the epilogue
     plain = fused_linear(x, w, b, config=GemvConfig(block_n=8, block_k=32, num_warps=4, num_stages=2), **kw)
     assert torch.equal(got[1], plain[1])
+
+
+@pytest.mark.parametrize("slots", [[1], [0, 2, -1, 1, 1, -1, 0, 2]], ids=["m1", "m8"])
+def test_lora_epilogue_one_and_eight_rows(slots):
+    x, w, b, kw = make(len(slots), 37, 100, torch.float32, norm="rmsnorm", residual=True, seed=27)
+    kw["activation"] = "relu"
+    a, lb = adapters(100, 37, torch.float32)
+    run_lora(x, w, b, a, lb, kw, torch.float32, config=GemvConfig(block_n=16, block_k=64, num_warps=4, num_stages=1),
+             slots=slots)
 
 
 def test_lora_epilogue_in_place_residual_and_prefetch_config():

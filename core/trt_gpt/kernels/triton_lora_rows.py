@@ -62,7 +62,7 @@ def _shrink_rows_kernel(X, A, SLOTS, NW, NB, V, M, K, k_split, stride_xm, stride
         kk = k3 + k0
         h = _input_tile(xb_ptrs + k0, nw_ptrs + k0, nb_ptrs + k0, kk, K, mean, rstd, X.dtype.element_ty, NORM,
                         HAS_NORM_BIAS, EVEN_K)
-        a = tl.load(a_ptrs + k0, mask=live & (kk < K), other=0.0, eviction_policy="evict_last")
+        a = tl.load(a_ptrs + k0, mask=live & (kk < K), other=0.0, eviction_policy="evict_first")
         acc += h * a.to(tl.float32)
     v = tl.sum(acc, 2)
     tl.store(V + split * stride_vs + rows.to(tl.int64)[:, None] * stride_vm + r[None, :], v,
