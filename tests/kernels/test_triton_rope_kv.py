@@ -171,3 +171,30 @@ def test_bad_arguments(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         rope_write_kv_triton(**args)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.int8, torch.float8_e4m3fn])
+def test_eight_bit_caches(cache_dtype):
+    # rotated k and plain v stored as quantize(x / scale) with separate K and V scales: the unfused path's
+    # RotaryEmbedding followed by the one K/V write (write_kv_ref), byte for byte
+    from trt_gpt.kernels.kv_cache_spec import write_kv_ref
+
+    heads, kv_heads, head_dim, tokens = 4, 2, 32, 6
+    rope = make_rope(heads, kv_heads, head_dim, "partial")
+    qkv, positions, slots, cache = make_case(tokens, heads, kv_heads, head_dim, torch.float16, 7, False, 1)
+    qkv = qkv * 3
+    scales = (torch.tensor([0.02], device=DEVICE), torch.tensor([0.05], device=DEVICE))
+    x = qkv.reshape(tokens, heads + 2 * kv_heads, head_dim)
+    q_ref, k = rope.apply(x[:, :heads], x[:, heads:heads + kv_heads], positions.long())
+    zeros = torch.zeros(cache.shape, dtype=cache_dtype, device=DEVICE)
+    kc_ref, vc_ref = zeros.clone(), zeros.clone()
+    write_kv_ref(k, x[:, heads + kv_heads:], kc_ref, vc_ref, slots, scales)
+    kc, vc = zeros.clone(), zeros.clone()
+    q = rope_write_kv_triton(qkv, heads, kv_heads, head_dim, positions, rope.cos, rope.sin, rope.dim, kc, vc, slots,
+                             scales=scales)
+    torch.testing.assert_close(q, q_ref, rtol=0, atol=0)
+    assert torch.equal(kc.view(torch.int8), kc_ref.view(torch.int8))
+    assert torch.equal(vc.view(torch.int8), vc_ref.view(torch.int8))
+    assert kc.view(torch.int8).ne(0).any() and vc.view(torch.int8).ne(0).any()
+    with pytest.raises(ValueError, match="needs \\(K, V\\) scales"):
+        rope_write_kv_triton(qkv, heads, kv_heads, head_dim, positions, rope.cos, rope.sin, rope.dim, kc, vc, slots)

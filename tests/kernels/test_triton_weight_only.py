@@ -318,3 +318,24 @@ def test_config_selection_and_file_format(tmp_path, monkeypatch):
         assert WoConfig.from_short(cfg.short()) == cfg
     with pytest.raises(ValueError, match="is not like"):
         WoConfig.from_short("gemm:8x512w4s1")
+
+
+def test_norm_runs_apart_when_the_chosen_kernel_has_no_prologue(monkeypatch):
+    # a measured table may pick the tensor-core GEMM for a decode shape: the norm then runs before it, and the
+    # result is still norm(x) @ W^T + b -> activation -> residual
+    import trt_gpt.kernels.triton_weight_only as wo
+
+    monkeypatch.setattr(wo, "wo_config", lambda *a, **k: WoConfig("gemm", 16, 32, block_m=16))
+    q, (x, w, s, b, _) = make(1, 19, 96, 4, 32, torch.float32, seed=9)
+    gen = torch.Generator().manual_seed(3)
+    norm = NormArgs("layernorm", (torch.randn(96, generator=gen) * 0.5 + 1).to(DEVICE),
+                    (torch.randn(96, generator=gen) * 0.5).to(DEVICE), 1e-5)
+    residual = torch.randn(1, 19, generator=gen).to(DEVICE)
+    ref = fused_oracle(x.cpu(), q.double() * s.cpu().double().repeat_interleave(32, 1), b.cpu(),
+                       norm=NormArgs("layernorm", norm.weight.cpu(), norm.bias.cpu(), 1e-5), activation="gelu",
+                       residual=residual.cpu(), residual_scale=0.5)
+    got = weight_only_linear(x, w, s, b, bits=4, group_size=32, norm=norm, activation="gelu", residual=residual,
+                             residual_scale=0.5)
+    check(got, ref, torch.float32)
+    with pytest.raises(ValueError, match="norm prologue exists in the gemv kernel only"):   # a forced config
+        weight_only_linear(x, w, s, b, bits=4, group_size=32, norm=norm, config=WoConfig("gemm", 16, 32))

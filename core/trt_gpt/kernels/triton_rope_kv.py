@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .kv_cache_spec import write_kv_ref
-from .kv_store import slot_offset, store_kv
+from .kv_store import check_kv_scales, kernel_view, slot_offset, store_kv
 from .triton_common import SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait, use_pdl
 
 __all__ = ["rope_write_kv_triton", "rope_write_kv_ref"]
@@ -33,12 +33,12 @@ _ELEMS_PER_PROGRAM = 1024   # 4 warps x 8 elements per thread: enough per progra
 
 
 @triton.jit
-def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
+def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC, KS, VS,
                     stride_xt, stride_cos_p, stride_sin_p, stride_qt, stride_qh,
                     stride_cb, stride_ch, stride_ct,
                     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     ROT_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr, PDL: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, KV_KIND: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)   # head index within the fused row
@@ -56,6 +56,11 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
     # cos/sin are indexed at d itself (not d % HALF), exactly as the torch reference does.
     c = tl.load(COS + pos * stride_cos_p + offs_d, mask=d_rot, other=1.0)
     s = tl.load(SIN + pos * stride_sin_p + offs_d, mask=d_rot, other=0.0)
+    k_scale = 1.0
+    v_scale = 1.0
+    if KV_KIND != 0:   # an 8-bit cache's scales are weights: loaded before gdc_wait too
+        k_scale = tl.load(KS)
+        v_scale = tl.load(VS)
     pdl_wait(PDL)     # PDL: the qkv row is read after this
     pdl_release(PDL)
 
@@ -81,12 +86,14 @@ def _rope_kv_kernel(QKV, POS, COS, SIN, SLOT, QO, KC, VC,
         kv_head = tl.where(is_v, offs_h - HEADS - KV_HEADS, offs_h - HEADS)   # negative on q rows (masked)
         dst = slot_offset(slot, stride_cb, stride_ct, BLOCK_SIZE) + kv_head[:, None] * stride_ch + offs_d[None, :]
         # k was rounded to the qkv dtype above, as RotaryEmbedding followed by the cache write does.
-        store_kv(KC, VC, dst, y, y, mask & is_k[:, None], mask & is_v[:, None], 1.0, 1.0, 0)
+        store_kv(KC, VC, dst, y, y, mask & is_k[:, None], mask & is_v[:, None], k_scale, v_scale, KV_KIND)
 
 
 def _check_args(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, positions: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, slot_mapping: torch.Tensor, q_out: torch.Tensor | None) -> None:
+                v_cache: torch.Tensor, slot_mapping: torch.Tensor, q_out: torch.Tensor | None,
+                scales: tuple[torch.Tensor, torch.Tensor] | None) -> int:
+    """Shape/dtype checks (ValueError); returns the cache's kind (`kv_store.kv_kind`)."""
     if qkv.dim() != 2 or qkv.shape[1] != (heads + 2 * kv_heads) * head_dim:
         raise ValueError(f"qkv must be [tokens, (heads + 2*kv_heads) * head_dim] = [T, "
                          f"{(heads + 2 * kv_heads) * head_dim}], got {tuple(qkv.shape)}")
@@ -106,23 +113,27 @@ def _check_args(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, pos
                          "with one memory layout")
     if k_cache.shape[1] != kv_heads or k_cache.shape[3] != head_dim:
         raise ValueError(f"cache {tuple(k_cache.shape)} does not hold {kv_heads} kv heads of {head_dim}")
-    if qkv.dtype not in SUPPORTED_DTYPES or k_cache.dtype not in SUPPORTED_DTYPES:
+    kind = check_kv_scales(k_cache, scales)
+    if qkv.dtype not in SUPPORTED_DTYPES or (k_cache.dtype not in SUPPORTED_DTYPES and not kind):
         raise ValueError(f"unsupported dtypes qkv={qkv.dtype} cache={k_cache.dtype}")
     if q_out is not None and (q_out.shape != (tokens, heads, head_dim) or q_out.dtype != qkv.dtype):
         raise ValueError(f"q_out must be [{tokens}, {heads}, {head_dim}] {qkv.dtype}, got "
                          f"{tuple(q_out.shape)} {q_out.dtype}")
+    return kind
 
 
 def rope_write_kv_triton(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
                          positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
                          k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
-                         q_out: torch.Tensor | None = None) -> torch.Tensor:
+                         q_out: torch.Tensor | None = None,
+                         scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Rotate q/k of qkv [T, (heads+2*kv_heads)*head_dim] at `positions`, write k/v at `slot_mapping`
-    (negative slot: no write) into caches [blocks, kv_heads, block_size, head_dim]; returns q
+    (negative slot: no write) into caches [blocks, kv_heads, block_size, head_dim] (8-bit ones quantized
+    with this layer's (K, V) `scales`, through the one K/V store); returns q
     [T, heads, head_dim] (`q_out` if given). CUDA-graph capturable: no host syncs, so positions are not
     range-checked: every token's, padding tokens' included, must be < cos.shape[0]."""
-    _check_args(qkv, heads, kv_heads, head_dim, positions, cos, sin, rotary_dim,
-                k_cache, v_cache, slot_mapping, q_out)
+    kind = _check_args(qkv, heads, kv_heads, head_dim, positions, cos, sin, rotary_dim,
+                       k_cache, v_cache, slot_mapping, q_out, scales)
     tokens = qkv.shape[0]
     q = q_out if q_out is not None else torch.empty(tokens, heads, head_dim, dtype=qkv.dtype,
                                                     device=qkv.device)
@@ -135,12 +146,13 @@ def rope_write_kv_triton(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim:
     all_heads = heads + 2 * kv_heads
     block_h = min(next_pow2(all_heads), max(1, _ELEMS_PER_PROGRAM // block_d))
     grid = (tokens, triton.cdiv(all_heads, block_h))
+    ks, vs = scales if scales is not None else (cos, cos)   # never read for a float cache
     _rope_kv_kernel[grid](
-        qkv, positions, cos, sin, slot_mapping, q, k_cache, v_cache,
+        qkv, positions, cos, sin, slot_mapping, q, kernel_view(k_cache), kernel_view(v_cache), ks, vs,
         qkv.stride(0), cos.stride(0), sin.stride(0), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, ROT_DIM=rotary_dim,
-        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_SIZE=k_cache.shape[2],
+        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_SIZE=k_cache.shape[2], KV_KIND=kind,
         num_warps=max(1, min(4, block_h * block_d // 256)),
         enable_fp_fusion=False,   # see module docstring: keeps the result bit-identical to torch
         PDL=use_pdl(qkv.device), **pdl_launch(qkv.device),
@@ -158,13 +170,14 @@ def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
 def rope_write_kv_ref(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
                       positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
                       k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
-                      q_out: torch.Tensor | None = None) -> torch.Tensor:
+                      q_out: torch.Tensor | None = None,
+                      scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Torch composition with the contract of `rope_write_kv_triton` (CPU fallback and documentation).
 
     Not CUDA-graph capturable: dropping padding tokens (negative slots) is a data-dependent selection.
     """
     _check_args(qkv, heads, kv_heads, head_dim, positions, cos, sin, rotary_dim,
-                k_cache, v_cache, slot_mapping, q_out)
+                k_cache, v_cache, slot_mapping, q_out, scales)
     tokens = qkv.shape[0]
     x = qkv.reshape(tokens, heads + 2 * kv_heads, head_dim)
     c = cos[positions.long()].unsqueeze(1)
@@ -172,7 +185,7 @@ def rope_write_kv_ref(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: in
     q = _rotate_ref(x[:, :heads], c, s, rotary_dim)
     k = _rotate_ref(x[:, heads:heads + kv_heads], c, s, rotary_dim)
     v = x[:, heads + kv_heads:]
-    write_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+    write_kv_ref(k, v, k_cache, v_cache, slot_mapping, scales)
     if q_out is None:
         return q
     q_out.copy_(q)

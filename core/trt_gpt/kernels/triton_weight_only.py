@@ -36,11 +36,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .gemv_ref import apply_norm_ref
 from .triton_common import dot_precision, next_pow2
 from .triton_gemv import ACTIVATIONS, NORMS, NormArgs, _row_stats, _stats_tile
 from .weight_only_configs import GEMV_MAX_M, WoConfig, fp8_config, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
-from .weight_only_tiles import (_group_scale, _int4_to_float, _int8_to_dot, _int8_to_float, _load_w,
+from .weight_only_tiles import (_group_scale, _int4_to_dot, _int4_to_float, _int8_to_dot, _int8_to_float, _load_w,
                                 _nibble_mantissa, _plane, _scaled_x, _splitk_reduce_kernel, _store_result, _x_in, _x_sums, dequantize_weight)
 
 MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
@@ -219,15 +220,24 @@ def _gemm_kernel(X, W, S, B, PQ, OUT, P, M, N, K, KB, kb_split, stride_xm, strid
                 acc = tl.dot(xt, wt, acc, input_precision=DOT_PREC)
         elif BITS == 4:
             col = 2 * kb
-            lo, hi = _int4_to_float(wb, CVT)
-            if GROUP > 0:
-                s = _group_scale(S, s_row, col[:, None], k0, K, GROUP, BLOCK_K)
-                lo = lo * s
-                hi = hi * s
             xe = _scaled_x(x_rows + col[None, :], col[None, :], K, PQ, x_ty, HAS_PQ, EVEN_K)
             xo = _scaled_x(x_rows + col[None, :] + 1, col[None, :] + 1, K, PQ, x_ty, HAS_PQ, EVEN_K)
-            acc = tl.dot(xe, lo.to(x_ty), acc, input_precision=DOT_PREC)
-            acc = tl.dot(xo, hi.to(x_ty), acc, input_precision=DOT_PREC)
+            if GROUP >= BLOCK_K:
+                # the tile lies in one group: integer weights into the dots (in fp16 without an fp32 round
+                # trip, `_int4_to_dot`), the group's scale on the tile's fp32 sums
+                lo, hi = _int4_to_dot(wb, CVT, x_ty)
+                t = tl.dot(xe, lo, input_precision=DOT_PREC)
+                t = tl.dot(xo, hi, t, input_precision=DOT_PREC)
+                acc += t * _group_scale(S, s_row, col[:, None], k0, K, GROUP, BLOCK_K)
+            elif GROUP > 0:
+                lo, hi = _int4_to_float(wb, CVT)
+                s = _group_scale(S, s_row, col[:, None], k0, K, GROUP, BLOCK_K)
+                acc = tl.dot(xe, (lo * s).to(x_ty), acc, input_precision=DOT_PREC)
+                acc = tl.dot(xo, (hi * s).to(x_ty), acc, input_precision=DOT_PREC)
+            else:
+                lo, hi = _int4_to_dot(wb, CVT, x_ty)
+                acc = tl.dot(xe, lo, acc, input_precision=DOT_PREC)
+                acc = tl.dot(xo, hi, acc, input_precision=DOT_PREC)
         elif CVT == "fp8":
             # e4m3 x (quantized by triton_quant) and e4m3 weights, both int8 views, straight into the FP8
             # tensor cores (sm_89+), fp32 accumulation: no conversion instruction a weight
@@ -277,6 +287,10 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if m == 0:
         return torch.empty(*lead, n, device=x.device, dtype=out_dtype)
     cfg = config or wo_config(m, n, k, bits, group_size, interpret=os.environ.get("TRITON_INTERPRET") == "1")
+    if norm is not None and cfg.kernel != "gemv" and config is None:
+        # the kernel measured best for this shape (a table may pick the tensor-core GEMM at M = 1) has no
+        # norm prologue: the norm runs before it, as the module path's norm does
+        x2, norm = _norm_apart(x2, norm), None
     _check_config(cfg, m, k, weight, bits, group_size)
     _check_fusions(cfg, x2, m, n, k, norm, activation, residual)
     if cfg.kernel == "dequant":
@@ -286,6 +300,13 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
     return _launch(x2, weight, scales, bias, prequant, cfg, bits, group_size, out_dtype, norm, activation, residual,
                    residual_scale).reshape(*lead, n)
+
+
+def _norm_apart(x: torch.Tensor, norm: NormArgs) -> torch.Tensor:
+    """The norm prologue's function as torch kernels: fp32 statistics, output in x's dtype."""
+    if norm.kind == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)   # one kernel, fp32 inside
+    return apply_norm_ref(x, norm)
 
 
 def fp8_gemv(x_q: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, act_scale: torch.Tensor,

@@ -36,7 +36,8 @@ def _int8_to_dot(b, CVT: tl.constexpr, X_TY: tl.constexpr):
     on sm_90 and would bind a decode step's M = 1 tiles."""
     if CVT == "magic" and X_TY == tl.float16:
         u = b.to(tl.uint8, bitcast=True).to(tl.int16)
-        return (u ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        # the literal makes the xor 32-bit: back to 16 bits before the bitcast (the interpreter does not care)
+        return (u ^ 0x6480).to(tl.int16).to(tl.float16, bitcast=True) - 1152.0
     return _int8_to_float(b, CVT)
 
 
@@ -53,6 +54,20 @@ def _int4_to_float(b, CVT: tl.constexpr):
         lo = ((b32 << 28) >> 28).to(tl.float32)   # arithmetic shifts sign-extend the nibble
         hi = (b32 >> 4).to(tl.float32)
     return lo, hi
+
+
+@triton.jit
+def _int4_to_dot(b, CVT: tl.constexpr, X_TY: tl.constexpr):
+    """`_int4_to_float` for a tensor-core dot with x of type X_TY: with "magic" and fp16 x each nibble goes
+    straight into an fp16 mantissa (0x6400 | (v + 8) reads 1024 + v + 8, one fp16 subtract), as
+    `_int8_to_dot` does for bytes; otherwise the fp32 values cast to X_TY (exact: |v| <= 8)."""
+    if CVT == "magic" and X_TY == tl.float16:
+        u = b.to(tl.uint8, bitcast=True).to(tl.int16)
+        lo = ((u & 0xF) ^ 0x6408).to(tl.int16).to(tl.float16, bitcast=True) - 1032.0
+        hi = ((u >> 4) ^ 0x6408).to(tl.int16).to(tl.float16, bitcast=True) - 1032.0
+        return lo, hi
+    lo, hi = _int4_to_float(b, CVT)
+    return lo.to(X_TY), hi.to(X_TY)
 
 
 @triton.jit

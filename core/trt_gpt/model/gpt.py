@@ -77,11 +77,12 @@ class Attention(nn.Module):
         """Rotate q and k (RoPE models), write k and v into the cache; returns q [tokens, heads, head_size]."""
         d = self.head_size
         scales = self.kv_scales
-        fused = getattr(backend, "rope_write_kv", None) if scales is None else None
+        fused = getattr(backend, "rope_write_kv", None)
         if rope is not None and fused is not None and getattr(rope, "style", None) == "neox":
-            # one kernel instead of RoPE's ~16 small ones plus the cache write
+            # one kernel instead of RoPE's ~16 small ones plus the cache write (8-bit caches included: a
+            # 7B FP8 decode step spent ~0.5 ms in the torch RoPE kernels before)
             return fused(qkv, self.heads, self.kv_heads, d, positions, rope.cos, rope.sin, rope.dim,
-                         kv[0], kv[1], meta.slot_mapping)
+                         kv[0], kv[1], meta.slot_mapping, scales=scales)
         q, k, v = qkv.split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
         q = q.view(-1, self.heads, d)
         k = k.view(-1, self.kv_heads, d)
