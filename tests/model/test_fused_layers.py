@@ -9,23 +9,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Starcoder2Config, Starcoder2ForCausalLM
 
 from trt_gpt.config import ModelConfig
-from trt_gpt.model import GPTForCausalLM, random_weights
+from trt_gpt.model import GPTForCausalLM
 from trt_gpt.kernels.metadata import AttentionMetadata
 from trt_gpt.testing import assert_parity, engine_from_checkpoint, random_prompts, save_tiny
 
+from fused_cases import CONFIGS, DEVICE, random_model, fused_env  # noqa: F401  (fixture)
+
 pytest.importorskip("triton")
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture
-def fused_env(monkeypatch):
-    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
-    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "4")
-    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "0")
-    if DEVICE == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-
 
 HF_MODELS = {
     "gpt2": (GPT2LMHeadModel, GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64,
@@ -83,15 +73,6 @@ def test_fused_head_picks_feed_overlapped_decoding(tmp_path, fused_env, monkeypa
     assert len(finished) >= 5      # every decode step's picks came from the fused head
 
 
-CONFIGS = {
-    "swiglu rmsnorm no-bias": dict(hidden_act="swiglu", norm_type="rmsnorm", bias=False),
-    "layernorm1p residual-multiplier": dict(norm_type="layernorm1p", residual_multiplier=0.5,
-                                            hidden_act="gelu"),
-    "squared-relu rope": dict(hidden_act="squared-relu", position_embedding_type="rope_gpt_neox",
-                              rotary_pct=0.5),
-}
-
-
 def _two_steps(model, cfg, prompt_len: int, fused: bool) -> torch.Tensor:
     """Logits of a prompt step and one decode step on a fresh cache, on the fused path or the module path."""
     saved = model.fused
@@ -120,23 +101,6 @@ def _two_steps(model, cfg, prompt_len: int, fused: bool) -> torch.Tensor:
         model.fused = saved
 
 
-def _model(cfg: ModelConfig):
-    from trt_gpt.kernels.backends import get_attention_backend
-
-    with torch.device("meta"):
-        model = GPTForCausalLM(cfg)
-    state = random_weights(cfg, DEVICE, seed=1)
-    g = torch.Generator(device=DEVICE).manual_seed(3)
-    for k, v in state.items():   # norms and biases away from their identity values (float tensors only)
-        if v.dim() == 1 and v.is_floating_point() and v.numel() > 1:
-            v.add_(torch.randn(v.shape, generator=g, device=DEVICE) * 0.3)
-        if k.endswith("cache_scaling_factor"):
-            v.fill_(0.02)   # 8-bit caches: a scale that the activations of these weights use
-    model.load_state_dict(state, assign=True)
-    model.setup_runtime(torch.device(DEVICE), 32, get_attention_backend(DEVICE, torch.float32))
-    return model
-
-
 # 3: the prompt step takes the fused layers too; 12: the prompt runs the module path's layers, then the fused
 # decode step reads two cache blocks
 @pytest.mark.parametrize("prompt_len", [3, 12])
@@ -144,7 +108,7 @@ def _model(cfg: ModelConfig):
 def test_fused_path_matches_module_path(fused_env, name, prompt_len):
     cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32, **CONFIGS[name])
-    model = _model(cfg)
+    model = random_model(cfg)
     assert model.fused is not None
     ref, got = _two_steps(model, cfg, prompt_len, False), _two_steps(model, cfg, prompt_len, True)
     assert ref.abs().max() > 0.1
@@ -174,7 +138,7 @@ def test_fused_path_matches_module_path_quantized(fused_env, name, prompt_len):
     cfg = ModelConfig(vocab_size=61, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32,
                       quantization=QuantConfig(**quant), **CONFIGS[base])
-    model = _model(cfg)
+    model = random_model(cfg)
     assert model.fused is not None
     calls = []
     for layer in model.transformer.layers:

@@ -1,8 +1,9 @@
 """Multi-LoRA inside in-flight batching, against HF PEFT run one request at a time: mixed batches (A, B,
 none, A), requests joining mid-flight, more adapters than slots (LRU swaps between steps, never of a held
-adapter), adapters added and removed at run time, the decode-graph protocol with the Triton kernel, bad
-requests that fail alone; a LoRA and a prompt-tuning table in one request (greedy and beam search) against
-PEFT fed `inputs_embeds` built from the table."""
+adapter), adapters added and removed at run time, the decode-graph protocol with the Triton kernel, the
+small-batch fused path with the adapters in its GEMVs, bad requests that fail alone; a LoRA and a
+prompt-tuning table in one request (greedy and beam search) against PEFT fed `inputs_embeds` built from
+the table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -156,6 +157,31 @@ def test_decode_graph_protocol_with_triton_kernel(setup, monkeypatch):
     prompts = random_prompts(211, [4, 5, 3], seed=6)
     outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=UID[k]) for k in keys])
     assert [o.token_ids for o in outs] == [setup.greedy(k, p, 4) for k, p in zip(keys, prompts)]
+
+
+@pytest.mark.parametrize("graphs", ["eager", "0"])
+def test_fused_decode_path_with_adapters(setup, monkeypatch, graphs):
+    """The small-batch fused path (TRT_GPT_FUSED_DECODE_ROWS=4: steps of up to 4 rows) with adapters: each
+    adapted GPT-2 linear adds its delta in the fused GEMV's epilogue (qkv through the K/V write epilogue),
+    a mixed batch (b, none, a) decodes PEFT's tokens and logits, with and without the graphs' fixed buffers."""
+    monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
+    monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", graphs)
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", "4")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    llm = LLM(setup.engine, device="cpu")
+    fused = llm.engine.model.fused
+    assert fused is not None and llm.lora.pool.triton
+    shrinks, real = [], fused.lora_shrink
+    fused.lora_shrink = lambda x, *a, **k: shrinks.append(x.shape[0]) or real(x, *a, **k)
+    keys = ["b", None, "a"]
+    prompts = random_prompts(211, [4, 5, 3], seed=8)
+    outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=UID[k], return_logits=True) for k in keys])
+    assert shrinks           # the decode steps (3 rows, padded to a graph size with eager graphs) took them
+    for k, p, o in zip(keys, prompts, outs):
+        assert o.token_ids == setup.greedy(k, p, 4)
+        want = peft_logits(setup.refs[k], p + o.token_ids[:-1])[len(p) - 1:]
+        assert (want - o.generation_logits).abs().max().item() <= 1e-4
 
 
 def test_beam_search_with_an_adapter(setup):

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from .kv_cache_spec import write_kv_ref
 from .kv_store import KVWrite, check_kv_write_out
+from .lora_epilogue import LoraEpilogue, check_lora_epilogue
+from .lora_ref import lora_epilogue_ref
 from .triton_gemv import NormArgs, _check_args
 
 
@@ -38,17 +40,22 @@ def fused_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      norm: NormArgs | None = None, activation: str | None = None,
                      gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, residual_scale: float = 1.0,
-                     out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None) -> torch.Tensor:
+                     out_dtype: torch.dtype | None = None, kv_write: KVWrite | None = None,
+                     lora: LoraEpilogue | None = None) -> torch.Tensor:
     """`fused_linear`'s math in torch for x [M, K] of any M: fp32
     accumulation and epilogue, one cast at the end."""
     m, n, _ = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual, max_m=None)
     check_kv_write_out(kv_write, m, n, x.device)
+    check_lora_epilogue(lora, m, n, x.device)
     h = (apply_norm_ref(x, norm) if norm is not None else x).float()
 
     def project(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return F.linear(h, w.float(), b.float() if b is not None else None)
 
-    y = activation_ref(project(weight, bias), activation)
+    y = project(weight, None)
+    if lora is not None:   # the adapter's delta before the bias, as the kernel adds it
+        y = y + lora_epilogue_ref(lora, m)
+    y = activation_ref(y + bias.float() if bias is not None else y, activation)
     if gate_weight is not None:
         y = y * project(gate_weight, gate_bias)
     if residual is not None:

@@ -7,6 +7,8 @@ to y's dtype once, as the Triton kernel (triton_lora.py) does. Used on CPU and a
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -48,3 +50,21 @@ def lora_add_ref(x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor, a: torch
         v = x[rows].float() @ a[slot].float().t()
         y.index_add_(0, rows, (v @ b[slot].float().t()).to(y.dtype))
     return y
+
+
+def lora_epilogue_ref(lora: Any, m: int) -> torch.Tensor:
+    """The fused GEMV's LoRA epilogue (`lora_epilogue.LoraEpilogue`) in torch: each of the first m rows'
+    delta v B[slot]^T in fp32 [m, N] (zero for slot < 0), v the shrink's partials summed in split order and
+    rounded to a 16-bit B's dtype first, as the kernel does."""
+    v = lora.v[0].clone()
+    for part in lora.v[1:]:
+        v += part
+    b = lora.b
+    if b.dtype != torch.float32:
+        v = v.to(b.dtype).float()
+    s = lora.slots[:m].long()
+    out = torch.zeros(m, b.shape[1], dtype=torch.float32, device=v.device)
+    live = (s >= 0).nonzero().flatten()
+    if live.numel():
+        out[live] = torch.einsum("mr,mnr->mn", v[live], b[s[live]].float())
+    return out

@@ -17,6 +17,8 @@ activations through memory. One kernel family covers every linear layer of a dec
 
 * the qkv projection can also store its K and V columns straight into the paged KV cache (`KVWrite`),
   through the cache's one store helper (`kv_store`), which removes the separate cache-write kernel;
+* a layer with LoRA adapters adds each row's delta v B[slot]^T before the bias (`LoraEpilogue`, see
+  lora_epilogue), from the fp32 partials of the row shrink run just before (`triton_lora_rows`);
 * the lm_head can also leave each row's greedy pick (`ArgmaxOut`, see triton_argmax): its epilogue reduces
   its own tile, and one small kernel reduces the tiles' partials;
 * on Hopper the kernel launches with programmatic dependent launch (small weights only, see
@@ -40,6 +42,7 @@ import triton.language as tl
 
 from .gemv_configs import GemvConfig, gemv_config, interpreter_config
 from .kv_store import KVWrite, check_kv_write_out, store_kv_columns
+from .lora_epilogue import LoraEpilogue, check_lora_epilogue, lora_b_tile, lora_delta, lora_launch_args, lora_v_rows
 from .triton_argmax import ArgmaxOut, argmax_partials, check_argmax_out, finish_argmax, store_tile_argmax
 from .triton_common import (PDL_AT_START, SUPPORTED_DTYPES, next_pow2, pdl_launch, pdl_release, pdl_start, pdl_wait,
                             use_pdl)
@@ -238,7 +241,8 @@ def _row_stats(x_rows, K, eps, M_PAD: tl.constexpr, NORM: tl.constexpr, STATS_K:
 
 
 @triton.jit
-def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
+def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI, LV, LB, LS,
+                       stride_lvs, stride_lvm, stride_lbs, stride_lbn, lora_splits,
                        M, N, K, stride_xm, stride_wn, stride_gn, stride_rm, stride_om,
                        eps, residual_scale, q_cols, kv_cols, stride_cb, stride_ch, stride_ct, vocab, stride_p,
                        M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -247,7 +251,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
                        ACT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
                        KV_WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, CACHE_BLOCK: tl.constexpr,
                        PIPELINE: tl.constexpr, STATS_K: tl.constexpr, ARGMAX: tl.constexpr,
-                       PREFETCH2: tl.constexpr):
+                       PREFETCH2: tl.constexpr, LORA: tl.constexpr, LORA_R: tl.constexpr,
+                       LORA_SPLITS: tl.constexpr, LORA_ROUND: tl.constexpr):
     pdl_start(PDL)
     pid = tl.program_id(0)
     # Everything in the K loop is 3-D [M_PAD, BLOCK_N, BLOCK_K] or [1, BLOCK_N, BLOCK_K]. The x, gamma and
@@ -283,6 +288,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
         if GATED:
             g_second = _load_k(g_ptrs + BLOCK_K, k3 + BLOCK_K, K, EVEN_K, "evict_first")
     bias, gate_bias, slot = _epilogue_inputs(B, GB, SLOTS, offs_n, rows, M, N, HAS_BIAS, HAS_GATE_BIAS, KV_WRITE)
+    if LORA:   # each row's adapter B tile: pool weights gathered by the uploaded slots (lora_epilogue)
+        lora_b = lora_b_tile(LB, LS, rows, offs_n, M, N, stride_lbs, stride_lbn, LORA_R)
     pdl_wait(PDL)
     # Every program of this kernel has started once all have passed here: the next kernel may launch and
     # prefetch its own weights into the slots this kernel's tail leaves idle.
@@ -294,6 +301,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
         # Issued first so that its latency overlaps the x reads. Read before this program stores the same
         # elements, so out may alias residual.
         res = tl.load(R + rows64 * stride_rm + offs_n[None, :], mask=omask, other=0.0)
+    if LORA:   # the shrink's partials (the previous kernel's output), issued beside the x reads
+        lora_v = lora_v_rows(LV, rows, M, stride_lvs, stride_lvm, lora_splits, LORA_SPLITS, LORA_R)
     mean, rstd = _row_stats(x_rows, K, eps, M_PAD, NORM, STATS_K)
 
     xb_ptrs = tl.broadcast_to(x_ptrs, [M_PAD, BLOCK_N, BLOCK_K])
@@ -349,6 +358,8 @@ def _fused_gemv_kernel(X, W, B, G, GB, R, OUT, NW, NB, KC, VC, SLOTS, PV, PI,
 
     # Epilogue on complete sums, 2-D [M_PAD, BLOCK_N], all in fp32; one cast at the store.
     y = tl.sum(acc, 2)
+    if LORA:   # before the bias and the activation, as the adapter adds to the layer's output
+        y += lora_delta(lora_v, lora_b, LORA_ROUND)
     yg = y
     if GATED:
         yg = tl.sum(acc_g, 2)
@@ -368,16 +379,18 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  residual: torch.Tensor | None = None, residual_scale: float = 1.0,
                  out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
                  config: GemvConfig | None = None, kv_write: KVWrite | None = None,
-                 argmax: ArgmaxOut | None = None) -> torch.Tensor:
+                 argmax: ArgmaxOut | None = None, lora: LoraEpilogue | None = None) -> torch.Tensor:
     """The fused decode GEMV (Triton) for x [M <= 8, K] and weight [N, K]; returns out [M, N].
 
     `out` may be the residual tensor (in-place residual add) but must not overlap x: every program
     reads all of x. `kv_write` also stores the K/V columns into the paged cache; `argmax` also writes
-    each row's greedy pick over its first `argmax.vocab` columns.
+    each row's greedy pick over its first `argmax.vocab` columns; `lora` adds each row's adapter delta
+    before the bias (`lora_epilogue`; to x W^T only: the gate's product gets none).
     """
     m, n, k = _check_args(x, weight, bias, norm, activation, gate_weight, gate_bias, residual)
     check_kv_write_out(kv_write, m, n, x.device)
     check_argmax_out(argmax, m, n, x.device)
+    check_lora_epilogue(lora, m, n, x.device)
     out_dtype = out_dtype or x.dtype
     if out is None:
         out = torch.empty(m, n, device=x.device, dtype=out_dtype)
@@ -403,13 +416,14 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     programs = triton.cdiv(n, cfg.block_n)
     prefetch2 = cfg.prefetch_tiles >= 2 and k > cfg.block_k   # one K tile holds the whole row otherwise
     pv, pi = argmax_partials(m, programs, x.device) if argmax is not None else (out, out)
+    lora_args, lora_consts = lora_launch_args(lora, dummy)
     _fused_gemv_kernel[(programs,)](
         x, weight, bias if bias is not None else dummy,
         gate_weight if gate_weight is not None else weight, gate_bias if gate_bias is not None else dummy,
         residual_t, out,
         norm.weight if norm is not None else dummy,
         norm.bias if norm is not None and norm.bias is not None else dummy,
-        kc, kvw.v_cache if kvw is not None else dummy, kvw.slots if kvw is not None else dummy, pv, pi,
+        kc, kvw.v_cache if kvw is not None else dummy, kvw.slots if kvw is not None else dummy, pv, pi, *lora_args,
         m, n, k, x.stride(0), weight.stride(0),
         gate_weight.stride(0) if gate_weight is not None else 0, residual_t.stride(0), out.stride(0),
         float(norm.eps) if norm is not None else 0.0, float(residual_scale),
@@ -424,7 +438,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         PDL=pdl, KV_WRITE=kvw is not None, HEAD_DIM=kvw.head_dim if kvw is not None else 1,
         CACHE_BLOCK=kc.shape[2] if kvw is not None else 1,
         PIPELINE=cfg.num_stages >= 2 and k > cfg.block_k and not prefetch2, PREFETCH2=prefetch2,
-        STATS_K=_stats_tile(m, k, cfg), ARGMAX=argmax is not None,
+        STATS_K=_stats_tile(m, k, cfg), ARGMAX=argmax is not None, **lora_consts,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_launch(x.device) if pdl else {}),
     )
     if argmax is not None:

@@ -25,8 +25,15 @@ Each linear layer runs its weight format's own small-batch kernel (`LinearMethod
 GEMV above, the weight-only GEMV (INT8 / INT4 dequantized in registers) and the FP8 GEMV (after one
 norm-and-quantize kernel) with the same norm / activation / residual fusions. What a format's kernel does
 not fuse runs beside it as the module path runs it: the K/V cache write (also for 8-bit caches, through
-the one K/V write) and the gate of a gated MLP. A format without a small-batch kernel (SmoothQuant) and
-an engine with LoRA adapters take the module path.
+the one K/V write) and the gate of a gated MLP. A format without a small-batch kernel (SmoothQuant) takes
+the module path.
+
+LoRA adapters (runtime/lora_pool.py) are read from each layer at call time. The float GEMV adds each row's
+delta in its epilogue, before the bias and activation (`kernels.lora_epilogue`), after one small shrink
+kernel over the step's rows (`kernels.triton_lora_rows`, with the same norm prologue), so the K/V write and
+the residual stay fused; a gate with its own adapter runs as its own GEMV. Formats whose kernel has no
+LoRA epilogue (weight-only, FP8) run the layer as the module path does around their kernel: norm module,
+the kernel, the adapter, then activation and residual in torch.
 
 A tensor-core sibling of the GEMV for whole prompt steps was measured slower than cuBLAS plus the separate
 kernels and removed (docs/benchmarks.md).
@@ -92,11 +99,15 @@ class FusedLayers:
         from ..kernels.triton_argmax import ArgmaxOut
         from ..kernels.triton_embed import embed
         from ..kernels.triton_gemv import MAX_M, NormArgs
+        from ..kernels.triton_lora_rows import LoraEpilogue, lora_shrink_rows
+        from .layers import get_activation
 
         self.kv_write, self.embed_kernel, self.argmax_out = KVWrite, embed, ArgmaxOut
+        self.lora_epilogue, self.lora_shrink = LoraEpilogue, lora_shrink_rows
         self.max_rows = min(max_rows, MAX_M)
         self.activation = activation
         cfg = model.cfg
+        self.act_fn = get_activation(cfg.hidden_act)   # the module path's (built-in) function, see create
         self.multiplier = cfg.residual_multiplier
         t = model.transformer
         self.norms = [(self._norm_args(layer.input_layernorm, NormArgs),
@@ -144,32 +155,73 @@ class FusedLayers:
               rope: Any, backend: Any, window: int | None) -> torch.Tensor:
         """One decoder layer (`DecoderLayer.forward`'s function) for a step that `applies`. Each linear layer's
         weight format runs its own small-batch kernel (`LinearMethod.small_batch`); what that kernel does not
-        fuse (the cache write, the gate) runs here as the module path runs it."""
-        m = self.multiplier
+        fuse (the cache write, the gate, an adapter) runs here as the module path runs it."""
         norm_in, norm_post = self.norms[idx]
         attn, mlp = layer.attention, layer.mlp
         qkv_l = attn.qkv
-        if rope is None and attn.kv_scales is None and "kv_write" in qkv_l.method.small_batch_fusions:
-            # the qkv kernel's epilogue stores k and v in the (float) cache: no separate cache-write kernel
+        if rope is None and attn.kv_scales is None and self._fuses(qkv_l, "kv_write"):
+            # the qkv kernel's epilogue stores k and v (with any adapter's delta) in the (float) cache: no
+            # separate cache-write kernel
             q_cols = attn.heads * attn.head_size
             kvw = self.kv_write(kv[0], kv[1], meta.slot_mapping, q_cols, attn.kv_heads, attn.head_size)
-            qkv = qkv_l.method.small_batch(qkv_l, x, norm=norm_in, kv_write=kvw)
+            qkv = self._linear(qkv_l, x, (norm_in, layer.input_layernorm), kv_write=kvw)
             q = qkv[:, :q_cols].view(-1, attn.heads, attn.head_size)
         else:
             # RoPE, an 8-bit cache or a format without the epilogue: the one K/V write of the module path
-            qkv = qkv_l.method.small_batch(qkv_l, x, norm=norm_in)
+            qkv = self._linear(qkv_l, x, (norm_in, layer.input_layernorm))
             q = attn.cache_qkv(qkv, positions, meta, kv, rope, backend)
         out = backend.attention(q, kv[0], kv[1], meta, attn.scale, window, kv_scales=attn.kv_scales)
-        dense = attn.dense
-        x = dense.method.small_batch(dense, out.reshape(x.shape[0], -1), residual=x, residual_scale=m)
-        fc = mlp.fc
-        fused_gate = mlp.gated and "gate" in fc.method.small_batch_fusions
-        h = fc.method.small_batch(fc, x, norm=norm_post, activation=self.activation,
-                                  gate=mlp.gate if fused_gate else None)
+        x = self._linear(attn.dense, out.reshape(x.shape[0], -1), residual=x)
+        fc, post = mlp.fc, (norm_post, layer.post_layernorm)
+        # the fused gate's product gets no adapter delta: a gate with its own adapter runs apart
+        fused_gate = mlp.gated and self._fuses(fc, "gate") and mlp.gate.adapter is None
+        h = self._linear(fc, x, post, activation=True, gate=mlp.gate if fused_gate else None)
         if mlp.gated and not fused_gate:
-            h = h * mlp.gate.method.small_batch(mlp.gate, x, norm=norm_post)
-        proj = mlp.proj
-        return proj.method.small_batch(proj, h, residual=x, residual_scale=m)
+            h = h * self._linear(mlp.gate, x, post)
+        return self._linear(mlp.proj, h, residual=x)
+
+    @staticmethod
+    def _adapter_in_kernel(lin: Any) -> bool:
+        """Whether `lin`'s small-batch kernel computes its whole output: no adapter, or a slot-pool adapter
+        (A, B and the per-token slot column: `runtime.lora_pool`) in a format that fuses "lora"."""
+        adapter = lin.adapter
+        return adapter is None or ("lora" in lin.method.small_batch_fusions
+                                   and getattr(adapter, "slots", None) is not None)
+
+    @classmethod
+    def _fuses(cls, lin: Any, fusion: str) -> bool:
+        """Whether `lin`'s kernel computes `fusion` together with its adapter's delta (where it has one)."""
+        return fusion in lin.method.small_batch_fusions and cls._adapter_in_kernel(lin)
+
+    def _linear(self, lin: Any, x: torch.Tensor, norm: tuple[Any, Any] | None = None, *, activation: bool = False,
+                gate: Any = None, residual: torch.Tensor | None = None, kv_write: Any = None) -> torch.Tensor:
+        """`lin` on a step: [norm ->] lin [+ adapter] [-> act] [* gate] [-> residual + m * y]. `norm` is the
+        (kernel NormArgs, norm module) pair. The adapter (read at call time: adapters attach after `create`)
+        runs inside the kernel where the weight format fuses "lora" (the row shrink, then the GEMV's epilogue),
+        else beside the format's kernel as the module path runs it: norm module, the kernel without fusions,
+        `lin.adapter`, then the activation and the residual add in torch (`gate` and `kv_write` are only
+        passed where `_fuses` allows them)."""
+        norm_args = norm[0] if norm is not None else None
+        act = self.activation if activation else None
+        m = self.multiplier
+        adapter = lin.adapter
+        if self._adapter_in_kernel(lin):
+            lora = None
+            if adapter is not None:
+                v = self.lora_shrink(x, adapter.a, adapter.slots, norm=norm_args)
+                lora = self.lora_epilogue(v, adapter.b, adapter.slots)
+            return lin.method.small_batch(lin, x, norm=norm_args, activation=act, gate=gate, residual=residual,
+                                          residual_scale=m, kv_write=kv_write, lora=lora)
+        if gate is not None or kv_write is not None:
+            raise ValueError(f"{lin.role}: the gate / K/V write cannot be fused where the adapter runs beside "
+                             "the kernel")
+        h = norm[1](x) if norm is not None else x
+        y = adapter(h, lin.method.small_batch(lin, h))
+        if activation:
+            y = self.act_fn(y)
+        if residual is not None:
+            y = residual + y * m if m != 1.0 else residual + y
+        return y
 
     def head(self, lm_head: Any, hidden: torch.Tensor, vocab: int, picks: torch.Tensor | None = None,
              host_picks: Any | None = None) -> torch.Tensor:

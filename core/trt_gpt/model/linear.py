@@ -38,10 +38,12 @@ class LinearMethod:
     name = "none"
     # What `small_batch` fuses into its one kernel (FusedLayers does the rest with separate kernels):
     # "norm" (prologue), "activation", "residual", "gate" (act(x W^T) * (x G^T)), "kv_write" (the K/V columns
-    # into the paged cache), "argmax" (greedy picks). None: the format has no small-batch kernel and a model
-    # holding such a layer takes the module path at every batch size.
+    # into the paged cache), "argmax" (greedy picks), "lora" (each row's adapter delta before the bias, from
+    # the shrink's partials: `kernels.lora_epilogue`; a format without it has FusedLayers add the adapter
+    # beside its kernel). None: the format has no small-batch kernel and a model holding such a layer takes
+    # the module path at every batch size.
     small_batch_fusions: frozenset[str] | None = frozenset(
-        {"norm", "activation", "residual", "gate", "kv_write", "argmax"})
+        {"norm", "activation", "residual", "gate", "kv_write", "argmax", "lora"})
     # Set where the layer's input is not the model's activation but that divided by a scale folded into the
     # norm before it (SmoothQuant's folded smoothing, whose scale the checkpoint does not keep): a one-line
     # reason naming the format. An adapter reading such an input would add the wrong delta, so LoRA
@@ -64,7 +66,8 @@ class LinearMethod:
 
     def small_batch(self, layer: "Linear", x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
                     residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: "Linear | None" = None,
-                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None,
+                    lora: Any = None) -> torch.Tensor:
         """`layer(x)` with bias for a step of a few rows as one kernel (`FusedLayers`' path), with the
         fusions of `small_batch_fusions` (arguments as `kernels.triton_gemv.fused_linear`'s): the decode GEMV
         that reads `layer.weight` as stored."""
@@ -73,7 +76,8 @@ class LinearMethod:
         return fused_linear(x, layer.weight, layer.bias, norm=norm, activation=activation,
                             gate_weight=gate.weight if gate is not None else None,
                             gate_bias=gate.bias if gate is not None else None, residual=residual,
-                            residual_scale=residual_scale, kv_write=kv_write, argmax=argmax, out_dtype=out_dtype)
+                            residual_scale=residual_scale, kv_write=kv_write, argmax=argmax, out_dtype=out_dtype,
+                            lora=lora)
 
 
 class Linear(nn.Module):

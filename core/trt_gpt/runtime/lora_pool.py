@@ -4,9 +4,12 @@ per-token slot column of each step, and the adapters' residency (which adapter s
 Per decoder layer and target role the pool holds A [slots, R, in] and B [slots, out, R] (this rank's shard;
 R is max_lora_rank rounded up to a power of two >= 16, smaller ranks zero-padded; the scale folded into B). Every targeted `Linear` gets
 `layer.adapter`, which adds each token's delta with the gather-matmul kernel (Triton on CUDA, the torch
-reference with the torch attention backend) reading the step's slot column (-1: no adapter), or for the kernels the tokens grouped by slot. The pool tensors and the slot
-column never move, so decode CUDA graphs captured once stay valid while adapters are loaded, swapped and
-removed: loading writes into a slot, a step writes its tokens' slots.
+reference with the torch attention backend) reading the step's slot column (-1: no adapter), or for the kernels the tokens grouped by slot. On the fused small-batch path
+(model/fused_layers.py) a float layer adds the delta inside its decode GEMV instead (a row shrink, then the
+GEMV's LoRA epilogue, reading the adapter's A, B and the per-token slot column); a weight-only or FP8 layer
+calls the adapter beside its kernel. The pool tensors and the slot column never move, so decode CUDA
+graphs captured once stay valid while adapters are loaded, swapped and removed: loading writes into a
+slot, a step writes its tokens' slots.
 
 Residency: a request holds its adapter's slot from `acquire` (when it joins) to `release` (when it finishes
 or is cancelled). A missing adapter is loaded into a free slot or over the least recently used one no
@@ -30,10 +33,13 @@ DEFAULT_MAX_LORAS = 8
 
 class _SlotAdapter:
     """`Linear.adapter` of one layer: y + B[slot] (A[slot] x) for each token, in place. `cols` are the step's
-    fixed inputs the function reads: (slots,) for the torch reference, (perm, seg) for the Triton kernels."""
+    fixed inputs the function reads: (slots,) for the torch reference, (perm, seg) for the Triton kernels.
+    The fused small-batch path reads `a`, `b` and the per-token column `slots` itself (its row shrink and
+    the GEMV's LoRA epilogue, `model.fused_layers`)."""
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, cols: tuple[torch.Tensor, ...], fn: Any):
-        self.a, self.b, self.cols, self.fn = a, b, cols, fn
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, cols: tuple[torch.Tensor, ...],
+                 fn: Any):
+        self.a, self.b, self.slots, self.cols, self.fn = a, b, slots, cols, fn
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.fn(x, y, *self.cols, self.a, self.b)
@@ -86,9 +92,7 @@ class LoraPool:
                 a = torch.zeros(num_slots, self.pool_rank, lin.in_features, dtype=dtype, device=device)
                 b = torch.zeros(num_slots, lin.out_features, self.pool_rank, dtype=dtype, device=device)
                 self.tensors[(li, role)] = (a, b)
-                lin.adapter = _SlotAdapter(a, b, cols, fn)
-        # the fused small-batch kernels read the layers' weights directly and have no adapter epilogue
-        model.fused = None
+                lin.adapter = _SlotAdapter(a, b, self.token_slots, cols, fn)
 
     def write(self, slot: int, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Put one adapter's sharded weights into `slot` (every other module of the slot zeroed)."""
@@ -102,7 +106,9 @@ class LoraPool:
                 b[slot, :, :r].copy_(wb, non_blocking=True)
 
     def stage(self, slots: list[int], rows: int) -> None:
-        """The step's per-token slots (-1 after them up to `rows`, padded graph rows) and their grouping."""
+        """The step's per-token slots (-1 after them up to `rows`, padded graph rows) and their grouping.
+        Both forms are always staged: the module path's kernels read the grouping, the fused small-batch
+        path (and the torch reference) the per-token column."""
         n = min(max(rows, len(slots)), self.max_tokens)
         if self._none_rows >= n and all(s < 0 for s in slots):
             return      # the buffer already says "no adapter" for every row this step can read

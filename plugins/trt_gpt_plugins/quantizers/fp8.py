@@ -41,11 +41,12 @@ class FP8Method(LinearMethod):
 
     def small_batch(self, layer: Linear, x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
                     residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: Linear | None = None,
-                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None,
+                    lora: Any = None) -> torch.Tensor:
         from trt_gpt.kernels.triton_quant import quantize_rows_fp8
         from trt_gpt.kernels.triton_weight_only import fp8_gemv
 
-        self.check_fusions("fp8 linear layer", gate=gate, kv_write=kv_write, argmax=argmax)
+        self.check_fusions("fp8 linear layer", gate=gate, kv_write=kv_write, argmax=argmax, lora=lora)
         x_q = quantize_rows_fp8(x.contiguous(), layer.activation_scaling_factor, norm=norm)
         return fp8_gemv(x_q, layer.weight, layer.weights_scaling_factor, layer.activation_scaling_factor, layer.bias,
                         out_dtype=out_dtype or x.dtype, activation=activation, residual=residual,

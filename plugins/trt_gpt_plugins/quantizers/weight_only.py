@@ -78,10 +78,11 @@ class WeightOnlyMethod(LinearMethod):
 
     def small_batch(self, layer: Linear, x: torch.Tensor, *, norm: Any = None, activation: str | None = None,
                     residual: torch.Tensor | None = None, residual_scale: float = 1.0, gate: Linear | None = None,
-                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    kv_write: Any = None, argmax: Any = None, out_dtype: torch.dtype | None = None,
+                    lora: Any = None) -> torch.Tensor:
         from trt_gpt.kernels.triton_weight_only import weight_only_linear as kernel
 
-        self.check_fusions(self.where, gate=gate, kv_write=kv_write, argmax=argmax)
+        self.check_fusions(self.where, gate=gate, kv_write=kv_write, argmax=argmax, lora=lora)
         s = self.spec
         return kernel(x, layer.weight, getattr(layer, s.scale_name), layer.bias, bits=s.bits, group_size=s.group_size,
                       prequant=layer.prequant_scaling_factor if s.awq else None, out_dtype=out_dtype, norm=norm,

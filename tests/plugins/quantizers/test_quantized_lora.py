@@ -123,22 +123,31 @@ def test_weight_only_base_with_lora_matches_peft_on_dequantized(wo_case):
         assert (o.generation_logits - alone.generation_logits).abs().max().item() <= 1e-5
 
 
-def test_weight_only_base_with_triton_lora_kernel(wo_case, monkeypatch):
+@pytest.mark.parametrize("fused_rows", ["0", "4"], ids=["module-path", "fused-path"])
+def test_weight_only_base_with_triton_lora_kernel(wo_case, monkeypatch, fused_rows):
     """The GPU's path on CPU: the Triton gather-matmul (interpreted) reading the decode graphs' fixed slot
-    column, over the weight-only layers; a mixed batch equals the PEFT references. INT4 only (the kernel
-    sees the base's float output either way; the interpreter is slow)."""
+    column, over the weight-only layers; a mixed batch equals the PEFT references. With steps of up to 4
+    rows on the small-batch fused path, the adapter runs beside the weight-only GEMV (which has no LoRA
+    epilogue). INT4 only (the kernel sees the base's float output either way; the interpreter is slow)."""
     if wo_case.bits != 4:
         pytest.skip("one weight-only format suffices for the kernel path")
     monkeypatch.setenv("TRT_GPT_ATTENTION_BACKEND", "triton")
     monkeypatch.setenv("TRT_GPT_CUDA_GRAPHS", "eager")
+    monkeypatch.setenv("TRT_GPT_FUSED_DECODE_ROWS", fused_rows)
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     llm = LLM(wo_case.engine, device="cpu")
     assert llm.executor.graphs is not None and llm.lora.pool.triton
+    fused, layers = llm.engine.model.fused, []
+    assert (fused is not None) == (fused_rows != "0")
+    if fused is not None:
+        real = fused.layer
+        fused.layer = lambda *a, **k: layers.append(1) or real(*a, **k)
     keys = [0, -1, 0]
     prompts = random_prompts(VOCAB, [4, 5, 3], seed=6)
     outs = llm.generate(prompts, [SamplingParams(max_tokens=4, lora=k) for k in keys])
     assert [o.token_ids for o in outs] == [wo_case.greedy(k, p, 4) for k, p in zip(keys, prompts)]
+    assert bool(layers) == (fused is not None)
 
 
 # ------------------------------------------------------------------ FP8 / SmoothQuant base: layer level
