@@ -107,7 +107,11 @@ def test_lora_on_fused_path_matches_module_path(fused_env, name, prompt_lens):
     else:
         assert shrinks and not fused_beside, "the adapter did not run in the fused GEMV"
     assert ref.abs().max() > 0.1
-    assert (ref - got).abs().max().item() <= 1e-4
+    # On a GPU the module path's FP8 GEMMs (cuBLASLt) sum in another order than the fused kernels, and a
+    # last-bit difference can move the next layer's input across an e4m3 rounding boundary (one e4m3 step,
+    # ~6% of one element): the fused path's function is still checked to 1e-4 on CPU, where both agree.
+    tol = 2e-3 if quant.get("quant_algo") == "FP8" and DEVICE == "cuda" else 1e-4
+    assert (ref - got).abs().max().item() <= tol
     assert torch.equal(ref.argmax(-1), got.argmax(-1))   # greedy tokens identical
     # the adapters matter at this tolerance: every row without one differs from the same step with them
     plain = _steps(model, cfg, pool, prompt_lens, True, slots=[-1, -1, -1])
