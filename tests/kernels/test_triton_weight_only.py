@@ -317,6 +317,13 @@ def test_config_selection_and_file_format(tmp_path, monkeypatch):
     monkeypatch.setattr(weight_only_configs, "OVERRIDES", {})          # the file's entries stay in this test
     monkeypatch.setattr(weight_only_configs, "_loaded_from", [])
     assert wo_config(1, 4608, 4608, 4, 128).kernel == "dequant"
+    # FP8 looks up its own key only: an INT8 entry may name a kernel without an e4m3 variant
+    path.write_text('{"int8,1,4608,4608": {"kernel": "dequant", "block_n": 16, "block_k": 128}, '
+                    '"fp8,1,2048,4608": {"kernel": "gemm", "block_n": 64, "block_k": 128, "cvt": "fp8"}}')
+    monkeypatch.setattr(weight_only_configs, "_loaded_from", [])
+    assert weight_only_configs.fp8_config(1, 4608, 4608).short() == heuristic_config(1, 4608, 4608, 8, None).short() \
+        + "-fp8"
+    assert weight_only_configs.fp8_config(1, 2048, 4608).kernel == "gemm"
     with pytest.raises(ValueError, match="expected"):
         parse_wo_configs('{"int4,1,2,3": [1, 2]}', "f.json")
     for cfg in CONFIGS:

@@ -1,6 +1,8 @@
-"""Activation quantization in Triton (and the norm before it, or the norm alone: `norm_rows`): INT8 (per-token dynamic or static per-tensor
-scale, optional SmoothQuant smoother; `int8_gemm_ref.quantize_activations`) and FP8 e4m3 (static
-per-tensor scale; `fp8_ref.quantize_fp8`), bit-equal to those torch definitions.
+"""Activation quantization in Triton (and the norm before it, or the norm alone: `norm_rows`): INT8
+(per-token dynamic or static per-tensor scale, optional SmoothQuant smoother;
+`int8_gemm_ref.quantize_activations`) and FP8 e4m3 (static per-tensor scale; `fp8_ref.quantize_fp8`),
+bit-equal to those torch definitions. A dynamic scale takes one program a row; with a static scale a
+row's K chunks are independent, so a decode step's few rows spread over many programs.
 
 It is a kernel of its own rather than a prologue of the GEMM: a per-token scale needs the whole row's max
 before the first K tile, and a GEMM prologue would redo that pass once per N tile. On the GPU it replaces

@@ -42,7 +42,8 @@ from .triton_quant import norm_rows
 from .weight_only_configs import GEMV_MAX_M, WoConfig, fp8_config, wo_config
 from .weight_only_ref import check_weight_only_args, scaled_input
 from .weight_only_tiles import (_group_scale, _int4_to_dot, _int4_to_float, _int8_to_dot, _int8_to_float, _load_w,
-                                _nibble_mantissa, _plane, _scaled_x, _splitk_reduce_kernel, _store_result, _x_in, _x_sums, dequantize_weight)
+                                _nibble_mantissa, _plane, _scaled_x, _splitk_reduce_kernel, _store_result, _x_in,
+                                _x_sums, dequantize_weight)
 
 MANTISSA = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 
@@ -369,8 +370,9 @@ def _launch(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: 
             STATS_K=_stats_tile(m, k, cfg) if norm is not None else 1, **common)
     else:
         grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), splits)
-        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x2.dtype), MANT=MANTISSA.get(x2.dtype, 0),
-                           **common)
+        # MANT: the fold planes' mantissa width (x's float type; an FP8 step's int8 view has none)
+        _gemm_kernel[grid](*args, BLOCK_M=cfg.block_m, DOT_PREC=dot_precision(x2.dtype),
+                           MANT=MANTISSA.get(x2.dtype, 0), **common)
     if splits > 1:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](part, b, res, out, m, n, splits, res.stride(0),

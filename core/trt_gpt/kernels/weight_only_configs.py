@@ -185,25 +185,27 @@ def interpreter_config(m: int, n: int, k: int, bits: int, group_size: int | None
     return WoConfig("gemm", 16, max(16 if cvt == "fold" else 32, cap_k), block_m=16, cvt=cvt)
 
 
+def _tabled(fmt: str, m: int, n: int, k: int) -> WoConfig | None:
+    """The OVERRIDES entry, else the WO_CONFIGS one, for (fmt, M rounded up to a power of two, N, K)."""
+    load_env_configs()
+    key = (fmt, next_pow2(max(1, m)), n, k)
+    for table in (OVERRIDES, WO_CONFIGS):
+        if key in table:
+            return table[key]
+    return None
+
+
 def fp8_config(m: int, n: int, k: int, interpret: bool = False) -> WoConfig:
-    """The kernel of `triton_weight_only.fp8_gemv` (e4m3 weights and x, M <= GEMV_MAX_M): OVERRIDES, then
-    WO_CONFIGS under the format key "fp8", then the INT8 GEMV's tiles with the e4m3 conversion."""
-    if not interpret:
-        load_env_configs()
-        key = ("fp8", next_pow2(max(1, m)), n, k)
-        for table in (OVERRIDES, WO_CONFIGS):
-            if key in table:
-                return table[key]
-    return dataclasses.replace(wo_config(m, n, k, 8, None, interpret), cvt="fp8")
+    """The kernel of `triton_weight_only.fp8_gemv` (e4m3 weights and x, M <= GEMV_MAX_M): a table entry
+    under the format key "fp8", else the INT8 GEMV's untuned tiles with the e4m3 conversion (an INT8 table
+    entry is not one for FP8: it may name a kernel that has no e4m3 variant)."""
+    if interpret:
+        return dataclasses.replace(interpreter_config(m, n, k, 8, None), cvt="fp8")
+    return _tabled("fp8", m, n, k) or dataclasses.replace(heuristic_config(m, n, k, 8, None), cvt="fp8")
 
 
 def wo_config(m: int, n: int, k: int, bits: int, group_size: int | None, interpret: bool = False) -> WoConfig:
     """OVERRIDES, then WO_CONFIGS, then the heuristic (the interpreter's tiles on CPU)."""
     if interpret:
         return interpreter_config(m, n, k, bits, group_size)
-    load_env_configs()
-    key = (format_key(bits, group_size), next_pow2(max(1, m)), n, k)
-    for table in (OVERRIDES, WO_CONFIGS):
-        if key in table:
-            return table[key]
-    return heuristic_config(m, n, k, bits, group_size)
+    return _tabled(format_key(bits, group_size), m, n, k) or heuristic_config(m, n, k, bits, group_size)

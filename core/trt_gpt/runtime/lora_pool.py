@@ -2,9 +2,10 @@
 per-token slot column of each step, and the adapters' residency (which adapter sits in which slot).
 
 Per decoder layer and target role the pool holds A [slots, R, in] and B [slots, out, R] (this rank's shard;
-R is max_lora_rank rounded up to a power of two >= 16, smaller ranks zero-padded; the scale folded into B). Every targeted `Linear` gets
-`layer.adapter`, which adds each token's delta with the gather-matmul kernel (Triton on CUDA, the torch
-reference with the torch attention backend) reading the step's slot column (-1: no adapter), or for the kernels the tokens grouped by slot. On the fused small-batch path
+R is max_lora_rank rounded up to a power of two >= 16, smaller ranks zero-padded; the scale folded into B).
+Every targeted `Linear` gets `layer.adapter`, which adds each token's delta with the gather-matmul kernel
+(Triton on CUDA, the torch reference with the torch attention backend) reading the step's slot column (-1:
+no adapter), or for the kernels the tokens grouped by slot. On the fused small-batch path
 (model/fused_layers.py) a float layer adds the delta inside its decode GEMV instead (a row shrink, then the
 GEMV's LoRA epilogue, reading the adapter's A, B and the per-token slot column); a weight-only or FP8 layer
 calls the adapter beside its kernel. The pool tensors and the slot column never move, so decode CUDA
